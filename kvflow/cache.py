@@ -1,0 +1,335 @@
+"""Two-tier KV cache manager: capacities, write policy, eviction, prefetch; emits ops.
+
+The manager decides, the backend moves bytes. Every transfer is an op (``Load``/``Offload``) that
+stays in flight until the backend calls ``complete(op)``; a node in flight is never evicted.
+Capacities are in tokens: GPU = tree nodes on (or loading onto) the GPU + tokens reserved by
+running requests; CPU = nodes with a CPU copy (or one being written).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvflow.ops import Free, Load, Offload, Op
+from kvflow.radix import MatchResult, RadixNode, RadixTree, User
+
+WRITE_POLICIES = ("write_through", "write_back", "none")
+
+
+@dataclass
+class CacheConfig:
+    gpu_capacity_tokens: int
+    cpu_capacity_tokens: int = 0
+    page_size: int = 1
+    kv_bytes_per_token: int = 1
+    write_policy: str = "write_through"  # HiCache default: back up on insert
+    write_through_hits: int = 1  # accesses (insert counts as one) before a node is backed up
+    evict_partial: bool = True  # trim a leaf's tail pages instead of dropping the whole leaf
+    max_prefetch: int = 4  # concurrent prefetch loads (KVFLOW.md 2.5)
+
+    def __post_init__(self) -> None:
+        if self.write_policy not in WRITE_POLICIES:
+            raise ValueError(f"write_policy '{self.write_policy}'; valid: {', '.join(WRITE_POLICIES)}")
+        if self.gpu_capacity_tokens <= 0:
+            raise ValueError(f"gpu_capacity_tokens must be > 0, got {self.gpu_capacity_tokens}")
+        if self.cpu_capacity_tokens < 0:
+            raise ValueError(f"cpu_capacity_tokens must be >= 0, got {self.cpu_capacity_tokens}")
+
+
+@dataclass
+class CacheStats:
+    h2d_bytes: int = 0
+    d2h_bytes: int = 0
+    gpu_evicted_tokens: int = 0
+    cpu_evicted_tokens: int = 0
+    prefetch_issued: int = 0
+    prefetch_used: int = 0
+    prefetch_wasted: int = 0
+    prefetch_late: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class KVCacheManager:
+    def __init__(self, config: CacheConfig, policy: Any) -> None:
+        self.config = config
+        self.policy = policy
+        self.tree = RadixTree(policy, config.page_size)
+        self.gpu_used_tokens = 0
+        self.cpu_used_tokens = 0
+        self.stats = CacheStats()
+        self._pending: list[Op] = []
+        self._prefetch_inflight = 0
+
+    # ----- capacity -------------------------------------------------------------------------
+    @property
+    def gpu_free_tokens(self) -> int:
+        return self.config.gpu_capacity_tokens - self.gpu_used_tokens
+
+    @property
+    def cpu_free_tokens(self) -> int:
+        return self.config.cpu_capacity_tokens - self.cpu_used_tokens
+
+    def bytes_of(self, tokens: int) -> int:
+        return tokens * self.config.kv_bytes_per_token
+
+    def take_ops(self) -> list[Op]:
+        """Ops queued since the last call, for the backend to start now."""
+        ops, self._pending = self._pending, []
+        return ops
+
+    def alloc_gpu(self, n_tokens: int, limit_key: tuple | None = None, partial: bool = False) -> int:
+        """Reserve ``n_tokens`` of GPU memory, evicting as needed. Returns the tokens granted:
+        ``n_tokens`` or 0 (all or nothing), or as many as possible when ``partial``.
+        With ``limit_key`` only victims whose policy key is below it are evicted (prefetch must not
+        evict what is needed sooner)."""
+        if self.gpu_free_tokens < n_tokens:
+            self.evict_gpu(n_tokens - self.gpu_free_tokens, limit_key)
+        granted = min(n_tokens, max(self.gpu_free_tokens, 0))
+        if granted < n_tokens and not partial:
+            return 0
+        self.gpu_used_tokens += granted
+        return granted
+
+    def release_gpu(self, n_tokens: int) -> None:
+        self.gpu_used_tokens -= n_tokens
+        assert self.gpu_used_tokens >= 0
+
+    def evict_gpu(self, n_tokens: int, limit_key: tuple | None = None) -> int:
+        """Free at least ``n_tokens`` GPU tokens if possible; returns tokens freed."""
+        freed = 0
+        tree = self.tree
+        while freed < n_tokens:
+            node = tree.peek_gpu_victim()
+            if node is None or (limit_key is not None and self.policy.key(node) >= limit_key):
+                break
+            tree.pop_gpu_victim()
+            need = tree.page_floor(n_tokens - freed + tree.page_size - 1) if tree.page_size > 1 else n_tokens - freed
+            if self.config.evict_partial and need < len(node):
+                tree.split(node, len(node) - need)
+            freed += self._demote(node)
+        self.stats.gpu_evicted_tokens += freed
+        return freed
+
+    def _demote(self, node: RadixNode) -> int:
+        """Take ``node`` off the GPU: keep its CPU copy, offload it (write-back), or drop it."""
+        n = len(node)
+        if node.prefetched:
+            self.stats.prefetch_wasted += 1
+            node.prefetched = False
+        if node.cpu:
+            self.tree.set_state(node, gpu=False)
+            self._pending.append(Free(node, n, 0, tier="gpu"))
+        elif self.config.write_policy == "write_back" and self._alloc_cpu(n):
+            self.tree.set_state(node, gpu=False, inflight="offload")
+            self._queue_offload(node, free_gpu_after=True)
+        else:
+            self.tree.set_state(node, gpu=False)
+            self._pending.append(Free(node, n, 0, tier="gpu"))
+        self.gpu_used_tokens -= n
+        return n
+
+    def _alloc_cpu(self, n_tokens: int) -> bool:
+        if self.config.cpu_capacity_tokens == 0:
+            return False
+        if self.cpu_free_tokens < n_tokens:
+            self.evict_cpu(n_tokens - self.cpu_free_tokens)
+        if self.cpu_free_tokens < n_tokens:
+            return False
+        self.cpu_used_tokens += n_tokens
+        return True
+
+    def evict_cpu(self, n_tokens: int) -> int:
+        freed = 0
+        while freed < n_tokens:
+            node = self.tree.pop_cpu_victim()
+            if node is None:
+                break
+            self.tree.set_state(node, cpu=False)
+            self._pending.append(Free(node, len(node), 0, tier="cpu"))
+            self.cpu_used_tokens -= len(node)
+            freed += len(node)
+        self.stats.cpu_evicted_tokens += freed
+        return freed
+
+    def _queue_offload(self, node: RadixNode, free_gpu_after: bool) -> None:
+        nbytes = self.bytes_of(len(node))
+        self.stats.d2h_bytes += nbytes
+        self._pending.append(Offload(node, len(node), nbytes, free_gpu_after=free_gpu_after))
+
+    # ----- lookups and inserts ------------------------------------------------------------------
+    def match(self, tokens: list[int], touch: bool = True) -> MatchResult:
+        result = self.tree.match(tokens, touch=touch)
+        if touch:
+            for node in result.last_node.path_to_root():
+                if node.prefetched and node.gpu:
+                    node.prefetched = False
+                    self.stats.prefetch_used += 1
+                elif node.prefetched and node.inflight == "load":
+                    self.stats.prefetch_late += 1
+                self._maybe_backup(node)
+        return result
+
+    def lock(self, node: RadixNode) -> None:
+        self.tree.lock(node)
+
+    def unlock(self, node: RadixNode) -> None:
+        self.tree.unlock(node)
+
+    def insert(self, tokens: list[int], reserved_tokens: int, fixed_tokens: int = 0,
+               user: User | None = None) -> RadixNode:
+        """Put ``tokens`` (computed on the GPU) into the tree. ``reserved_tokens`` were allocated by
+        the caller with ``alloc_gpu`` for the part not already on the GPU; duplicates are released.
+        Nodes up to ``fixed_tokens`` are tagged with ``user``; nodes past it are suffixes."""
+        tree = self.tree
+        limit = tree.page_floor(len(tokens))
+        fixed_end = tree.page_floor(min(fixed_tokens, limit)) if user else 0
+        boundary_at = fixed_end
+        node, pos = tree.root, 0
+        while pos < limit:
+            child = node.children.get(tree._child_key(tokens, pos))
+            if child is None:
+                break
+            common = tree._common_len(child.tokens, tokens, pos)
+            if common == 0:
+                break
+            if common < len(child):
+                child = tree.split(child, common)
+            if pos < boundary_at < pos + len(child):
+                tree.split(child, boundary_at - pos)
+                child = child.parent  # type: ignore[assignment]
+            if not child.gpu:
+                if child.inflight is not None:
+                    break  # a copy of this node is in flight: keep the tree consistent, stop here
+                # recomputed on the GPU: the reservation becomes this node's GPU copy
+                tree.set_state(child, gpu=True)
+                reserved_tokens -= len(child)
+            child.last_access = tree.tick()
+            self._tag(child, pos, fixed_end, user)
+            pos += len(child)
+            node = child
+        while pos < limit and (node is tree.root or node.gpu):
+            end = boundary_at if pos < boundary_at else limit
+            child = tree.insert_below(node, tokens[pos:end])
+            tree.set_state(child, gpu=True)
+            reserved_tokens -= len(child)
+            self._tag(child, pos, fixed_end, user)
+            self._maybe_backup(child)
+            pos, node = end, child
+        if user is not None and fixed_end > 0:
+            self._set_boundary(user, tokens, fixed_end)
+        if reserved_tokens:
+            self.release_gpu(reserved_tokens)  # tokens another request inserted meanwhile (or partial page)
+        return node
+
+    def _tag(self, node: RadixNode, start: int, fixed_end: int, user: User | None) -> None:
+        if user is None:
+            return
+        if start < fixed_end:
+            if user not in node.users:
+                node.users.add(user)
+                self.tree.refresh(node)
+        elif not node.users:
+            node.suffix = True
+
+    def _set_boundary(self, user: User, tokens: list[int], fixed_end: int) -> None:
+        node = self.tree.root
+        pos = 0
+        while pos < fixed_end:
+            node = node.children[self.tree._child_key(tokens, pos)]
+            pos += len(node)
+        self.tree.user_nodes[user] = node
+
+    def _maybe_backup(self, node: RadixNode) -> None:
+        """Write-through: back up a node on the GPU once it has been used often enough."""
+        if (self.config.write_policy != "write_through" or node.cpu or node.inflight is not None
+                or not node.gpu or node.hits + 1 < self.config.write_through_hits):
+            return
+        if not self._alloc_cpu(len(node)):
+            return
+        self.tree.set_state(node, inflight="offload")
+        self._queue_offload(node, free_gpu_after=False)
+
+    # ----- loads ------------------------------------------------------------------------------
+    def load(self, nodes: list[RadixNode], prefetch: bool = False, limit_key: tuple | None = None) -> list[Load]:
+        """Start CPU->GPU loads of CPU-only ``nodes`` (a root-to-leaf run). All or nothing."""
+        todo = [n for n in nodes if n.cpu and not n.gpu and n.inflight is None]
+        if not todo:
+            return []
+        anchor = todo[0].parent
+        assert anchor is not None
+        self.lock(anchor)  # the GPU ancestors must survive the eviction that makes room
+        granted = self.alloc_gpu(sum(len(n) for n in todo), limit_key=limit_key)
+        self.unlock(anchor)
+        if granted == 0:
+            return []
+        ops = []
+        for node in todo:
+            self.tree.set_state(node, inflight="load")
+            node.prefetched = prefetch
+            nbytes = self.bytes_of(len(node))
+            self.stats.h2d_bytes += nbytes
+            ops.append(Load(node, len(node), nbytes, prefetch=prefetch))
+        if prefetch:
+            self.stats.prefetch_issued += len(ops)
+            self._prefetch_inflight += len(ops)
+        return ops
+
+    def complete(self, op: Op) -> None:
+        """The backend finished ``op``: flip the node to its new tier."""
+        node = op.node
+        if isinstance(op, Load):
+            self.tree.set_state(node, gpu=True, inflight=None)
+            if op.prefetch:
+                self._prefetch_inflight -= 1
+        elif isinstance(op, Offload):
+            self.tree.set_state(node, cpu=True, inflight=None)
+
+    # ----- hints and prefetch -------------------------------------------------------------------
+    def set_hints(self, client_id: str, steps: dict[str, float]) -> None:
+        """New steps-to-execution for a client's agents: re-key the affected fixed-prompt paths."""
+        if not getattr(self.policy, "uses_hints", False):
+            return
+        users = {(client_id, agent): value for agent, value in steps.items()}
+        self.policy.set_hints(users)
+        for user in users:
+            boundary = self.tree.user_nodes.get(user)
+            if boundary is not None and boundary.parent is not None:
+                for node in boundary.path_to_root():
+                    self.tree.refresh(node)
+
+    def prefetch(self, client_id: str, steps: dict[str, float]) -> list[Load]:
+        """KVFLOW.md 2.5: load next-step agents' fixed prompts that sit in CPU only, up to the
+        concurrency limit, never evicting a node needed as soon as (or sooner than) the target."""
+        ops: list[Load] = []
+        for agent in sorted(a for a, s in steps.items() if s == 1):
+            if self._prefetch_inflight >= self.config.max_prefetch:
+                break
+            boundary = self.tree.user_nodes.get((client_id, agent))
+            if boundary is None or boundary.parent is None:
+                continue
+            path = list(boundary.path_to_root())[::-1]
+            cpu_run = [n for n in path if not n.gpu]
+            if not cpu_run or any(n.inflight is not None or not n.cpu for n in cpu_run):
+                continue
+            limit = self.policy.key(boundary) if getattr(self.policy, "uses_hints", False) else None
+            if limit is not None:
+                limit = limit[:2] + (float("-inf"),)
+            ops.extend(self.load(cpu_run, prefetch=True, limit_key=limit))
+        self._pending.extend(ops)
+        return ops
+
+    # ----- checks -----------------------------------------------------------------------------
+    def check_invariants(self) -> None:
+        """O(tree) consistency check for tests: capacities and per-node counters."""
+        gpu = cpu = 0
+        for node in self.tree.walk():
+            assert node.tier is not None, f"{node} is in the tree with no copy"
+            gpu += len(node) if node.on_gpu_or_loading else 0
+            cpu += len(node) if node.on_cpu_or_offloading else 0
+            assert node.gpu_children == sum(c.on_gpu_or_loading for c in node.children.values())
+            assert node.cpu_children == sum(c.on_cpu_or_offloading for c in node.children.values())
+            if node.on_gpu_or_loading and node.parent is not None and node.parent.parent is not None:
+                assert node.parent.on_gpu_or_loading, f"{node} on GPU below a parent that is not"
+        assert gpu <= self.gpu_used_tokens <= self.config.gpu_capacity_tokens, (gpu, self.gpu_used_tokens)
+        assert cpu == self.cpu_used_tokens <= self.config.cpu_capacity_tokens, (cpu, self.cpu_used_tokens)

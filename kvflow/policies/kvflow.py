@@ -1,0 +1,41 @@
+"""KVFlow eviction (KVFLOW.md 2.3, arXiv 2507.07400 section 4.2).
+
+Rule: dynamic suffixes and outputs first; then nodes with no workflow info; then fixed-prompt
+nodes in *descending* steps-to-execution (farthest future first). A node shared by several agents
+(or workflows) takes the minimum of its users' values. Ties: LRU (oldest last access first).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvflow.step_graph import INF
+
+if TYPE_CHECKING:
+    from kvflow.radix import RadixNode, User
+
+SUFFIX, NO_INFO, AGENT = 0, 1, 2
+
+
+class KVFlowPolicy:
+    name = "kvflow"
+    uses_hints = True
+
+    def __init__(self) -> None:
+        self.steps: dict["User", float] = {}
+
+    def set_hints(self, steps: dict["User", float]) -> None:
+        self.steps.update(steps)
+
+    def node_steps(self, node: "RadixNode") -> float | None:
+        """Minimum steps-to-execution over the node's users; None when no user has a hint."""
+        values = [self.steps[u] for u in node.users if u in self.steps]
+        return min(values) if values else None
+
+    def key(self, node: "RadixNode") -> tuple:
+        if not node.users:
+            return (SUFFIX if node.suffix else NO_INFO, 0.0, node.last_access)
+        steps = self.node_steps(node)
+        if steps is None:
+            return (NO_INFO, 0.0, node.last_access)
+        return (AGENT, -steps if steps < INF else -INF, node.last_access)

@@ -1,0 +1,38 @@
+"""Oracle (Belady on a tree): evict the leaf whose next use is farthest in the future.
+
+The future comes from the trace, never from simulator internals: either the node carries a
+``next_use`` annotation (cache-only replay: next request index of its first page), or the node's
+users map to their next invocation index through ``set_next_use``. Unknown = never used again.
+Tie-break: LRU.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvflow.step_graph import INF
+
+if TYPE_CHECKING:
+    from kvflow.radix import RadixNode, User
+
+
+class OraclePolicy:
+    name = "oracle"
+    uses_hints = False
+
+    def __init__(self) -> None:
+        self.next_use: dict["User", float] = {}
+
+    def set_hints(self, steps: dict["User", float]) -> None:
+        """The oracle ignores step hints; it reads the future from the trace."""
+
+    def set_next_use(self, next_use: dict["User", float]) -> None:
+        self.next_use.update(next_use)
+
+    def node_next_use(self, node: "RadixNode") -> float:
+        if node.next_use is not None:
+            return node.next_use
+        return min((self.next_use.get(u, INF) for u in node.users), default=INF)
+
+    def key(self, node: "RadixNode") -> tuple:
+        return (-self.node_next_use(node), node.last_access)

@@ -1,0 +1,317 @@
+"""Token-level radix tree with a GPU and a CPU tier (SGLang RadixAttention + HiCache shape).
+
+A node holds a run of tokens (a multiple of ``page_size``), its tier state, a lock count, its last
+access tick and the (client, agent) users whose fixed prompt passes through it. GPU residency is
+prefix-closed (a node on the GPU has its parent on the GPU), so a match is a GPU run followed by a
+CPU-only run. Eviction candidates are kept in one heap per tier with lazy invalidation: an entry
+is valid only if the node's version and key still match, so nothing ever scans the whole tree.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+User = tuple[str, str]  # (client_id, agent_id)
+_COMPARE_CHUNK = 64
+
+
+class Tier(str, Enum):
+    GPU = "gpu"
+    CPU = "cpu"
+    GPU_CPU = "gpu+cpu"
+    LOADING = "loading"
+    OFFLOADING = "offloading"
+
+
+class KeyPolicy(Protocol):
+    def key(self, node: "RadixNode") -> tuple: ...
+
+
+_node_ids = itertools.count()
+
+
+class RadixNode:
+    """One edge of the tree: ``tokens`` plus state. Attributes are public for policies (read-only)."""
+
+    __slots__ = (
+        "node_id", "tokens", "parent", "children", "gpu", "cpu", "inflight", "lock_ref",
+        "last_access", "users", "suffix", "next_use", "gpu_children", "cpu_children",
+        "gpu_version", "cpu_version", "hits", "prefetched",
+    )
+
+    def __init__(self, tokens: list[int], parent: "RadixNode | None") -> None:
+        self.node_id = next(_node_ids)
+        self.tokens = tokens
+        self.parent = parent
+        self.children: dict[Hashable, RadixNode] = {}
+        self.gpu = False  # valid KV on the GPU
+        self.cpu = False  # valid KV in CPU memory
+        self.inflight: str | None = None  # "load" | "offload" while a copy runs
+        self.lock_ref = 0
+        self.last_access = 0
+        self.users: set[User] = set()
+        self.suffix = False  # beyond a tagged request's fixed prompt: dynamic part or output
+        self.next_use: float | None = None  # oracle annotation (trace order); None = unknown
+        self.gpu_children = 0  # children on (or loading onto) the GPU
+        self.cpu_children = 0  # children with a CPU copy (or one being written)
+        self.gpu_version = 0
+        self.cpu_version = 0
+        self.hits = 0
+        self.prefetched = False  # loaded by a prefetch and not yet used
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __lt__(self, other: "RadixNode") -> bool:  # deterministic heap tie-break
+        return self.node_id < other.node_id
+
+    def __repr__(self) -> str:
+        return f"RadixNode(id={self.node_id}, len={len(self.tokens)}, tier={self.tier})"
+
+    @property
+    def tier(self) -> Tier | None:
+        if self.inflight == "load":
+            return Tier.LOADING
+        if self.inflight == "offload":
+            return Tier.OFFLOADING
+        if self.gpu and self.cpu:
+            return Tier.GPU_CPU
+        if self.gpu:
+            return Tier.GPU
+        if self.cpu:
+            return Tier.CPU
+        return None
+
+    @property
+    def on_gpu_or_loading(self) -> bool:
+        return self.gpu or self.inflight == "load"
+
+    @property
+    def on_cpu_or_offloading(self) -> bool:
+        return self.cpu or self.inflight == "offload"
+
+    def path_to_root(self) -> Iterator["RadixNode"]:
+        node: RadixNode | None = self
+        while node is not None and node.parent is not None:
+            yield node
+            node = node.parent
+
+
+@dataclass
+class MatchResult:
+    """Longest cached prefix: ``gpu_tokens`` valid on the GPU, then ``cpu_nodes`` (CPU-only or loading)."""
+
+    gpu_tokens: int
+    gpu_node: RadixNode  # deepest node on the GPU (root when none)
+    cpu_nodes: list[RadixNode]
+    cpu_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.gpu_tokens + self.cpu_tokens
+
+    @property
+    def last_node(self) -> RadixNode:
+        return self.cpu_nodes[-1] if self.cpu_nodes else self.gpu_node
+
+
+class RadixTree:
+    """Prefix tree over token ids; the cache manager owns capacity, the tree owns structure and heaps."""
+
+    def __init__(self, policy: KeyPolicy, page_size: int = 1) -> None:
+        if page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        self.page_size = page_size
+        self.policy = policy
+        self.root = RadixNode([], None)
+        self.root.gpu = self.root.cpu = True
+        self.root.lock_ref = 1
+        self._tick = 0
+        self._gpu_heap: list[tuple] = []
+        self._cpu_heap: list[tuple] = []
+        self.user_nodes: dict[User, RadixNode] = {}
+
+    # ----- keys and structure -------------------------------------------------------------
+    def _child_key(self, tokens: list[int], start: int = 0) -> Hashable:
+        if self.page_size == 1:
+            return tokens[start]
+        return tuple(tokens[start : start + self.page_size])
+
+    def page_floor(self, n_tokens: int) -> int:
+        return n_tokens - n_tokens % self.page_size
+
+    def tick(self) -> int:
+        self._tick += 1
+        return self._tick
+
+    def _common_len(self, node_tokens: list[int], tokens: list[int], start: int) -> int:
+        """Length of the common prefix of node_tokens and tokens[start:], page aligned."""
+        n = min(len(node_tokens), len(tokens) - start)
+        if node_tokens[:n] == tokens[start : start + n]:
+            return self.page_floor(n)
+        i = 0
+        while i + _COMPARE_CHUNK <= n and node_tokens[i : i + _COMPARE_CHUNK] == tokens[start + i : start + i + _COMPARE_CHUNK]:
+            i += _COMPARE_CHUNK
+        while i < n and node_tokens[i] == tokens[start + i]:
+            i += 1
+        return self.page_floor(i)
+
+    def split(self, node: RadixNode, at: int) -> RadixNode:
+        """Split ``node`` so that its first ``at`` tokens become a new parent; returns the parent."""
+        assert 0 < at < len(node.tokens) and at % self.page_size == 0
+        parent = node.parent
+        assert parent is not None
+        head = RadixNode(node.tokens[:at], parent)
+        head.gpu, head.cpu, head.inflight = node.gpu, node.cpu, node.inflight
+        head.lock_ref, head.last_access, head.hits = node.lock_ref, node.last_access, node.hits
+        head.users = set(node.users)
+        head.suffix, head.next_use = node.suffix, node.next_use
+        parent.children[self._child_key(head.tokens)] = head
+        node.tokens = node.tokens[at:]
+        node.parent = head
+        head.children[self._child_key(node.tokens)] = node
+        head.gpu_children = 1 if node.on_gpu_or_loading else 0
+        head.cpu_children = 1 if node.on_cpu_or_offloading else 0
+        return head
+
+    # ----- lookups ----------------------------------------------------------------------------
+    def match(self, tokens: list[int], touch: bool = True) -> MatchResult:
+        """Longest cached prefix of ``tokens`` (page aligned). Splits a node where the match ends
+        inside it (as SGLang does), so the matched part can be locked and timestamped alone."""
+        node, pos = self.root, 0
+        gpu_node, gpu_tokens = self.root, 0
+        cpu_nodes: list[RadixNode] = []
+        cpu_tokens = 0
+        limit = self.page_floor(len(tokens))
+        while pos < limit:
+            child = node.children.get(self._child_key(tokens, pos))
+            if child is None:
+                break
+            common = self._common_len(child.tokens, tokens, pos)
+            if common == 0:
+                break
+            if common < len(child.tokens):
+                child = self.split(child, common)
+            if touch:
+                child.last_access = self.tick()
+                child.hits += 1
+                self.refresh(child)
+            if child.gpu and not cpu_nodes:
+                gpu_node, gpu_tokens = child, gpu_tokens + len(child.tokens)
+            else:
+                cpu_nodes.append(child)
+                cpu_tokens += len(child.tokens)
+            pos += common
+            node = child
+            if common < len(child.tokens):
+                break
+        return MatchResult(gpu_tokens, gpu_node, cpu_nodes, cpu_tokens)
+
+    def insert_below(self, node: RadixNode, tokens: list[int]) -> RadixNode:
+        """Attach a new leaf holding ``tokens`` (page multiple) under ``node``; state set by caller."""
+        child = RadixNode(tokens, node)
+        child.last_access = self.tick()
+        node.children[self._child_key(tokens)] = child
+        return child
+
+    def walk(self) -> Iterator[RadixNode]:
+        """All nodes except the root (tests and debugging only: O(tree))."""
+        stack = list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(node.children.values())
+
+    # ----- state changes keep the parent counters and heaps right ------------------------------
+    def set_state(self, node: RadixNode, *, gpu: bool | None = None, cpu: bool | None = None,
+                  inflight: str | None | bool = False) -> None:
+        """Change tier flags of ``node``; ``inflight=False`` means unchanged."""
+        parent = node.parent
+        was_g, was_c = node.on_gpu_or_loading, node.on_cpu_or_offloading
+        if gpu is not None:
+            node.gpu = gpu
+        if cpu is not None:
+            node.cpu = cpu
+        if inflight is not False:
+            node.inflight = inflight  # type: ignore[assignment]
+        now_g, now_c = node.on_gpu_or_loading, node.on_cpu_or_offloading
+        if parent is not None:
+            parent.gpu_children += int(now_g) - int(was_g)
+            parent.cpu_children += int(now_c) - int(was_c)
+            if not now_g and not now_c:
+                self._detach(node)
+            if parent.parent is not None:
+                self.refresh(parent)
+        self.refresh(node)
+
+    def _detach(self, node: RadixNode) -> None:
+        assert not node.children, "a node leaves the tree only when it has no children"
+        parent = node.parent
+        assert parent is not None
+        del parent.children[self._child_key(node.tokens)]
+        node.parent = None
+
+    def lock(self, node: RadixNode) -> None:
+        for n in node.path_to_root():
+            n.lock_ref += 1
+
+    def unlock(self, node: RadixNode) -> None:
+        for n in node.path_to_root():
+            assert n.lock_ref > 0, "unlock without lock"
+            n.lock_ref -= 1
+            if n.lock_ref == 0:
+                self.refresh(n)
+
+    # ----- eviction heaps -------------------------------------------------------------------
+    def gpu_evictable(self, node: RadixNode) -> bool:
+        return (node.gpu and node.inflight is None and node.lock_ref == 0 and node.gpu_children == 0
+                and node.parent is not None)
+
+    def cpu_evictable(self, node: RadixNode) -> bool:
+        return (node.cpu and node.inflight is None and node.lock_ref == 0 and node.cpu_children == 0
+                and node.parent is not None and (node.gpu or not node.children))
+
+    def refresh(self, node: RadixNode) -> None:
+        """Re-key ``node`` in the heaps after anything that may change its key or evictability."""
+        if self.gpu_evictable(node):
+            node.gpu_version += 1
+            heapq.heappush(self._gpu_heap, (self.policy.key(node), node, node.gpu_version))
+        if self.cpu_evictable(node):
+            node.cpu_version += 1
+            heapq.heappush(self._cpu_heap, (self.policy.key(node), node, node.cpu_version))
+
+    def _pop_valid(self, heap: list[tuple], tier: str, pop: bool) -> RadixNode | None:
+        evictable = self.gpu_evictable if tier == "gpu" else self.cpu_evictable
+        while heap:
+            key, node, version = heap[0]
+            current = node.gpu_version if tier == "gpu" else node.cpu_version
+            if version != current or not evictable(node):
+                heapq.heappop(heap)
+                continue
+            fresh = self.policy.key(node)
+            if fresh != key:  # a key changed without a refresh: re-file it, never trust a stale key
+                heapq.heapreplace(heap, (fresh, node, version))
+                continue
+            if pop:
+                heapq.heappop(heap)
+            return node
+        return None
+
+    def peek_gpu_victim(self) -> RadixNode | None:
+        """Side-effect-free (apart from dropping stale entries) look at the next GPU victim."""
+        return self._pop_valid(self._gpu_heap, "gpu", pop=False)
+
+    def pop_gpu_victim(self) -> RadixNode | None:
+        return self._pop_valid(self._gpu_heap, "gpu", pop=True)
+
+    def pop_cpu_victim(self) -> RadixNode | None:
+        return self._pop_valid(self._cpu_heap, "cpu", pop=True)
+
+    def push_back(self, node: RadixNode) -> None:
+        """Return a popped victim that the caller decided not to evict."""
+        self.refresh(node)
