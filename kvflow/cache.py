@@ -201,6 +201,8 @@ class KVCacheManager:
             if not child.gpu:
                 if child.inflight is not None:
                     break  # a copy of this node is in flight: keep the tree consistent, stop here
+                if reserved_tokens < len(child):
+                    break  # nothing reserved for it: leave it to the CPU tier
                 # recomputed on the GPU: the reservation becomes this node's GPU copy
                 tree.set_state(child, gpu=True)
                 reserved_tokens -= len(child)
@@ -209,14 +211,16 @@ class KVCacheManager:
             pos += len(child)
             node = child
         while pos < limit and (node is tree.root or node.gpu):
-            end = boundary_at if pos < boundary_at else limit
+            end = min(boundary_at if pos < boundary_at else limit, pos + tree.page_floor(reserved_tokens))
+            if end <= pos:
+                break  # the caller reserved less than the tokens it computed: cache what was paid for
             child = tree.insert_below(node, tokens[pos:end])
             tree.set_state(child, gpu=True)
             reserved_tokens -= len(child)
             self._tag(child, pos, fixed_end, user)
             self._maybe_backup(child)
             pos, node = end, child
-        if user is not None and fixed_end > 0:
+        if user is not None and 0 < fixed_end <= pos:
             self._set_boundary(user, tokens, fixed_end)
         if reserved_tokens:
             self.release_gpu(reserved_tokens)  # tokens another request inserted meanwhile (or partial page)

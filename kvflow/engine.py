@@ -1,0 +1,278 @@
+"""The serving-engine scheduler, clock-free: both the simulator and the real backend drive it.
+
+Shape of SGLang's scheduler: a waiting queue (FCFS), continuous batching, chunked prefill under a
+token budget per iteration, admission only when the request's KV (prompt + output) fits, and
+decode until each request's output length. A prefill iteration runs when any prefill is
+schedulable, otherwise a decode iteration, which the backend may repeat ``decode_steps`` times
+back to back. Status-aware scheduling (KVFLOW.md 2.6): a request whose prefix is still being
+copied is skipped and others run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from kvflow.cache import KVCacheManager
+from kvflow.ops import Load, Op
+from kvflow.radix import RadixNode
+
+_output_ids = itertools.count(1)
+OUTPUT_TOKEN_BASE = 1 << 40  # generated tokens get ids no prompt uses
+
+
+@dataclass
+class EngineConfig:
+    chunk_tokens: int = 8192  # prefill token budget per iteration (SGLang chunked_prefill_size)
+    max_running_requests: int = 256
+    load_back: bool = True  # False: GPU-only SGLang; a CPU copy is ignored and the prefix recomputed
+    prefetch: bool = False  # KVFlow proactive prefetch of next-step agents
+    status_aware: bool = True  # skip (not block on) requests whose prefix is in flight
+
+    def __post_init__(self) -> None:
+        if self.chunk_tokens < 1 or self.max_running_requests < 1:
+            raise ValueError("chunk_tokens and max_running_requests must be >= 1")
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: str
+    client_id: str
+    agent_id: str
+    tokens: list[int]
+    fixed_tokens: int
+    output_tokens: int
+    arrival_s: float = 0.0
+    # scheduler state
+    state: str = "new"  # new -> waiting -> prefill -> decode -> finished
+    cached_tokens: int = 0  # prefix on the GPU (hit or loaded) at admission
+    prefilled_tokens: int = 0  # of the prompt, cached included
+    generated_tokens: int = 0
+    reserved_tokens: int = 0  # GPU tokens reserved and not yet owned by tree nodes
+    node: RadixNode | None = None  # deepest locked node
+    skipped_since_s: float | None = None
+    # metrics
+    admit_s: float | None = None
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    hit_gpu_tokens: int = 0
+    loaded_cpu_tokens: int = 0
+    recomputed_tokens: int = 0
+    loaded_bytes: int = 0
+    stalled_s: float = 0.0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def user(self) -> tuple[str, str] | None:
+        """(client, agent) key of the workflow hints; None for requests without an agent."""
+        return (self.client_id, self.agent_id) if self.agent_id else None
+
+    @property
+    def context_tokens(self) -> int:
+        return self.prompt_tokens + self.generated_tokens
+
+    def output_ids(self) -> list[int]:
+        """Synthetic ids for generated tokens: unique per request, never equal to a prompt token."""
+        base = OUTPUT_TOKEN_BASE + next(_output_ids) * (1 << 24)
+        return list(range(base, base + self.output_tokens))
+
+
+@dataclass
+class PrefillChunk:
+    request: Request
+    new_tokens: int
+    context_tokens: int  # tokens already in KV before this chunk
+    is_last: bool
+
+
+@dataclass
+class Iteration:
+    prefill: list[PrefillChunk] = field(default_factory=list)
+    decode: list[Request] = field(default_factory=list)
+    decode_contexts: list[int] = field(default_factory=list)
+    decode_steps: int = 0
+    blocking_loads: list[Load] = field(default_factory=list)
+
+    @property
+    def is_prefill(self) -> bool:
+        return bool(self.prefill)
+
+
+class Engine:
+    def __init__(self, cache: KVCacheManager, config: EngineConfig | None = None) -> None:
+        self.cache = cache
+        self.config = config or EngineConfig()
+        self.waiting: deque[Request] = deque()
+        self.prefilling: list[Request] = []
+        self.decoding: list[Request] = []
+        self.hints: dict[str, dict[str, float]] = {}
+
+    # ----- inputs ---------------------------------------------------------------------------
+    def submit(self, request: Request, now_s: float) -> None:
+        need = request.prompt_tokens + request.output_tokens
+        if need > self.cache.config.gpu_capacity_tokens:
+            raise ValueError(f"request {request.request_id} needs {need} KV tokens but the GPU holds "
+                             f"{self.cache.config.gpu_capacity_tokens}: it can never run")
+        if request.fixed_tokens > request.prompt_tokens or request.output_tokens < 1:
+            raise ValueError(f"request {request.request_id}: fixed_tokens must be <= prompt length "
+                             f"and output_tokens >= 1")
+        request.arrival_s, request.state = now_s, "waiting"
+        self.waiting.append(request)
+
+    def set_hints(self, client_id: str, steps: dict[str, float], now_s: float) -> None:
+        """New steps-to-execution for a client: re-rank its cache entries and maybe prefetch."""
+        self.hints[client_id] = dict(steps)
+        self.cache.set_hints(client_id, steps)
+        if self.config.prefetch and self.config.load_back:
+            self.cache.prefetch(client_id, steps)
+
+    def take_ops(self) -> list[Op]:
+        return self.cache.take_ops()
+
+    def complete_op(self, op: Op, now_s: float) -> None:
+        self.cache.complete(op)
+        if isinstance(op, Load) and op.prefetch and self.config.prefetch:
+            for client_id, steps in self.hints.items():  # a prefetch slot is free again
+                self.cache.prefetch(client_id, steps)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.decoding)
+
+    # ----- planning -------------------------------------------------------------------------
+    def step(self, now_s: float) -> Iteration | None:
+        """Plan the next iteration, or None when nothing can run until an op completes."""
+        it = Iteration()
+        budget = self.config.chunk_tokens
+        for request in self.prefilling:
+            budget = self._add_chunk(it, request, budget)
+        budget = self._admit(it, now_s, budget)
+        if it.prefill:
+            return it
+        if self.decoding:
+            it.decode = list(self.decoding)
+            it.decode_contexts = [r.context_tokens for r in it.decode]
+            it.decode_steps = min(r.output_tokens - r.generated_tokens for r in it.decode)
+            return it
+        return None
+
+    def _add_chunk(self, it: Iteration, request: Request, budget: int) -> int:
+        remaining = request.prompt_tokens - request.prefilled_tokens
+        if budget <= 0 or remaining <= 0:
+            return budget
+        new = min(remaining, budget)
+        it.prefill.append(PrefillChunk(request, new, request.prefilled_tokens, new == remaining))
+        return budget - new
+
+    def _admit(self, it: Iteration, now_s: float, budget: int) -> int:
+        running = len(self.prefilling) + len(self.decoding)
+        skipped: list[Request] = []
+        while self.waiting and budget > 0 and running < self.config.max_running_requests:
+            request = self.waiting.popleft()
+            outcome = self._try_admit(it, request, now_s)
+            if outcome == "busy":
+                if request.skipped_since_s is None:
+                    request.skipped_since_s = now_s
+                skipped.append(request)
+                if not self.config.status_aware:
+                    break  # FCFS head-of-line: wait for the copy
+                continue
+            if outcome == "no_memory":
+                skipped.append(request)
+                break
+            running += 1
+            budget = self._add_chunk(it, request, budget)
+        self.waiting.extendleft(reversed(skipped))
+        return budget
+
+    def _try_admit(self, it: Iteration, request: Request, now_s: float) -> str:
+        cache = self.cache
+        # the last prompt token is always computed: its logits produce the first output token
+        match = cache.tree.match(request.tokens[:-1], touch=False)
+        if any(n.inflight is not None for n in match.cpu_nodes):
+            return "busy"
+        cpu_run = match.cpu_nodes if self.config.load_back else []
+        loaded = sum(len(n) for n in cpu_run)
+        reserve = request.prompt_tokens - match.gpu_tokens - loaded + request.output_tokens
+        cache.lock(match.gpu_node)
+        granted = cache.alloc_gpu(reserve)
+        loads = cache.load(cpu_run) if granted and cpu_run else []
+        if not granted or (cpu_run and not loads):
+            if granted:
+                cache.release_gpu(granted)
+            cache.unlock(match.gpu_node)
+            return "no_memory"
+        cache.unlock(match.gpu_node)
+        result = cache.match(request.tokens[:-1])  # touch: access time, hit counts, prefetch use
+        request.node = result.last_node if loads else result.gpu_node
+        cache.lock(request.node)
+        it.blocking_loads.extend(loads)
+        request.state = "prefill"
+        request.admit_s = now_s
+        if request.skipped_since_s is not None:
+            request.stalled_s += now_s - request.skipped_since_s
+            request.skipped_since_s = None
+        request.cached_tokens = request.prefilled_tokens = match.gpu_tokens + loaded
+        request.hit_gpu_tokens = match.gpu_tokens
+        request.loaded_cpu_tokens = loaded
+        request.loaded_bytes = sum(op.bytes for op in loads)
+        request.recomputed_tokens = request.prompt_tokens - request.cached_tokens
+        request.reserved_tokens = reserve
+        self.prefilling.append(request)
+        return "admitted"
+
+    # ----- completion -----------------------------------------------------------------------
+    def finish(self, it: Iteration, now_s: float, decode_steps_done: int | None = None) -> list[Request]:
+        """Apply an executed iteration; returns the requests that finished in it."""
+        for op in it.blocking_loads:
+            self.cache.complete(op)
+        finished: list[Request] = []
+        for chunk in it.prefill:
+            request = chunk.request
+            request.prefilled_tokens += chunk.new_tokens
+            if chunk.is_last:
+                self._prompt_done(request, now_s)
+                if request.generated_tokens >= request.output_tokens:
+                    finished.append(request)
+        steps = it.decode_steps if decode_steps_done is None else decode_steps_done
+        if it.decode and not 1 <= steps <= it.decode_steps:
+            raise ValueError(f"decode_steps_done must be in [1, {it.decode_steps}], got {steps}")
+        for request in it.decode:
+            request.generated_tokens += steps
+            if request.generated_tokens >= request.output_tokens:
+                finished.append(request)
+        for request in finished:
+            self._release(request, now_s)
+        return finished
+
+    def _prompt_done(self, request: Request, now_s: float) -> None:
+        """Prefill complete: the prompt's KV joins the tree (shareable at once) and the first
+        output token exists."""
+        self.prefilling.remove(request)
+        prompt_reserved = request.reserved_tokens - request.output_tokens
+        node = self.cache.insert(request.tokens, prompt_reserved, request.fixed_tokens, request.user)
+        request.reserved_tokens = request.output_tokens
+        self._relock(request, node)
+        request.first_token_s = now_s
+        request.generated_tokens = 1
+        request.state = "decode"
+        self.decoding.append(request)
+
+    def _release(self, request: Request, now_s: float) -> None:
+        self.decoding.remove(request)
+        self.cache.insert(request.tokens + request.output_ids(), request.reserved_tokens,
+                          request.fixed_tokens, request.user)
+        request.reserved_tokens = 0
+        self._relock(request, None)
+        request.finish_s = now_s
+        request.state = "finished"
+
+    def _relock(self, request: Request, node: RadixNode | None) -> None:
+        if node is not None:
+            self.cache.lock(node)
+        if request.node is not None:
+            self.cache.unlock(request.node)
+        request.node = node
