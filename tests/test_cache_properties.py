@@ -1,0 +1,99 @@
+"""Property-based tests of the radix tree + cache manager on random operation sequences."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvflow.cache import CacheConfig, KVCacheManager
+from kvflow.ops import Load, Offload
+from kvflow.policies import POLICY_NAMES, make_policy
+
+# sequences from a tiny alphabet share prefixes often, which is what exercises splits
+POOL = [[0, 1, 2, 3] * 3, [0, 1, 2, 3] * 2 + [1] * 8, [0, 1, 2] + [3] * 12, [2, 2, 2, 2, 2], [1, 0] * 9, [0, 1, 2, 3] * 6]
+seqs = st.one_of(st.sampled_from(POOL), st.lists(st.integers(0, 3), min_size=1, max_size=24))
+op = st.one_of(
+    st.tuples(st.just("insert"), seqs, st.integers(0, 24), st.sampled_from(["a", "b", "c", ""])),
+    st.tuples(st.just("match"), seqs),
+    st.tuples(st.just("lock"), seqs),
+    st.tuples(st.just("unlock"), st.integers(0, 10)),
+    st.tuples(st.just("evict"), st.integers(1, 30)),
+    st.tuples(st.just("hints"), st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 5))),
+    st.tuples(st.just("load"), seqs),
+    st.tuples(st.just("complete"), st.integers(0, 10)),
+)
+
+
+def lcp(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def run_ops(ops, policy_name: str, page_size: int, cpu_tokens: int):
+    cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=40, cpu_capacity_tokens=cpu_tokens,
+                                       page_size=page_size, write_policy="write_through" if cpu_tokens else "none"),
+                           make_policy(policy_name))
+    inserted: list[list[int]] = []
+    locked = []  # (node, tokens that must stay matched on GPU)
+    inflight = []
+    trace = []
+    for item in ops:
+        kind = item[0]
+        if kind == "insert":
+            _, tokens, fixed, agent = item
+            result = cache.match(tokens)
+            cache.lock(result.gpu_node)
+            need = len(tokens) - result.gpu_tokens
+            granted = cache.alloc_gpu(need, partial=True)
+            cache.unlock(result.gpu_node)
+            user = ("c0", agent) if agent else None
+            cache.insert(tokens[: result.gpu_tokens + granted], granted, fixed, user)
+            inserted.append(tokens)
+        elif kind == "match":
+            result = cache.match(item[1])
+            best = max((lcp(item[1], s) for s in inserted), default=0)
+            assert result.total_tokens <= best, "match returned more than was ever inserted"
+            trace.append(result.gpu_tokens)
+        elif kind == "lock":
+            result = cache.match(item[1])
+            if result.gpu_tokens:
+                cache.lock(result.gpu_node)
+                locked.append((result.gpu_node, item[1][: result.gpu_tokens]))
+        elif kind == "unlock" and locked:
+            node, _ = locked.pop(item[1] % len(locked))
+            cache.unlock(node)
+        elif kind == "evict":
+            cache.evict_gpu(item[1])
+            cache.evict_cpu(item[1])
+        elif kind == "hints":
+            cache.set_hints("c0", {k: float(v) for k, v in item[1].items()})
+        elif kind == "load":
+            result = cache.match(item[1])
+            inflight.extend(cache.load(result.cpu_nodes))
+        elif kind == "complete":
+            inflight.extend(o for o in cache.take_ops() if isinstance(o, (Load, Offload)))
+            if inflight:
+                cache.complete(inflight.pop(item[1] % len(inflight)))
+        inflight.extend(o for o in cache.take_ops() if isinstance(o, (Load, Offload)))
+        cache.check_invariants()
+        for o in inflight:  # in-flight nodes are still in the tree, in flight
+            assert o.node.inflight is not None and o.node.parent is not None
+        for node, tokens in locked:  # locked prefixes are never evicted
+            assert node.gpu and node.parent is not None
+            assert cache.tree.match(tokens, touch=False).gpu_tokens == len(tokens)
+    return trace, cache
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(op, max_size=60), st.sampled_from(POLICY_NAMES), st.sampled_from([1, 2]),
+       st.sampled_from([0, 30]))
+def test_random_sequences_keep_invariants(ops, policy_name, page_size, cpu_tokens):
+    trace, cache = run_ops(ops, policy_name, page_size, cpu_tokens)
+    # every cached token is reachable from the root, and the counters agree with the tree
+    reachable = sum(len(n) for n in cache.tree.walk() if n.on_gpu_or_loading)
+    assert reachable == cache.gpu_used_tokens
+    # same inputs -> same result
+    trace2, cache2 = run_ops(ops, policy_name, page_size, cpu_tokens)
+    assert trace == trace2 and cache.stats == cache2.stats

@@ -1,0 +1,126 @@
+"""Ranking rules of lru / kvflow / oracle (KVFLOW.md 2.3) on small hand-built trees."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvflow.cache import CacheConfig, KVCacheManager
+from kvflow.policies import make_policy
+
+
+def make(policy: str, gpu: int = 1000) -> KVCacheManager:
+    return KVCacheManager(CacheConfig(gpu_capacity_tokens=gpu, write_policy="none"), make_policy(policy))
+
+
+def put(cache: KVCacheManager, tokens: list[int], fixed: int = 0, user=None):
+    result = cache.match(tokens)
+    granted = cache.alloc_gpu(len(tokens) - result.gpu_tokens)
+    return cache.insert(tokens, granted, fixed, user)
+
+
+def order(cache: KVCacheManager) -> list[list[int]]:
+    """Evict everything one leaf at a time; returns the evicted leaves' tokens in order."""
+    out = []
+    while (node := cache.tree.pop_gpu_victim()) is not None:
+        out.append(list(node.tokens))
+        cache._demote(node)
+    return out
+
+
+def seq(base: int, n: int = 4) -> list[int]:
+    return list(range(base, base + n))
+
+
+def test_lru_evicts_oldest_leaf_first():
+    cache = make("lru")
+    for base in (100, 200, 300):
+        put(cache, seq(base))
+    cache.match(seq(100))  # touch: now newest
+    assert order(cache) == [seq(200), seq(300), seq(100)]
+
+
+def test_kvflow_suffix_first_then_no_info_then_descending_steps():
+    cache = make("kvflow")
+    put(cache, seq(100) + seq(900), fixed=4, user=("c", "far"))  # fixed 100.., suffix 900..
+    put(cache, seq(200), fixed=4, user=("c", "near"))
+    put(cache, seq(300))  # no workflow info
+    put(cache, seq(400), fixed=4, user=("c", "mid"))
+    cache.set_hints("c", {"far": 5, "near": 1, "mid": 2})
+    assert order(cache) == [seq(900), seq(300), seq(100), seq(400), seq(200)]
+
+
+def test_kvflow_ties_break_by_lru():
+    cache = make("kvflow")
+    put(cache, seq(100), fixed=4, user=("c", "x"))
+    put(cache, seq(200), fixed=4, user=("c", "y"))
+    cache.match(seq(100))
+    cache.set_hints("c", {"x": 2, "y": 2})
+    assert order(cache) == [seq(200), seq(100)]
+
+
+def test_kvflow_shared_prefix_takes_minimum_of_its_users():
+    # two agents share a 4-token prefix; the shared node must rank as the *nearer* agent
+    cache = make("kvflow")
+    shared = seq(100)
+    put(cache, shared + seq(500), fixed=8, user=("c", "soon"))
+    put(cache, shared + seq(600), fixed=8, user=("c", "late"))
+    put(cache, seq(700), fixed=4, user=("c", "mid"))
+    cache.set_hints("c", {"soon": 1, "late": 9, "mid": 4})
+    # late's private part, then mid, then soon's private part, then the shared node (min = 1)
+    assert order(cache) == [seq(600), seq(700), seq(500), shared]
+
+
+def test_kvflow_shared_across_two_concurrent_workflows():
+    cache = make("kvflow")
+    role = seq(100)
+    put(cache, role + seq(500), fixed=4, user=("wf1", "coder"))
+    put(cache, role + seq(600), fixed=4, user=("wf2", "coder"))
+    put(cache, seq(800), fixed=4, user=("wf1", "tester"))
+    cache.set_hints("wf1", {"coder": 7, "tester": 3})
+    cache.set_hints("wf2", {"coder": 1})
+    # suffixes first (both), then wf1's tester (3) before the role shared with wf2's coder (min 1)
+    evicted = order(cache)
+    assert evicted[:2] == [seq(500), seq(600)] or evicted[:2] == [seq(600), seq(500)]
+    assert evicted[2:] == [seq(800), role]
+
+
+def test_kvflow_rekeys_when_hints_change():
+    cache = make("kvflow")
+    put(cache, seq(100), fixed=4, user=("c", "a"))
+    put(cache, seq(200), fixed=4, user=("c", "b"))
+    cache.set_hints("c", {"a": 1, "b": 3})
+    assert cache.tree.peek_gpu_victim().tokens == seq(200)
+    cache.set_hints("c", {"a": 3, "b": 1})
+    assert order(cache) == [seq(100), seq(200)]
+
+
+def test_locked_and_loading_nodes_are_never_victims():
+    cache = make("kvflow")
+    node = put(cache, seq(100), fixed=4, user=("c", "a"))
+    put(cache, seq(200), fixed=4, user=("c", "b"))
+    cache.lock(node)
+    assert order(cache) == [seq(200)]
+    cache.unlock(node)
+    assert order(cache) == [seq(100)]
+
+
+def test_oracle_evicts_farthest_next_use():
+    cache = make("oracle")
+    nodes = [put(cache, seq(b)) for b in (100, 200, 300)]
+    for node, nxt in zip(nodes, (5, 50, 10)):
+        node.next_use = nxt
+        cache.tree.refresh(node)
+    assert order(cache) == [seq(200), seq(300), seq(100)]
+
+
+def test_oracle_reads_user_next_use():
+    cache = make("oracle")
+    put(cache, seq(100), fixed=4, user=("c", "a"))
+    put(cache, seq(200), fixed=4, user=("c", "b"))
+    cache.policy.set_next_use({("c", "a"): 9, ("c", "b"): 2})
+    assert order(cache) == [seq(100), seq(200)]
+
+
+def test_unknown_policy_lists_valid_names():
+    with pytest.raises(ValueError, match="valid: lru, kvflow, oracle"):
+        make_policy("fifo")
