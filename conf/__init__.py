@@ -1,0 +1,1 @@
+"""Hydra configuration groups (hardware, model, workload, policy, experiment), installed as package data."""
