@@ -1,0 +1,100 @@
+"""`kvflow-trace`: generate, import, validate and summarize traces.
+
+Every user error is one line on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from traces.generators import WORKLOADS, generate
+from traces.importers import IMPORTERS, import_trace
+from traces.io import load_trace, write_trace
+from traces.schema import TraceError
+from traces.stats import compute_stats, format_stats
+from traces.validate import summary, validate_file
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in one line (argparse prints usage + message by default)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kvflow-trace", description="KVFlow workload traces: generate, import, validate, stats.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    g = sub.add_parser("generate", help=f"synthetic workload: {', '.join(WORKLOADS)}")
+    g.add_argument("workload")
+    g.add_argument("params", nargs="*", metavar="key=value")
+    g.add_argument("-o", "--output", required=True)
+    i = sub.add_parser("import", help=f"import real logs: {', '.join(IMPORTERS)}")
+    i.add_argument("format")
+    i.add_argument("inputs", nargs="+")
+    i.add_argument("-o", "--output", required=True)
+    i.add_argument("--seed", type=int, default=0)
+    v = sub.add_parser("validate", help="check a trace; one FILE:LINE: problem per error")
+    v.add_argument("file")
+    s = sub.add_parser("stats", help="workload shape, prefix reuse, ideal hit-rate ceiling, loops")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    return p
+
+
+def _key_values(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"bad parameter {item!r}: expected key=value")
+        out[key] = value
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.cmd == "generate":
+        trace = generate(args.workload, **_key_values(args.params))
+        write_trace(trace, args.output)
+        print(f"{args.output}: {len(trace.invocations)} invocations ({args.workload})")
+    elif args.cmd == "import":
+        trace = import_trace(args.format, args.inputs, seed=args.seed)
+        write_trace(trace, args.output)
+        skipped = trace.meta.get("provenance", {}).get("skipped", [])
+        print(f"{args.output}: {len(trace.invocations)} invocations from "
+              f"{len(args.inputs) - len(skipped)} input(s), {len(skipped)} skipped")
+    elif args.cmd == "validate":
+        trace, errors = validate_file(args.file)
+        for err in errors:
+            print(err, file=sys.stderr)
+        if errors:
+            return EXIT_USAGE
+        assert trace is not None
+        print(summary(args.file, trace))
+    else:
+        st = compute_stats(load_trace(args.file))
+        print(json.dumps(st, indent=1) if args.json else format_stats(args.file, st))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(_parser().parse_args(argv))
+    except _UsageError as exc:
+        print(f"kvflow-trace: error: {exc}", file=sys.stderr)
+    except (TraceError, ValueError) as exc:
+        print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
+    except OSError as exc:
+        print(f"kvflow-trace: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""OpenAI-style chat sessions (JSONL) -> trace.
+
+Each line: {"messages": [{"role", "content", ...}], "session_id"?, "agent"?, "timestamp"?} (a bare
+list of messages is accepted too). Every assistant turn is an invocation whose prompt is the
+messages before it (leading system messages = the fixed part) and whose output is the turn's text.
+Lines with the same session_id continue one client; each turn depends on the session's previous turn.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+from traces.importers.text import estimate_tokens, text_segments
+from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Trace, WorkflowDef
+
+WORKFLOW = "openai"
+
+
+def _message_text(msg: dict[str, Any]) -> str:
+    content = msg.get("content") or ""
+    if isinstance(content, list):  # multi-part content: keep the text parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return f"<|{msg.get('role', '')}|>{content}"
+
+
+def _session(obj: Any, where: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    if isinstance(obj, list):
+        obj = {"messages": obj}
+    msgs = obj.get("messages") if isinstance(obj, dict) else None
+    if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m for m in msgs):
+        raise ValueError(f"{where}: expected a list of {{role, content}} messages")
+    return msgs, obj
+
+
+def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None) -> Trace:
+    invocations: list[Invocation] = []
+    last_of: dict[str, str] = {}
+    steps: dict[str, int] = {}
+    agents: list[str] = []
+    t0: float | None = None
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    raise ValueError(f"{path}:{lineno}: invalid JSON") from None
+                msgs, info = _session(obj, f"{path}:{lineno}")
+                client = str(info.get("session_id", f"{os.path.basename(path)}:{lineno}"))
+                ts = info.get("timestamp")
+                if isinstance(ts, (int, float)) and t0 is None:
+                    t0 = float(ts)
+                n_sys = next((i for i, m in enumerate(msgs) if m.get("role") != "system"), len(msgs))
+                texts = [_message_text(m) for m in msgs]
+                first = True
+                for i, msg in enumerate(msgs):
+                    if msg.get("role") != "assistant" or i == 0:
+                        continue
+                    agent = str(msg.get("name") or info.get("agent") or "assistant")
+                    if agent not in agents:
+                        agents.append(agent)
+                    fixed = text_segments(texts[: min(n_sys, i)])
+                    segs = fixed + text_segments(texts[min(n_sys, i): i])
+                    inv_id = f"{client}/{len(invocations)}"
+                    arrival = max(0.0, float(ts) - (t0 or 0.0)) if first and isinstance(ts, (int, float)) else None
+                    if first and client not in last_of and arrival is None:
+                        arrival = 0.0
+                    invocations.append(Invocation(
+                        id=inv_id, client_id=client, workflow=WORKFLOW, agent_id=agent,
+                        step=steps.get(client, 0), segments=segs,
+                        fixed_segments=len(fixed), output_tokens=estimate_tokens(str(msg.get("content") or "")),
+                        deps=[last_of[client]] if client in last_of else [], arrival_s=arrival))
+                    last_of[client] = inv_id
+                    steps[client] = steps.get(client, 0) + 1
+                    first = False
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed,
+            "provenance": {"importer": "openai", "sources": [os.path.basename(p) for p in paths]}}
+    workflows = {WORKFLOW: WorkflowDef(WORKFLOW, agents, None)} if invocations else {}
+    return Trace(meta, workflows, invocations)

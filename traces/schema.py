@@ -1,0 +1,111 @@
+"""In-memory trace model: workflow definitions plus invocations made of prompt segments.
+
+A prompt is a list of segments instead of token ids so a trace stays small; `Trace.prompt_tokens`
+expands segments into token ids deterministically (see `traces.tokens`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from traces.tokens import TokenSource
+
+FORMAT_NAME = "kvflow-trace"
+FORMAT_VERSION = 1
+SEGMENT_KINDS = ("shared", "unique", "tokens", "block")
+DEFAULT_BLOCK_TOKENS = 512
+
+
+class TraceError(ValueError):
+    """A problem in a trace file; str() is "FILE:LINE: problem" so tools can print it as is."""
+
+    def __init__(self, path: str, line: int, problem: str) -> None:
+        super().__init__(f"{path}:{line}: {problem}")
+        self.path, self.line, self.problem = path, line, problem
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One piece of a prompt.
+
+    kind "shared": named tokens, identical wherever the name (key) appears; a shorter use takes
+    the first n_tokens of the name's token stream. "unique": fresh tokens for this invocation
+    (key is an optional label). "tokens": explicit ids in `ids`. "block": a hash-id block
+    (Mooncake); key is the hash id, a partial block uses the block's first n_tokens.
+    """
+
+    kind: str
+    key: str | int = ""
+    n_tokens: int = 0
+    ids: tuple[int, ...] | None = None
+
+
+@dataclass(slots=True)
+class Invocation:
+    """One LLM call of one workflow instance (client)."""
+
+    id: str
+    client_id: str
+    workflow: str
+    agent_id: str
+    step: int
+    segments: list[Segment]
+    fixed_segments: int
+    output_tokens: int
+    deps: list[str] = field(default_factory=list)
+    arrival_s: float | None = None
+    delay_s: float = 0.0
+
+
+@dataclass(slots=True)
+class WorkflowDef:
+    """A workflow's agents and its Agent Step Graph (StepGraph dict format, or None if unknown)."""
+
+    id: str
+    agents: list[str]
+    graph: dict[str, Any] | None = None
+
+
+class Trace:
+    """Workflows, invocations in topological order, and provenance metadata."""
+
+    def __init__(
+        self,
+        meta: dict[str, Any],
+        workflows: dict[str, WorkflowDef],
+        invocations: list[Invocation],
+    ) -> None:
+        self.meta = meta
+        self.workflows = workflows
+        self.invocations = invocations
+        self._tokens = TokenSource(self.seed, self.block_tokens)
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta.get("seed", 0))
+
+    @property
+    def block_tokens(self) -> int:
+        return int(self.meta.get("block_tokens", DEFAULT_BLOCK_TOKENS))
+
+    def prompt_tokens(self, inv: Invocation) -> list[int]:
+        """Full prompt token ids; identical across processes and runs for the same trace."""
+        out: list[int] = []
+        for i, seg in enumerate(inv.segments):
+            out.extend(self._tokens.segment(seg, inv.id, i))
+        return out
+
+    def fixed_tokens(self, inv: Invocation) -> int:
+        return sum(s.n_tokens for s in inv.segments[: inv.fixed_segments])
+
+    def prompt_len(self, inv: Invocation) -> int:
+        return sum(s.n_tokens for s in inv.segments)
+
+    def by_id(self) -> dict[str, Invocation]:
+        return {inv.id: inv for inv in self.invocations}
+
+    def __repr__(self) -> str:
+        return (
+            f"Trace({len(self.workflows)} workflows, {len(self.invocations)} invocations, "
+            f"seed={self.seed})"
+        )

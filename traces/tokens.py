@@ -1,0 +1,53 @@
+"""Deterministic segment -> token-id expansion.
+
+Token ids come from numpy's PCG64 seeded by a stable hash (blake2b, never Python's hash()) of
+(kind, key, trace seed), so every process sees the same prompt. numpy's bounded integer draws are
+prefix-stable (the first n of a longer draw equal a draw of n), which lets a shorter use of a
+name or a partial block take a prefix of the same stream.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from traces.schema import Segment
+
+TOKEN_ID_LIMIT = 2**31  # ids are in [0, TOKEN_ID_LIMIT)
+
+
+def stable_hash(*parts: object) -> int:
+    """64-bit hash of the parts' reprs, stable across processes and Python versions."""
+    text = "\x1f".join(f"{type(p).__name__}:{p}" for p in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def random_tokens(n: int, *parts: object) -> list[int]:
+    rng = np.random.default_rng(stable_hash(*parts))
+    return rng.integers(0, TOKEN_ID_LIMIT, size=n, dtype=np.int64).tolist()
+
+
+class TokenSource:
+    """Expands segments to token ids, caching one array per shared name / block hash."""
+
+    def __init__(self, seed: int, block_tokens: int) -> None:
+        self.seed = seed
+        self.block_tokens = block_tokens
+        self._cache: dict[tuple[str, str | int], list[int]] = {}
+
+    def _stream(self, kind: str, key: str | int, n: int) -> list[int]:
+        cached = self._cache.get((kind, key))
+        if cached is None or len(cached) < n:
+            size = max(n, self.block_tokens) if kind == "block" else n
+            cached = random_tokens(size, kind, key, self.seed)
+            self._cache[(kind, key)] = cached
+        return cached if len(cached) == n else cached[:n]
+
+    def segment(self, seg: Segment, inv_id: str, index: int) -> list[int]:
+        if seg.kind == "shared" or seg.kind == "block":
+            return self._stream(seg.kind, seg.key, seg.n_tokens)
+        if seg.kind == "unique":
+            return random_tokens(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
+        return list(seg.ids or ())
