@@ -94,3 +94,32 @@ def test_same_input_same_result(requests):
     a = replay(requests[:500], "kvflow", 200, 0.2)
     b = replay(requests[:500], "kvflow", 200, 0.2)
     assert a == b
+
+
+def test_imported_mooncake_trace_replays_to_the_same_hit_rates(tmp_path, mooncake_path, capsys):
+    from traces import write_trace
+    from traces.importers import import_trace
+
+    imported = tmp_path / "mooncake.jsonl.gz"
+    write_trace(import_trace("mooncake", [str(mooncake_path)]), imported)
+    for policy in ("lru", "oracle"):
+        rates = []
+        for path in (mooncake_path, imported):
+            assert main(["--trace", str(path), "--policy", policy, "--budget-gib", "16"]) == 0
+            rates.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["hit_tokens"])
+        assert rates[0] == rates[1]
+
+
+def test_token_level_replay_of_a_generated_trace(tmp_path, capsys):
+    from traces import generate, write_trace
+
+    path = tmp_path / "seq.jsonl"
+    write_trace(generate("sequential", agents=4, fixed_tokens=256, dynamic_tokens=16, output_tokens=8,
+                         runs=3, seed=0), path)
+    results = {}
+    for policy in ("lru", "kvflow", "oracle"):
+        assert main(["--trace", str(path), "--policy", policy, "--model", "tiny", "--budget-gib", "0.00015",
+                     "--warmup-fraction", "0"]) == 0
+        results[policy] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert results[policy]["unit"] == "token"
+    assert results["oracle"]["hit_rate"] >= results["lru"]["hit_rate"]
