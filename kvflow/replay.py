@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.policies import POLICY_NAMES, make_policy
+from kvflow.step_graph import StepGraph
 
 GIB = 1 << 30
 
@@ -35,6 +36,9 @@ class ReplayInputError(ValueError):
 class ReplayRequest:
     keys: list[Hashable]  # one key per cache unit (block hash, or token id)
     unit_tokens: list[int] | None  # tokens per unit; None = 1 token per unit
+    user: tuple[str, str] | None = None  # (client, agent) for workflow-aware policies
+    fixed_units: int = 0  # units of the fixed prompt
+    hints: dict[str, float] | None = None  # steps-to-execution of the client's agents, as it runs
 
 
 def block_tokens(input_length: int, block_size: int, index: int) -> int:
@@ -84,10 +88,17 @@ def read_kvflow_trace(path: Path) -> tuple[list[ReplayRequest], bool]:
     except TraceError as exc:
         raise ReplayInputError(str(exc)) from None
     invocations = trace.invocations
+    graphs = {name: StepGraph.from_dict(w.graph) for name, w in trace.workflows.items() if w.graph}
     if all(seg.kind == "block" for inv in invocations for seg in inv.segments):
         return [ReplayRequest([s.key for s in inv.segments], [s.n_tokens for s in inv.segments])
                 for inv in invocations], True
-    return [ReplayRequest(trace.prompt_tokens(inv), None) for inv in invocations], False
+    requests = []
+    for inv in invocations:
+        graph = graphs.get(inv.workflow)
+        hints = graph.steps_to_execution([inv.agent_id]) if graph and inv.agent_id in graph.aggregation else None
+        user = (inv.client_id, inv.agent_id) if inv.agent_id else None
+        requests.append(ReplayRequest(trace.prompt_tokens(inv), None, user, trace.fixed_tokens(inv), hints))
+    return requests, False
 
 
 def is_mooncake(path: Path) -> bool:
@@ -135,6 +146,8 @@ def replay(requests: list[ReplayRequest], policy_name: str, capacity_units: int,
     filled_before_measurement = False
     for index, req in enumerate(requests):
         weights = req.unit_tokens
+        if req.hints is not None and req.user is not None:
+            cache.set_hints(req.user[0], req.hints)
         result = cache.match(req.keys)
         hit_units = result.gpu_tokens
         if index >= warmup:
@@ -150,7 +163,7 @@ def replay(requests: list[ReplayRequest], policy_name: str, capacity_units: int,
         else:
             granted = _alloc_with_bypass(cache, next_use[index], hit_units)
         cache.unlock(result.gpu_node)
-        cache.insert(req.keys[: hit_units + granted], reserved_tokens=granted)
+        cache.insert(req.keys[: hit_units + granted], granted, req.fixed_units, req.user)
         if next_use is not None:
             _annotate_path(cache, req.keys[: hit_units + granted], next_use[index])
         if index < warmup and cache.gpu_free_tokens == 0:

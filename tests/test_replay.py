@@ -122,4 +122,5 @@ def test_token_level_replay_of_a_generated_trace(tmp_path, capsys):
                      "--warmup-fraction", "0"]) == 0
         results[policy] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert results[policy]["unit"] == "token"
-    assert results["oracle"]["hit_rate"] >= results["lru"]["hit_rate"]
+    # a cyclic workflow under pressure: LRU evicts exactly the next agent; KVFlow's hints keep it
+    assert results["lru"]["hit_rate"] < results["kvflow"]["hit_rate"] <= results["oracle"]["hit_rate"]
