@@ -1,0 +1,135 @@
+"""``kvflow-sim``: the Hydra front end of the simulator (conf/config.yaml).
+
+With no policy selected it runs every policy in ``compare`` on the same trace and prints KVFlow's
+speedup in end-to-end workflow latency; with ``policy=NAME`` it runs one. Each run writes its
+resolved ``config.yaml``, ``requests.csv`` and ``summary.json`` into the Hydra run directory
+(one sub-directory per policy in compare mode). Bad input: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import hydra
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sim.report import header, speedups, table, write_atomic, write_run
+from sim.runner import SimInputError, build_trace, simulate
+
+try:
+    from traces import TraceError
+except ImportError:  # pragma: no cover
+    from traces.schema import TraceError
+
+USER_ERRORS = (SimInputError, HydraException, OmegaConfBaseException, TraceError, ValueError, OSError)
+
+
+def _policy_config(name: str) -> dict[str, Any]:
+    names = sorted(p.name[:-5] for p in (files("conf") / "policy").iterdir() if p.name.endswith(".yaml"))
+    if name not in names:
+        raise SimInputError(f"unknown policy {name!r} in compare; valid: {', '.join(names)}")
+    return OmegaConf.to_container(OmegaConf.load(str(files("conf") / "policy" / f"{name}.yaml")), resolve=True)
+
+
+def _run_one(cfg: dict[str, Any], run_dir: Path, trace: Any, write_csv: bool) -> dict[str, Any]:
+    result = simulate(cfg, trace=trace)
+    config_yaml = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k not in ("params", "experiment_name")})
+    write_run(run_dir, result.summary, result.rows, result.workflow_rows, config_yaml, requests_csv=write_csv)
+    return result.summary
+
+
+def _hydra_meta() -> tuple[str | None, dict[str, Any]]:
+    """(experiment preset, swept parameters) from Hydra: the overrides minus policy/output/hydra."""
+    hc = HydraConfig.get()
+    params: dict[str, Any] = {}
+    for item in hc.overrides.task:
+        key, _, value = item.lstrip("+~").partition("=")
+        if not key.startswith(("policy", "output.", "hydra", "experiment")):
+            params[key] = yaml.safe_load(value) if value else value
+    return hc.runtime.choices.get("experiment"), params
+
+
+def run(cfg: DictConfig, run_dir: Path, experiment: str | None = None,
+        params: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Run the configured policy (or the ``compare`` list) and write outputs under ``run_dir``."""
+    plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    plain.pop("hydra", None)
+    plain["experiment_name"], plain["params"] = experiment, dict(params or {})
+    trace = build_trace(plain["workload"], int(plain.get("seed", 0)))
+    write_csv = bool(plain.get("output", {}).get("requests_csv", True))
+    if plain.get("policy"):
+        runs = {plain["policy"]["name"]: (plain, run_dir)}
+    else:
+        runs = {name: ({**plain, "policy": _policy_config(name)}, run_dir / name) for name in plain["compare"]}
+    summaries = {name: _run_one(c, d, trace, write_csv) for name, (c, d) in runs.items()}
+    if len(summaries) > 1:
+        comparison = {"speedup_of_kvflow": speedups(summaries),
+                      "workflow_latency_mean_s": {n: s["workflow_latency_mean_s"] for n, s in summaries.items()}}
+        write_atomic(run_dir / "comparison.json", json.dumps(comparison, indent=2, sort_keys=True) + "\n")
+    if plain.get("output", {}).get("table", True):
+        _print(summaries, run_dir)
+    return summaries
+
+
+def _print(summaries: dict[str, dict[str, Any]], run_dir: Path) -> None:
+    first = next(iter(summaries.values()))
+    print(header(first))
+    print(table(list(summaries.values())))
+    for other, x in speedups(summaries).items():
+        print(f"KVFlow speedup over {other}: {x:.2f}x (end-to-end workflow latency, mean)")
+    sim_s = sum(s["makespan_s"] for s in summaries.values())
+    wall_s = sum(s["wall_s"] for s in summaries.values())
+    print(f"simulated {sim_s:.1f} s in {wall_s:.2f} s wall ({sim_s / max(wall_s, 1e-9):,.0f}x real time); "
+          f"outputs in {run_dir}")
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def _app(cfg: DictConfig) -> None:
+    try:
+        experiment, params = _hydra_meta()
+        run(cfg, Path(HydraConfig.get().runtime.output_dir), experiment, params)
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    m = re.search(r"Could not find '([^/']+)/([^']+)'.*?Available options in '[^']+':(.*)", text, re.S)
+    if m:
+        options = m.group(3).split("Config search path")[0].split()
+        return f"unknown {m.group(1)} {m.group(2)!r}; valid: {', '.join(options)}"
+    return " ".join(text.split())
+
+
+def _fail(exc: BaseException) -> None:
+    print(f"kvflow-sim: error: {_one_line(exc)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point: Hydra errors are re-raised (HYDRA_FULL_ERROR) and shown as one line."""
+    old = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _app()
+    except USER_ERRORS as exc:
+        _fail(exc)
+    finally:
+        if old is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = old
+
+
+if __name__ == "__main__":
+    main()

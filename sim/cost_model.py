@@ -1,0 +1,184 @@
+"""Iteration and transfer times for the simulator, from a hardware profile and a model shape.
+
+Two sources of coefficients (docs/cost_model.md):
+- spec-derived (default): a roofline, time = max(FLOPs / (peak x compute_efficiency),
+  bytes / (HBM bandwidth x memory_efficiency)) + a fixed per-iteration overhead, with FLOPs from
+  REFERENCE_NUMBERS.md section 6;
+- measured (``hardware.measured``, written by real/ calibration): explicit linear coefficients;
+  each block present (prefill, decode, h2d, d2h) overrides the spec-derived formula for that part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kvflow.model_spec import ModelSpec
+
+MIB = 1 << 20
+DIRECTIONS = ("h2d", "d2h")
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One PCIe direction: a fixed latency per copy plus bytes at an effective rate."""
+
+    latency_s: float
+    effective_gbps: float
+    busy_factor: float = 1.0  # rate multiplier while the other direction is copying
+
+
+@dataclass
+class CostModel:
+    """Times in seconds for engine iterations and PCIe copies; pure arithmetic, no SimPy."""
+
+    model: ModelSpec
+    gpu_memory_bytes: float
+    peak_flops: float
+    hbm_bytes_per_s: float
+    compute_efficiency: float
+    memory_efficiency: float
+    iteration_overhead_s: float
+    mem_fraction_static: float
+    links: dict[str, LinkSpec]
+    kv_capacity_tokens: int | None = None
+    measured: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, hardware: Mapping[str, Any], model: ModelSpec) -> CostModel:
+        """Build from a ``conf/hardware/*.yaml`` mapping; ``measured`` blocks override the spec."""
+        hw = dict(hardware)
+        measured = {k: dict(v) for k, v in dict(hw.get("measured") or {}).items() if v}
+        eff = float(hw.get("pcie_efficiency", 1.0))
+        links = {}
+        for d in DIRECTIONS:
+            m = measured.get(d)
+            links[d] = LinkSpec(
+                latency_s=float(m["latency_s"]) if m else float(hw.get("pcie_latency_s", 0.0)),
+                effective_gbps=float(m["gbps"]) if m else float(hw[f"pcie_{d}_gbps"]) * eff,
+                busy_factor=float(hw.get(f"bidirectional_{d}_factor", 1.0)),
+            )
+        cap = hw.get("kv_capacity_tokens")
+        return cls(
+            model=model,
+            gpu_memory_bytes=float(hw["gpu_memory_mib"]) * MIB,
+            peak_flops=float(hw["peak_bf16_flops"]),
+            hbm_bytes_per_s=float(hw["hbm_gbps"]) * 1e9,
+            compute_efficiency=float(hw.get("compute_efficiency", 1.0)),
+            memory_efficiency=float(hw.get("memory_efficiency", 1.0)),
+            iteration_overhead_s=float(hw.get("iteration_overhead_s", 0.0)),
+            mem_fraction_static=float(hw.get("mem_fraction_static", 0.9)),
+            links=links,
+            kv_capacity_tokens=int(cap) if cap is not None else None,
+            measured=measured,
+        )
+
+    # -- compute -----------------------------------------------------------------------------
+    def _roofline_s(self, flops: float, nbytes: float) -> float:
+        return max(
+            flops / (self.peak_flops * self.compute_efficiency),
+            nbytes / (self.hbm_bytes_per_s * self.memory_efficiency),
+        )
+
+    def _prefill_work(self, chunks: Sequence[tuple[int, int]]) -> tuple[float, float]:
+        """(FLOPs, KV bytes touched) of prefill chunks (new tokens n after context p):
+        2 N_mm n + a (n p + n(n+1)/2); reads the p context tokens' KV and writes n new ones."""
+        m = self.model
+        flops = 0.0
+        kv_tokens = 0
+        for n, p in chunks:
+            flops += m.matmul_flops_per_token * n + m.attn_flops_per_ctx_token * (n * p + n * (n + 1) / 2)
+            kv_tokens += n + p
+        return flops, float(kv_tokens * m.kv_bytes_per_token)
+
+    def prefill_time_s(self, chunks: Sequence[tuple[int, int]]) -> float:
+        """One prefill iteration over ``(new_tokens, context_tokens)`` chunks."""
+        return self.iteration_time_s(chunks, ())
+
+    def decode_time_s(self, contexts: Sequence[int]) -> float:
+        """One decode step for requests whose context lengths are ``contexts``."""
+        return self.iteration_time_s((), contexts)
+
+    def iteration_time_s(self, chunks: Sequence[tuple[int, int]], contexts: Sequence[int]) -> float:
+        """A mixed iteration: prefill chunks and decode tokens share one weight pass."""
+        if not chunks and not len(contexts):
+            return 0.0
+        if self.measured.get("prefill") or self.measured.get("decode"):
+            return self._measured_iteration_s(chunks, contexts)
+        m = self.model
+        flops, kv_bytes = self._prefill_work(chunks)
+        ctx_sum = float(sum(contexts))
+        flops += len(contexts) * m.matmul_flops_per_token + m.attn_flops_per_ctx_token * ctx_sum
+        kv_bytes += ctx_sum * m.kv_bytes_per_token
+        return self._roofline_s(flops, m.weight_bytes + kv_bytes) + self.iteration_overhead_s
+
+    def _measured_iteration_s(self, chunks: Sequence[tuple[int, int]], contexts: Sequence[int]) -> float:
+        # A block that calibration did not write falls back to the roofline for that part.
+        t = 0.0
+        if chunks:
+            p = self.measured.get("prefill")
+            if p:
+                new = sum(n for n, _ in chunks)
+                t += p["a_s"] + p["b_s_per_token"] * new + p["c_s_per_token_ctx"] * sum(n * c for n, c in chunks)
+            else:
+                f, b = self._prefill_work(chunks)
+                t += self._roofline_s(f, self.model.weight_bytes + b) + self.iteration_overhead_s
+        if len(contexts):
+            t += self.decode_run_times_s(contexts, 1)[0] - (self._decode_fixed_s() if chunks else 0.0)
+        return t
+
+    def _decode_fixed_s(self) -> float:
+        d = self.measured.get("decode")
+        return float(d["a_s"]) if d else self.iteration_overhead_s
+
+    def decode_run_times_s(self, contexts: Sequence[int], steps: int) -> np.ndarray:
+        """Cumulative end times of ``steps`` back-to-back decode steps; step k (0-based) runs at
+        contexts + k. Closed form per step, so the simulator can jump over many steps at once."""
+        batch = len(contexts)
+        k = np.arange(steps, dtype=np.float64)
+        ctx_sum = float(sum(contexts)) + batch * k
+        d = self.measured.get("decode")
+        if d:
+            per_step = d["a_s"] + d["b_s_per_seq"] * batch + d["c_s_per_ctx_token"] * ctx_sum
+        else:
+            m = self.model
+            flops = batch * m.matmul_flops_per_token + m.attn_flops_per_ctx_token * ctx_sum
+            nbytes = m.weight_bytes + m.kv_bytes_per_token * ctx_sum
+            per_step = np.maximum(
+                flops / (self.peak_flops * self.compute_efficiency),
+                nbytes / (self.hbm_bytes_per_s * self.memory_efficiency),
+            ) + self.iteration_overhead_s
+        return np.cumsum(per_step)
+
+    def overlapped_load_time_s(self, compute_s: float, load_s: float) -> float:
+        """Iteration with a reactive layer-by-layer load-back (HiCache): layer i's copy overlaps
+        layer i-1's compute, so the first layer's copy is exposed: max(compute, load) + load/L."""
+        if load_s <= 0:
+            return compute_s
+        return max(compute_s, load_s) + load_s / self.model.layers
+
+    # -- transfers -----------------------------------------------------------------------------
+    def transfer_time_s(self, nbytes: float, direction: str, other_direction_busy: bool = False) -> float:
+        """One copy: latency + bytes / (nominal x efficiency [x bidirectional factor])."""
+        if direction not in self.links:
+            raise ValueError(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+        link = self.links[direction]
+        rate = link.effective_gbps * 1e9 * (link.busy_factor if other_direction_busy else 1.0)
+        return link.latency_s + nbytes / rate
+
+    # -- capacity ------------------------------------------------------------------------------
+    def gpu_kv_capacity_tokens(self) -> int:
+        """KV pool size: (memory x mem_fraction_static - weights) / KV bytes per token, unless the
+        profile sets ``kv_capacity_tokens`` (e.g. to put memory under pressure)."""
+        if self.kv_capacity_tokens is not None:
+            return self.kv_capacity_tokens
+        free_bytes = self.gpu_memory_bytes * self.mem_fraction_static - self.model.weight_bytes
+        if free_bytes <= 0:
+            raise ValueError(
+                f"model '{self.model.name}' ({self.model.weight_bytes / 1e9:.1f} GB of weights) "
+                f"does not fit in {self.gpu_memory_bytes * self.mem_fraction_static / 1e9:.1f} GB of GPU memory"
+            )
+        return int(free_bytes // self.model.kv_bytes_per_token)

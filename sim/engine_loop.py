@@ -1,0 +1,147 @@
+"""The engine as one SimPy process: ``step()`` decides, the cost model says how long it takes.
+
+Every decision (batching, admission, eviction, prefetch) is made by ``kvflow.engine.Engine``; this
+loop only turns iterations into simulated time and runs the engine's ops on the PCIe channels:
+- an iteration takes ``cost.iteration_time_s(prefill chunks, decode contexts)``;
+- a pure-decode iteration may cover ``it.decode_steps`` steps; the loop jumps over them in one
+  event but stops at the first step boundary after anything else happens (an arrival, a copy
+  finishing), so the engine can re-plan exactly when a real scheduler would;
+- reactive load-backs (``it.blocking_loads``) hold the H2D channel and overlap the prefill layer
+  by layer: ``max(compute, load) + load / layers`` (DESIGN.md, HiCache);
+- async ops (``engine.take_ops()``) start on their channel at once; Free ops complete at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import simpy
+
+from kvflow.ops import Free, Load, Offload
+from sim.cost_model import CostModel
+from sim.pcie import PCIeLink
+
+
+class EngineLoop:
+    """Drives one ``Engine`` in simulated time; ``wake()`` is how the outside world pokes it."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        engine: Any,
+        cost: CostModel,
+        pcie: PCIeLink,
+        on_finished: Callable[[list[Any]], None],
+    ) -> None:
+        self.env = env
+        self.engine = engine
+        self.cost = cost
+        self.pcie = pcie
+        self.on_finished = on_finished
+        self._wake = env.event()
+        self.ops_inflight = 0
+        self.busy_s = 0.0
+        self.iterations = 0
+        self.decode_steps = 0
+        self.blocking_load_wait_s = 0.0
+        self.blocking_load_exposed_s = 0.0
+        self.after_iteration: Callable[[], None] | None = None  # e.g. invariant checks in tests
+
+    # -- outside input -------------------------------------------------------------------------
+    def wake(self) -> None:
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def start_ops(self) -> None:
+        """Launch every op the engine queued; called after anything that may queue ops."""
+        batches: dict[str, list] = {"h2d": [], "d2h": []}
+        for op in self.engine.take_ops():
+            if isinstance(op, Free):
+                self.engine.complete_op(op, self.env.now)
+                continue
+            assert isinstance(op, (Load, Offload)), op
+            batches["h2d" if isinstance(op, Load) else "d2h"].append((op.bytes, lambda op=op: self._op_done(op)))
+        for direction, items in batches.items():
+            if items:
+                self.ops_inflight += len(items)
+                self.env.process(self.pcie.transfer_batch(items, direction))
+
+    def _op_done(self, op: Any) -> None:
+        self.ops_inflight -= 1
+        self.engine.complete_op(op, self.env.now)
+        self.start_ops()
+        self.wake()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self):
+        while True:
+            self.start_ops()
+            it = self.engine.step(self.env.now)
+            self.start_ops()
+            if it is None:
+                if self._wake.triggered:
+                    self._wake = self.env.event()
+                    continue
+                yield self._wake
+                self._wake = self.env.event()
+                continue
+            if self._wake.triggered:
+                self._wake = self.env.event()
+            start_s = self.env.now
+            self.iterations += 1
+            if getattr(it, "blocking_loads", None):
+                finished = yield from self._run_with_loads(it)
+            elif it.decode and not it.prefill and it.decode_steps > 1:
+                finished = yield from self._run_decode(it)
+            else:
+                yield self.env.timeout(self._compute_s(it))
+                self.decode_steps += 1 if it.decode else 0
+                finished = self.engine.finish(it, self.env.now)
+            self.busy_s += self.env.now - start_s
+            self.start_ops()
+            if self.after_iteration is not None:
+                self.after_iteration()
+            if finished:
+                self.on_finished(finished)
+
+    def _compute_s(self, it: Any) -> float:
+        chunks = [(c.new_tokens, c.context_tokens) for c in it.prefill]
+        return self.cost.iteration_time_s(chunks, list(it.decode_contexts) if it.decode else [])
+
+    def _run_decode(self, it: Any):
+        """Up to ``it.decode_steps`` decode steps, cut short at the step boundary after a wake-up."""
+        ends = self.cost.decode_run_times_s(list(it.decode_contexts), it.decode_steps)
+        start = self.env.now
+        yield self.env.timeout(float(ends[-1])) | self._wake
+        elapsed = self.env.now - start
+        done = it.decode_steps
+        if elapsed < ends[-1]:  # woken early: finish the step in progress, then hand back
+            done = min(int(np.searchsorted(ends, elapsed, side="left")) + 1, it.decode_steps)
+            rest = start + float(ends[done - 1]) - self.env.now
+            if rest > 0:
+                yield self.env.timeout(rest)
+        self.decode_steps += done
+        return self.engine.finish(it, self.env.now, decode_steps_done=done)
+
+    def _copy_then_release(self, nbytes: int, channel: simpy.Resource, req: simpy.Event):
+        yield from self.pcie.hold(nbytes, "h2d")
+        channel.release(req)
+
+    def _run_with_loads(self, it: Any):
+        """HiCache reactive load-back: wait for the H2D channel, then copy while prefilling."""
+        nbytes = sum(op.bytes for op in it.blocking_loads)
+        asked = self.env.now
+        channel = self.pcie.channels["h2d"]
+        req = channel.request()
+        yield req
+        self.blocking_load_wait_s += self.env.now - asked
+        load_s = self.pcie.duration_s(nbytes, "h2d")
+        compute_s = self._compute_s(it)
+        total_s = self.cost.overlapped_load_time_s(compute_s, load_s)
+        self.blocking_load_exposed_s += total_s - compute_s
+        self.env.process(self._copy_then_release(nbytes, channel, req))
+        yield self.env.timeout(total_s)
+        self.decode_steps += 1 if it.decode else 0
+        return self.engine.finish(it, self.env.now)

@@ -1,0 +1,77 @@
+"""The host link as two SimPy channels, H2D and D2H (full duplex, one copy at a time each).
+
+Copies in opposite directions overlap; two copies in the same direction queue. Measured hosts show
+H2D slowing while D2H runs (REFERENCE_NUMBERS.md section 2), so a copy that starts while the other
+direction is busy runs at the profile's ``bidirectional_<dir>_factor`` for its whole duration
+(sampled once at start: simple, and conservative for short overlaps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+
+import simpy
+
+from sim.cost_model import DIRECTIONS, CostModel
+
+
+class PCIeLink:
+    """H2D and D2H channels with byte and busy-time counters (for utilisation)."""
+
+    def __init__(self, env: simpy.Environment, cost: CostModel, bidirectional_penalty: bool = True) -> None:
+        self.env = env
+        self.cost = cost
+        self.bidirectional_penalty = bidirectional_penalty
+        self.channels = {d: simpy.Resource(env, capacity=1) for d in DIRECTIONS}
+        self.active = {d: 0 for d in DIRECTIONS}
+        self.bytes_moved = {d: 0 for d in DIRECTIONS}
+        self.busy_s = {d: 0.0 for d in DIRECTIONS}
+        self.copies = {d: 0 for d in DIRECTIONS}
+
+    @staticmethod
+    def other(direction: str) -> str:
+        return "d2h" if direction == "h2d" else "h2d"
+
+    def duration_s(self, nbytes: int, direction: str) -> float:
+        """Time a copy starting now would take, given what the other direction is doing."""
+        busy = self.bidirectional_penalty and self.active[self.other(direction)] > 0
+        return self.cost.transfer_time_s(nbytes, direction, other_direction_busy=busy)
+
+    def transfer(
+        self, nbytes: int, direction: str, on_done: Callable[[], None] | None = None
+    ) -> Generator[simpy.Event, None, float]:
+        """SimPy process body: wait for the channel, copy, call ``on_done``; returns the copy time."""
+        with self.channels[direction].request() as req:
+            yield req
+            t = yield from self.hold(nbytes, direction)
+        if on_done is not None:
+            on_done()
+        return t
+
+    def transfer_batch(
+        self, items: list[tuple[int, Callable[[], None]]], direction: str
+    ) -> Generator[simpy.Event, None, None]:
+        """Several copies queued at once: one channel request, then each copy in FIFO order
+        (same timeline as one ``transfer`` per copy, fewer SimPy events)."""
+        with self.channels[direction].request() as req:
+            yield req
+            for nbytes, on_done in items:
+                yield from self.hold(nbytes, direction)
+                on_done()
+
+    def hold(self, nbytes: int, direction: str, extra_s: float = 0.0) -> Generator[simpy.Event, None, float]:
+        """Copy ``nbytes`` on a channel the caller already holds (plus ``extra_s`` of holding)."""
+        t = self.duration_s(nbytes, direction)
+        self.active[direction] += 1
+        try:
+            yield self.env.timeout(t + extra_s)
+        finally:
+            self.active[direction] -= 1
+        self.bytes_moved[direction] += nbytes
+        self.busy_s[direction] += t + extra_s
+        self.copies[direction] += 1
+        return t
+
+    def utilisation(self, elapsed_s: float) -> dict[str, float]:
+        """Fraction of ``elapsed_s`` each channel spent copying."""
+        return {d: (self.busy_s[d] / elapsed_s if elapsed_s > 0 else 0.0) for d in DIRECTIONS}

@@ -1,0 +1,78 @@
+"""Run outputs: atomic files in the run directory and the one-screen table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sim.metrics import ROW_FIELDS
+
+GB = 1e9
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file + os.replace so a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _csv(rows: list[dict[str, Any]], fields: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any]],
+              workflows: list[dict[str, Any]], config_yaml: str, requests_csv: bool = True) -> None:
+    """The run directory format of docs/architecture.md: ``config.yaml`` (resolved),
+    ``requests.csv``, ``workflows.csv`` and ``summary.json`` (last: it marks completion)."""
+    write_atomic(run_dir / "config.yaml", config_yaml)
+    if requests_csv:
+        write_atomic(run_dir / "requests.csv", _csv(rows, ROW_FIELDS))
+    write_atomic(run_dir / "workflows.csv", _csv(workflows, ("client_id", "start_s", "end_s", "latency_s")))
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def speedups(summaries: dict[str, dict[str, Any]], target: str = "kvflow") -> dict[str, float]:
+    """Mean end-to-end workflow latency of each other policy divided by ``target``'s."""
+    if target not in summaries:
+        return {}
+    base = summaries[target]["workflow_latency_mean_s"]
+    return {
+        name: s["workflow_latency_mean_s"] / base
+        for name, s in summaries.items() if name != target and base > 0
+    }
+
+
+def table(summaries: Sequence[dict[str, Any]]) -> str:
+    """Fixed-width comparison table, one line per policy."""
+    head = (f"{'policy':<18}{'wf mean s':>10}{'p50 s':>9}{'p99 s':>9}{'makespan':>10}{'req/s':>8}"
+            f"{'gpu hit':>8}{'cpu ld':>8}{'recomp':>8}{'H2D GB':>8}{'D2H GB':>8}{'H2D %':>7}"
+            f"{'pf i/u/w/l':>14}{'stall s':>9}")
+    lines = [head, "-" * len(head)]
+    for s in summaries:
+        pf_text = f"{s['prefetch_issued']}/{s['prefetch_used']}/{s['prefetch_wasted']}/{s['prefetch_late']}"
+        lines.append(
+            f"{s['policy']:<18}{s['workflow_latency_mean_s']:>10.3f}{s['workflow_latency_p50_s']:>9.3f}"
+            f"{s['workflow_latency_p99_s']:>9.3f}{s['makespan_s']:>10.2f}{s['throughput_req_s']:>8.2f}"
+            f"{s['hit_rate_gpu']:>8.1%}{s['hit_rate_cpu']:>8.1%}{s['recompute_rate']:>8.1%}"
+            f"{s['h2d_bytes'] / GB:>8.2f}{s['d2h_bytes'] / GB:>8.2f}{s['h2d_utilization']:>7.1%}"
+            f"{pf_text:>14}{s['details']['stalled_s_total']:>9.3f}"
+        )
+    return "\n".join(lines)
+
+
+def header(s: dict[str, Any]) -> str:
+    d = s["details"]
+    return (f"workload {s['workload']} ({s['workflows']} workflows, {s['requests']} requests, "
+            f"{d['measured_requests']} timed) | {s['model']} on {s['hardware']} | "
+            f"KV pool {d['gpu_capacity_tokens']:,} GPU / {d['cpu_capacity_tokens']:,} CPU tokens")

@@ -1,0 +1,158 @@
+"""One simulation: config mappings in, per-request rows and a summary out (no Hydra, no files).
+
+``simulate(cfg)`` takes the composed config as plain dicts (``hardware``, ``model``, ``workload``,
+``policy``, ``cache``, ``engine``, ``sim``, ``seed``) so tests and the CLI share one path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
+
+from kvflow.cache import CacheConfig, KVCacheManager
+from kvflow.engine import Engine, EngineConfig
+from kvflow.model_spec import load_model_spec
+from kvflow.policies import make_policy
+from sim.cost_model import CostModel
+from sim.driver import WorkflowDriver
+from sim.engine_loop import EngineLoop
+from sim.metrics import request_rows, summarize, workflow_rows
+from sim.oracle import OracleFeed
+from sim.pcie import PCIeLink
+
+try:
+    from traces import generate, load_trace
+except ImportError:  # traces/__init__ does not re-export yet
+    from traces.generators import generate
+    from traces.io import load_trace
+
+SGLANG_CONTEXT_LEN = 131072  # max_position_embeddings of the models in conf/model
+
+
+class SimInputError(ValueError):
+    """Bad input; ``str()`` is the one line shown to the user."""
+
+
+@dataclass
+class SimResult:
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    workflow_rows: list[dict[str, Any]]
+    wall_s: float
+
+
+def build_trace(workload: Mapping[str, Any], seed: int) -> Any:
+    """A trace file (``workload.trace``) or a generated workload (``generator`` + ``params``)."""
+    if workload.get("trace"):
+        return load_trace(str(workload["trace"]))
+    params = dict(workload.get("params") or {})
+    params.setdefault("seed", seed)
+    try:
+        return generate(str(workload["generator"]), **params)
+    except ValueError as exc:
+        raise SimInputError(f"workload {workload.get('name')!r}: {exc}") from None
+
+
+def max_running_requests(cfg_value: int | None, gpu_tokens: int) -> int:
+    """SGLang's rule (REFERENCE_NUMBERS section 7) unless the config sets one."""
+    if cfg_value:
+        return int(cfg_value)
+    pool = min(max(gpu_tokens * 512 // SGLANG_CONTEXT_LEN, 2048), 4096)
+    return max(1, min(gpu_tokens // 2, pool))
+
+
+def _capacities(cfg: Mapping[str, Any], cost: CostModel, trace: Any) -> tuple[int, int]:
+    cache_cfg = cfg.get("cache") or {}
+    policy = cfg["policy"]
+    gpu = cache_cfg.get("gpu_capacity_tokens")
+    per_client = cache_cfg.get("gpu_tokens_per_client")
+    if gpu is None and per_client:
+        gpu = int(per_client) * len({inv.client_id for inv in trace.invocations})
+    gpu = int(gpu) if gpu is not None else cost.gpu_kv_capacity_tokens()
+    ratio = float(policy.get("cpu_capacity_ratio", 0.0))
+    cpu = cache_cfg.get("cpu_capacity_tokens")
+    cpu = 0 if ratio <= 0 else (int(cpu) if cpu is not None else int(ratio * gpu))
+    return gpu, cpu
+
+
+def _check_fits(trace: Any, gpu_tokens: int) -> None:
+    for inv in trace.invocations:
+        need = trace.prompt_len(inv) + inv.output_tokens
+        if need > gpu_tokens:
+            raise SimInputError(
+                f"invocation {inv.id!r} needs {need} KV tokens (prompt + output) but the GPU KV pool holds "
+                f"{gpu_tokens}: it can never run (raise cache.gpu_capacity_tokens or use a bigger GPU)"
+            )
+
+
+def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
+    """Run one policy on one workload; deterministic for a given config and seed."""
+    wall0 = time.perf_counter()
+    seed = int(cfg.get("seed", 0))
+    model = load_model_spec(cfg["model"])
+    cost = CostModel.from_config(cfg["hardware"], model)
+    trace = trace if trace is not None else build_trace(cfg["workload"], seed)
+    gpu_tokens, cpu_tokens = _capacities(cfg, cost, trace)
+    _check_fits(trace, gpu_tokens)
+    policy_cfg = cfg["policy"]
+    eviction = dict(policy_cfg.get("eviction") or {"name": "lru"})
+    eviction.pop("_target_", None)
+    policy = make_policy(eviction.pop("name"), **eviction)
+    cache_cfg = cfg.get("cache") or {}
+    cache = KVCacheManager(
+        CacheConfig(
+            gpu_capacity_tokens=gpu_tokens,
+            cpu_capacity_tokens=cpu_tokens,
+            page_size=int(cache_cfg.get("page_size", 1)),
+            kv_bytes_per_token=model.kv_bytes_per_token,
+            write_policy=str(policy_cfg.get("write_policy", "none")) if cpu_tokens else "none",
+            write_through_hits=int(policy_cfg.get("write_through_hits", 1)),
+            max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
+        ),
+        policy,
+    )
+    engine_cfg = cfg.get("engine") or {}
+    engine = Engine(
+        cache,
+        EngineConfig(
+            chunk_tokens=int(engine_cfg.get("chunk_tokens") or cfg["hardware"]["chunked_prefill_tokens"]),
+            max_running_requests=max_running_requests(engine_cfg.get("max_running_requests"), gpu_tokens),
+            load_back=bool(policy_cfg.get("load_back", False)) and cpu_tokens > 0,
+            prefetch=bool(policy_cfg.get("prefetch", False)),
+            status_aware=bool(policy_cfg.get("status_aware", True)),
+        ),
+    )
+    sim_cfg = cfg.get("sim") or {}
+    env = simpy.Environment()
+    pcie = PCIeLink(env, cost, bidirectional_penalty=bool(sim_cfg.get("bidirectional_penalty", True)))
+    driver_box: list[WorkflowDriver] = []
+    loop = EngineLoop(env, engine, cost, pcie, on_finished=lambda reqs: driver_box[0].on_finished(reqs))
+    if sim_cfg.get("check_invariants"):
+        loop.after_iteration = cache.check_invariants
+    feed = OracleFeed(trace, cost, cache) if hasattr(policy, "set_next_use") else None
+
+    def poke() -> None:
+        loop.start_ops()
+        loop.wake()
+
+    driver = WorkflowDriver(
+        env, trace, engine, poke, hints=bool(policy_cfg.get("hints", True)),
+        on_submit=feed.on_submit if feed else None,
+    )
+    driver_box.append(driver)
+    driver.start()
+    env.process(loop.run())
+    try:
+        env.run(until=driver.all_done)
+    except RuntimeError as exc:  # the event queue ran dry: nothing can ever run again
+        raise SimInputError(f"simulation stalled at t={env.now:.3f}s with {driver.pending} invocations "
+                            f"unfinished ({exc})") from None
+    rows = request_rows(trace, driver)
+    summary = summarize(cfg, trace, driver, loop, pcie, cache, gpu_tokens, cpu_tokens, env.now)
+    wall_s = time.perf_counter() - wall0
+    summary["wall_s"] = wall_s
+    return SimResult(summary, rows, workflow_rows(rows), wall_s)

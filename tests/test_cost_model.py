@@ -1,0 +1,98 @@
+"""Cost model against hand calculations (REFERENCE_NUMBERS.md sections 1, 5, 6)."""
+
+import numpy as np
+import pytest
+import yaml
+from importlib.resources import files
+
+from kvflow.model_spec import load_model_spec
+from sim.cost_model import CostModel
+
+
+def hw(name: str) -> dict:
+    return yaml.safe_load((files("conf") / "hardware" / f"{name}.yaml").read_text())
+
+
+@pytest.fixture
+def h100_llama() -> CostModel:
+    return CostModel.from_config(hw("h100"), load_model_spec("llama-3.1-8b"))
+
+
+def test_prefill_is_compute_bound_roofline(h100_llama):
+    # 1000 new tokens, no context: 2 N_mm n + a n(n+1)/2 over 989 TF x 0.6, plus 1 ms overhead.
+    flops = 15_009_316_864 * 1000 + 524_288 * (1000 * 1001 / 2)
+    expect = flops / (989e12 * 0.6) + 1e-3
+    assert h100_llama.prefill_time_s([(1000, 0)]) == pytest.approx(expect, rel=1e-12)
+    # a chunk after a 4096-token prefix adds a * n * p attention FLOPs
+    flops2 = flops + 524_288 * 1000 * 4096
+    assert h100_llama.prefill_time_s([(1000, 4096)]) == pytest.approx(flops2 / (989e12 * 0.6) + 1e-3)
+
+
+def test_decode_is_memory_bound_roofline(h100_llama):
+    ctx = [1000, 3000]
+    nbytes = 16_060_522_496 + 131072 * 4000
+    expect = nbytes / (3350e9 * 0.685) + 1e-3
+    assert h100_llama.decode_time_s(ctx) == pytest.approx(expect, rel=1e-12)
+
+
+def test_decode_run_matches_step_by_step(h100_llama):
+    ctx = [100, 2000, 5]
+    run = h100_llama.decode_run_times_s(ctx, 50)
+    step = np.cumsum([h100_llama.decode_time_s([c + k for c in ctx]) for k in range(50)])
+    assert np.allclose(run, step, rtol=1e-12)
+
+
+def test_empty_iteration_costs_nothing(h100_llama):
+    assert h100_llama.iteration_time_s([], []) == 0.0
+
+
+def test_transfer_times(h100_llama):
+    gib = 1 << 30
+    t = h100_llama.transfer_time_s(gib, "h2d")
+    assert t == pytest.approx(1e-5 + gib / (63e9 * 0.83))
+    assert h100_llama.transfer_time_s(gib, "h2d", other_direction_busy=True) == pytest.approx(1e-5 + gib / (63e9 * 0.83 * 0.5))
+    assert h100_llama.transfer_time_s(gib, "d2h", other_direction_busy=True) == pytest.approx(t)
+    with pytest.raises(ValueError, match="sideways"):
+        h100_llama.transfer_time_s(1, "sideways")
+
+
+def test_paper_a10g_link_is_2_gbps():
+    cm = CostModel.from_config(hw("a10g_paper"), load_model_spec("llama-3.1-8b"))
+    # 8192-token Llama-3.1-8B prefix = 1 GiB -> ~0.54 s at 2 GB/s
+    assert cm.transfer_time_s(8192 * 131072, "h2d") == pytest.approx(1e-5 + 8192 * 131072 / 2e9)
+
+
+def test_capacity_arithmetic():
+    cm = CostModel.from_config(hw("h100"), load_model_spec("qwen2.5-32b"))
+    free = 81559 * 2**20 * 0.87 - 32_763_876_352 * 2
+    assert cm.gpu_kv_capacity_tokens() == int(free // 262144)
+    assert 30_000 < cm.gpu_kv_capacity_tokens() < 40_000
+    over = dict(hw("h100"), kv_capacity_tokens=12345)
+    assert CostModel.from_config(over, load_model_spec("qwen2.5-32b")).gpu_kv_capacity_tokens() == 12345
+
+
+def test_model_that_does_not_fit_is_an_error():
+    cm = CostModel.from_config(hw("a10g"), load_model_spec("qwen2.5-32b"))
+    with pytest.raises(ValueError, match="does not fit"):
+        cm.gpu_kv_capacity_tokens()
+
+
+def test_measured_profile_overrides_spec(h100_llama):
+    prof = dict(hw("h100"))
+    prof["measured"] = {
+        "prefill": {"a_s": 0.01, "b_s_per_token": 1e-5, "c_s_per_token_ctx": 1e-9},
+        "decode": {"a_s": 0.02, "b_s_per_seq": 1e-4, "c_s_per_ctx_token": 1e-7},
+        "h2d": {"latency_s": 2e-5, "gbps": 10.0},
+    }
+    cm = CostModel.from_config(prof, load_model_spec("llama-3.1-8b"))
+    assert cm.prefill_time_s([(100, 50), (10, 0)]) == pytest.approx(0.01 + 1e-5 * 110 + 1e-9 * 5000)
+    assert cm.decode_time_s([10, 20]) == pytest.approx(0.02 + 2e-4 + 3e-6)
+    assert cm.decode_run_times_s([10, 20], 2)[-1] == pytest.approx(2 * (0.02 + 2e-4) + 1e-7 * (30 + 32))
+    assert cm.transfer_time_s(1e9, "h2d") == pytest.approx(2e-5 + 0.1)
+    assert cm.transfer_time_s(1e9, "d2h") == h100_llama.transfer_time_s(1e9, "d2h")  # not measured: spec
+
+
+def test_overlapped_load(h100_llama):
+    assert h100_llama.overlapped_load_time_s(1.0, 0.0) == 1.0
+    assert h100_llama.overlapped_load_time_s(1.0, 3.2) == pytest.approx(3.2 + 3.2 / 32)
+    assert h100_llama.overlapped_load_time_s(1.0, 0.32) == pytest.approx(1.0 + 0.01)

@@ -1,0 +1,56 @@
+"""kvflow-sim end to end: default comparison, one policy, outputs on disk, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXE = [sys.executable, "-c", "from sim.cli import main; main()"]
+SMALL = ["workload.params.runs=1", "workload.params.agents=4", "workload.params.fixed_tokens=2048"]
+
+
+def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([*EXE, f"hydra.run.dir={tmp_path}/run", *args], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+
+
+def test_default_compares_policies(tmp_path):
+    p = run(tmp_path, *SMALL)
+    assert p.returncode == 0, p.stderr
+    assert "KVFlow speedup over hicache" in p.stdout and "KVFlow speedup over sglang" in p.stdout
+    for policy in ("kvflow", "hicache", "sglang"):
+        d = tmp_path / "run" / policy
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["policy"] == policy
+        lines = (d / "requests.csv").read_text().splitlines()
+        assert lines[0].startswith("request_id,") and len(lines) == 1 + summary["requests"]
+        assert (d / "config.yaml").exists()
+        assert summary["backend"] == "sim" and summary["params"]["workload.params.agents"] == 4
+        assert len((d / "workflows.csv").read_text().splitlines()) == 1 + summary["workflows"]
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+    comparison = json.loads((tmp_path / "run" / "comparison.json").read_text())
+    assert set(comparison["speedup_of_kvflow"]) == {"hicache", "sglang"}
+
+
+def test_single_policy_run(tmp_path):
+    p = run(tmp_path, "policy=oracle", "output.requests_csv=false", *SMALL)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["policy"] == "oracle" and not (tmp_path / "run" / "requests.csv").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["policy=nope"], "unknown policy 'nope'; valid: hicache, kvflow"),
+    (["hardware=tpu"], "unknown hardware 'tpu'"),
+    (["workload.params.dynamic_tokens=-3"], "dynamic_tokens"),
+    (["cache.gpu_capacity_tokens=100"], "can never run"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+    p = run(tmp_path, *args)
+    assert p.returncode == 2
+    assert needle in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -1,0 +1,53 @@
+"""PCIe channels: full duplex across directions, serial within one, optional bidirectional slowdown."""
+
+import pytest
+import simpy
+import yaml
+from importlib.resources import files
+
+from kvflow.model_spec import load_model_spec
+from sim.cost_model import CostModel
+from sim.pcie import PCIeLink
+
+GB = 10**9
+
+
+def link(penalty: bool) -> tuple[simpy.Environment, PCIeLink, CostModel]:
+    hw = yaml.safe_load((files("conf") / "hardware" / "h100.yaml").read_text())
+    cost = CostModel.from_config(hw, load_model_spec("tiny"))
+    env = simpy.Environment()
+    return env, PCIeLink(env, cost, bidirectional_penalty=penalty), cost
+
+
+def run_copies(penalty: bool, directions: list[str]) -> tuple[list[float], CostModel, PCIeLink]:
+    env, pcie, cost = link(penalty)
+    ends: list[float] = [0.0] * len(directions)
+    for i, d in enumerate(directions):
+        env.process(pcie.transfer(GB, d, on_done=lambda i=i: ends.__setitem__(i, env.now)))
+    env.run()
+    return ends, cost, pcie
+
+
+def test_opposite_directions_overlap():
+    ends, cost, pcie = run_copies(False, ["h2d", "d2h"])
+    assert ends[0] == pytest.approx(cost.transfer_time_s(GB, "h2d"))
+    assert ends[1] == pytest.approx(cost.transfer_time_s(GB, "d2h"))
+    assert pcie.bytes_moved == {"h2d": GB, "d2h": GB}
+
+
+def test_same_direction_serialises():
+    ends, cost, _ = run_copies(False, ["h2d", "h2d"])
+    t = cost.transfer_time_s(GB, "h2d")
+    assert sorted(ends) == pytest.approx([t, 2 * t])
+
+
+def test_bidirectional_penalty_slows_h2d_started_during_d2h():
+    ends, cost, _ = run_copies(True, ["d2h", "h2d"])
+    assert ends[0] == pytest.approx(cost.transfer_time_s(GB, "d2h"))
+    assert ends[1] == pytest.approx(cost.transfer_time_s(GB, "h2d", other_direction_busy=True))
+    assert ends[1] > ends[0]
+
+
+def test_utilisation():
+    ends, cost, pcie = run_copies(False, ["h2d", "h2d"])
+    assert pcie.utilisation(max(ends)) == pytest.approx({"h2d": 1.0, "d2h": 0.0})
