@@ -60,6 +60,8 @@ class KVCacheManager:
         self.stats = CacheStats()
         self._pending: list[Op] = []
         self._prefetch_inflight = 0
+        # clients whose prefetch waited for a free slot, oldest first (a dict keeps insertion order)
+        self.prefetch_starved: dict[str, None] = {}
 
     # ----- capacity -------------------------------------------------------------------------
     @property
@@ -302,13 +304,16 @@ class KVCacheManager:
                 for node in boundary.path_to_root():
                     self.tree.refresh(node)
 
+    def prefetch_slot_free(self) -> bool:
+        return self._prefetch_inflight < self.config.max_prefetch
+
     def prefetch(self, client_id: str, steps: dict[str, float]) -> list[Load]:
         """KVFLOW.md 2.5: load next-step agents' fixed prompts that sit in CPU only, up to the
-        concurrency limit, never evicting a node needed as soon as (or sooner than) the target."""
+        concurrency limit, never evicting a node needed as soon as (or sooner than) the target.
+        A client left with candidates when the limit is hit is remembered in ``prefetch_starved``."""
         ops: list[Load] = []
+        self.prefetch_starved.pop(client_id, None)
         for agent in sorted(a for a, s in steps.items() if s == 1):
-            if self._prefetch_inflight >= self.config.max_prefetch:
-                break
             boundary = self.tree.user_nodes.get((client_id, agent))
             if boundary is None or boundary.parent is None:
                 continue
@@ -316,10 +321,10 @@ class KVCacheManager:
             cpu_run = [n for n in path if not n.gpu]
             if not cpu_run or any(n.inflight is not None or not n.cpu for n in cpu_run):
                 continue
-            limit = self.policy.key(boundary) if getattr(self.policy, "uses_hints", False) else None
-            if limit is not None:
-                limit = limit[:2] + (float("-inf"),)
-            ops.extend(self.load(cpu_run, prefetch=True, limit_key=limit))
+            if not self.prefetch_slot_free():
+                self.prefetch_starved[client_id] = None
+                break
+            ops.extend(self.load(cpu_run, prefetch=True, limit_key=self.policy.prefetch_limit(boundary)))
         self._pending.extend(ops)
         return ops
 

@@ -136,8 +136,10 @@ class Engine:
     def complete_op(self, op: Op, now_s: float) -> None:
         self.cache.complete(op)
         if isinstance(op, Load) and op.prefetch and self.config.prefetch:
-            for client_id, steps in self.hints.items():  # a prefetch slot is free again
-                self.cache.prefetch(client_id, steps)
+            for client_id in list(self.cache.prefetch_starved):  # a slot is free: oldest waiter first
+                if not self.cache.prefetch_slot_free():
+                    break
+                self.cache.prefetch(client_id, self.hints[client_id])
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.decoding)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -135,6 +135,9 @@ class RadixTree:
         self._gpu_heap: list[tuple] = []
         self._cpu_heap: list[tuple] = []
         self.user_nodes: dict[User, RadixNode] = {}
+        # Optional observer of splits, called as on_split(head, tail) after ``split``: a backend that
+        # keeps data per node (real/: KV tensors) follows the tree with it. The core never sets it.
+        self.on_split: Callable[[RadixNode, RadixNode], None] | None = None
 
     # ----- keys and structure -------------------------------------------------------------
     def _child_key(self, tokens: list[int], start: int = 0) -> Hashable:
@@ -177,6 +180,8 @@ class RadixTree:
         head.children[self._child_key(node.tokens)] = node
         head.gpu_children = 1 if node.on_gpu_or_loading else 0
         head.cpu_children = 1 if node.on_cpu_or_offloading else 0
+        if self.on_split is not None:
+            self.on_split(head, node)
         return head
 
     # ----- lookups ----------------------------------------------------------------------------

@@ -39,3 +39,9 @@ class KVFlowPolicy:
         if steps is None:
             return (NO_INFO, 0.0, node.last_access)
         return (AGENT, -steps if steps < INF else -INF, node.last_access)
+
+    def prefetch_limit(self, node: "RadixNode") -> tuple | None:
+        """A prefetch for ``node`` may only evict what is needed later than ``node`` (KVFLOW.md 2.5):
+        keys below (AGENT, -steps) — suffixes, no-info nodes and farther agents."""
+        steps = self.node_steps(node)
+        return None if steps is None else (AGENT, -steps, -INF)

@@ -21,3 +21,7 @@ class LRUPolicy:
 
     def set_hints(self, steps: dict["User", float]) -> None:
         """LRU ignores workflow hints."""
+
+    def prefetch_limit(self, node: "RadixNode") -> tuple | None:
+        """Victims a prefetch for ``node`` may evict: LRU knows no future, so no bound."""
+        return None

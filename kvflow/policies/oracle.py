@@ -36,3 +36,7 @@ class OraclePolicy:
 
     def key(self, node: "RadixNode") -> tuple:
         return (-self.node_next_use(node), node.last_access)
+
+    def prefetch_limit(self, node: "RadixNode") -> tuple | None:
+        """A prefetch may only evict what is used later than the node it loads."""
+        return (-self.node_next_use(node), -INF)
