@@ -60,6 +60,11 @@ class KVCacheManager:
         self.stats = CacheStats()
         self._pending: list[Op] = []
         self._prefetch_inflight = 0
+        self._prompt_end = 0
+        # optional learning hooks of policies that estimate reuse online (kvflow_cost)
+        self._observe_dynamic = getattr(policy, "observe_dynamic", None)
+        self._observe_hit = getattr(policy, "observe_hit", None)
+        self._worth_keeping = getattr(policy, "worth_keeping", None)  # False: drop, never back up
         # clients whose prefetch waited for a free slot, oldest first (a dict keeps insertion order)
         self.prefetch_starved: dict[str, None] = {}
 
@@ -122,7 +127,8 @@ class KVCacheManager:
         if node.cpu:
             self.tree.set_state(node, gpu=False)
             self._pending.append(Free(node, n, 0, tier="gpu"))
-        elif self.config.write_policy == "write_back" and self._alloc_cpu(n):
+        elif (self.config.write_policy == "write_back"
+              and (self._worth_keeping is None or self._worth_keeping(node)) and self._alloc_cpu(n)):
             self.tree.set_state(node, gpu=False, inflight="offload")
             self._queue_offload(node, free_gpu_after=True)
         else:
@@ -164,6 +170,8 @@ class KVCacheManager:
         result = self.tree.match(tokens, touch=touch)
         if touch:
             for node in result.last_node.path_to_root():
+                if self._observe_hit is not None:
+                    self._observe_hit(node)
                 if node.prefetched and node.gpu:
                     node.prefetched = False
                     self.stats.prefetch_used += 1
@@ -179,13 +187,15 @@ class KVCacheManager:
         self.tree.unlock(node)
 
     def insert(self, tokens: list[int], reserved_tokens: int, fixed_tokens: int = 0,
-               user: User | None = None) -> RadixNode:
+               user: User | None = None, prompt_tokens: int | None = None) -> RadixNode:
         """Put ``tokens`` (computed on the GPU) into the tree. ``reserved_tokens`` were allocated by
         the caller with ``alloc_gpu`` for the part not already on the GPU; duplicates are released.
-        Nodes up to ``fixed_tokens`` are tagged with ``user``; nodes past it are suffixes."""
+        Nodes up to ``fixed_tokens`` are tagged with ``user``; nodes past it are suffixes, and those
+        before ``prompt_tokens`` (default: all) also record ``user`` as a dynamic-prompt user."""
         tree = self.tree
         limit = tree.page_floor(len(tokens))
         fixed_end = tree.page_floor(min(fixed_tokens, limit)) if user else 0
+        self._prompt_end = len(tokens) if prompt_tokens is None else prompt_tokens
         boundary_at = fixed_end
         node, pos = tree.root, 0
         while pos < limit:
@@ -213,7 +223,9 @@ class KVCacheManager:
             pos += len(child)
             node = child
         while pos < limit and (node is tree.root or node.gpu):
-            end = min(boundary_at if pos < boundary_at else limit, pos + tree.page_floor(reserved_tokens))
+            prompt_end = tree.page_floor(self._prompt_end)
+            boundary = boundary_at if pos < boundary_at else (prompt_end if pos < prompt_end else limit)
+            end = min(boundary, limit, pos + tree.page_floor(reserved_tokens))
             if end <= pos:
                 break  # the caller reserved less than the tokens it computed: cache what was paid for
             child = tree.insert_below(node, tokens[pos:end])
@@ -235,8 +247,14 @@ class KVCacheManager:
             if user not in node.users:
                 node.users.add(user)
                 self.tree.refresh(node)
-        elif not node.users:
+            return
+        if not node.users:
             node.suffix = True
+        if start < self._prompt_end and user not in node.dynamic_users:
+            node.dynamic_users.add(user)
+            if self._observe_dynamic is not None:
+                self._observe_dynamic(node, user)
+            self.tree.refresh(node)
 
     def _set_boundary(self, user: User, tokens: list[int], fixed_end: int) -> None:
         node = self.tree.root
@@ -251,6 +269,8 @@ class KVCacheManager:
         if (self.config.write_policy != "write_through" or node.cpu or node.inflight is not None
                 or not node.gpu or node.hits + 1 < self.config.write_through_hits):
             return
+        if self._worth_keeping is not None and not self._worth_keeping(node):
+            return  # the policy expects no reuse: save the PCIe bandwidth and the CPU space
         if not self._alloc_cpu(len(node)):
             return
         self.tree.set_state(node, inflight="offload")
@@ -307,6 +327,24 @@ class KVCacheManager:
     def prefetch_slot_free(self) -> bool:
         return self._prefetch_inflight < self.config.max_prefetch
 
+    def cpu_run(self, user: User) -> list[RadixNode]:
+        """The CPU-only tail of ``user``'s fixed-prompt path, ready to load; [] when nothing to do
+        (all on the GPU, unknown, or part of it already in flight)."""
+        boundary = self.tree.user_nodes.get(user)
+        if boundary is None or boundary.parent is None:
+            return []
+        path = list(boundary.path_to_root())[::-1]
+        run = [n for n in path if not n.gpu]
+        if any(n.inflight is not None or not n.cpu for n in run):
+            return []
+        return run
+
+    def start_prefetch(self, user: User, run: list[RadixNode]) -> list[Load]:
+        """Queue the loads of ``run`` for ``user``, evicting only what is needed later."""
+        ops = self.load(run, prefetch=True, limit_key=self.policy.prefetch_limit(self.tree.user_nodes[user]))
+        self._pending.extend(ops)
+        return ops
+
     def prefetch(self, client_id: str, steps: dict[str, float]) -> list[Load]:
         """KVFLOW.md 2.5: load next-step agents' fixed prompts that sit in CPU only, up to the
         concurrency limit, never evicting a node needed as soon as (or sooner than) the target.
@@ -314,18 +352,13 @@ class KVCacheManager:
         ops: list[Load] = []
         self.prefetch_starved.pop(client_id, None)
         for agent in sorted(a for a, s in steps.items() if s == 1):
-            boundary = self.tree.user_nodes.get((client_id, agent))
-            if boundary is None or boundary.parent is None:
-                continue
-            path = list(boundary.path_to_root())[::-1]
-            cpu_run = [n for n in path if not n.gpu]
-            if not cpu_run or any(n.inflight is not None or not n.cpu for n in cpu_run):
+            run = self.cpu_run((client_id, agent))
+            if not run:
                 continue
             if not self.prefetch_slot_free():
                 self.prefetch_starved[client_id] = None
                 break
-            ops.extend(self.load(cpu_run, prefetch=True, limit_key=self.policy.prefetch_limit(boundary)))
-        self._pending.extend(ops)
+            ops.extend(self.start_prefetch((client_id, agent), run))
         return ops
 
     # ----- checks -----------------------------------------------------------------------------

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 
 from kvflow.cache import KVCacheManager
 from kvflow.ops import Load, Op
+from kvflow.prefetch import DeadlinePrefetcher
 from kvflow.radix import RadixNode
+from kvflow.step_graph import INF
+from kvflow.step_inference import TransitionModel
 
 _output_ids = itertools.count(1)
 OUTPUT_TOKEN_BASE = 1 << 40  # generated tokens get ids no prompt uses
@@ -29,10 +32,18 @@ class EngineConfig:
     load_back: bool = True  # False: GPU-only SGLang; a CPU copy is ignored and the prefix recomputed
     prefetch: bool = False  # KVFlow proactive prefetch of next-step agents
     status_aware: bool = True  # skip (not block on) requests whose prefix is in flight
+    infer_steps: bool = False  # learn the step graph from observed transitions (no declared graph)
+    infer_min_observations: int = 3  # transitions seen before a prediction is trusted
+    release_finished: bool = False  # a finished workflow's nodes become the first to evict
+    prefetch_mode: str = "next_step"  # or "deadline": earliest predicted start first, lead by copy time
+    prefetch_lookahead_steps: int = 2  # deadline mode: how many steps ahead to consider
+    h2d_gbps: float = 0.0  # deadline mode: copy bandwidth for the lead time (0 = unknown: next_step)
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 1 or self.max_running_requests < 1:
             raise ValueError("chunk_tokens and max_running_requests must be >= 1")
+        if self.prefetch_mode not in ("next_step", "deadline"):
+            raise ValueError(f"prefetch_mode '{self.prefetch_mode}'; valid: next_step, deadline")
 
 
 @dataclass(eq=False)
@@ -44,6 +55,7 @@ class Request:
     fixed_tokens: int
     output_tokens: int
     arrival_s: float = 0.0
+    app_id: str = ""  # application (workflow type): inferred step graphs are shared across its clients
     # scheduler state
     state: str = "new"  # new -> waiting -> prefill -> decode -> finished
     cached_tokens: int = 0  # prefix on the GPU (hit or loaded) at admission
@@ -110,6 +122,9 @@ class Engine:
         self.prefilling: list[Request] = []
         self.decoding: list[Request] = []
         self.hints: dict[str, dict[str, float]] = {}
+        self.declared_clients: set[str] = set()
+        self.transitions = TransitionModel(self.config.infer_min_observations) if self.config.infer_steps else None
+        self.deadlines = DeadlinePrefetcher(self) if self.config.prefetch_mode == "deadline" else None
 
     # ----- inputs ---------------------------------------------------------------------------
     def submit(self, request: Request, now_s: float) -> None:
@@ -122,20 +137,50 @@ class Engine:
                              f"and output_tokens >= 1")
         request.arrival_s, request.state = now_s, "waiting"
         self.waiting.append(request)
+        if self.deadlines is not None:
+            self.deadlines.observe_submit(request.client_id, now_s)
+        if self.transitions is not None and request.agent_id:
+            self.transitions.observe(request.app_id, request.client_id, request.agent_id)
+            if request.client_id not in self.declared_clients:  # a declared graph wins
+                steps = self.transitions.steps_from(request.app_id, request.agent_id)
+                if steps is None:  # not confident: forget this client's hints, rank it by LRU
+                    steps = {agent: None for agent in self.hints.get(request.client_id, {})}
+                self._apply_hints(request.client_id, steps)  # type: ignore[arg-type]
 
-    def set_hints(self, client_id: str, steps: dict[str, float], now_s: float) -> None:
-        """New steps-to-execution for a client: re-rank its cache entries and maybe prefetch."""
-        self.hints[client_id] = dict(steps)
+    def set_hints(self, client_id: str, steps: dict[str, float | None], now_s: float) -> None:
+        """Declared steps-to-execution for a client (None = unknown), from its workflow's graph:
+        re-rank its cache entries and maybe prefetch."""
+        self.declared_clients.add(client_id)
+        self._apply_hints(client_id, steps)
+
+    def _apply_hints(self, client_id: str, steps: dict[str, float | None]) -> None:
+        known = {a: v for a, v in steps.items() if v is not None}
+        self.hints[client_id] = known
         self.cache.set_hints(client_id, steps)
-        if self.config.prefetch and self.config.load_back:
-            self.cache.prefetch(client_id, steps)
+        if not (self.config.prefetch and self.config.load_back):
+            return
+        if self.deadlines is not None:
+            self.deadlines.hints_changed(client_id)
+        else:
+            self.cache.prefetch(client_id, known)
+
+    def finish_client(self, client_id: str, now_s: float) -> None:
+        """A workflow instance ended: with ``release_finished`` its private nodes go first."""
+        if not self.config.release_finished:
+            return
+        agents = {agent for (client, agent) in self.cache.tree.user_nodes if client == client_id}
+        agents |= set(self.hints.get(client_id, {}))
+        self.hints.pop(client_id, None)
+        self.cache.set_hints(client_id, {agent: INF for agent in agents})
 
     def take_ops(self) -> list[Op]:
         return self.cache.take_ops()
 
     def complete_op(self, op: Op, now_s: float) -> None:
         self.cache.complete(op)
-        if isinstance(op, Load) and op.prefetch and self.config.prefetch:
+        if isinstance(op, Load) and op.prefetch and self.deadlines is not None:
+            self.deadlines.dirty = True
+        elif isinstance(op, Load) and op.prefetch and self.config.prefetch:
             for client_id in list(self.cache.prefetch_starved):  # a slot is free: oldest waiter first
                 if not self.cache.prefetch_slot_free():
                     break
@@ -147,6 +192,8 @@ class Engine:
     # ----- planning -------------------------------------------------------------------------
     def step(self, now_s: float) -> Iteration | None:
         """Plan the next iteration, or None when nothing can run until an op completes."""
+        if self.deadlines is not None and self.deadlines.dirty:
+            self.deadlines.run(now_s)
         it = Iteration()
         budget = self.config.chunk_tokens
         for request in self.prefilling:
@@ -266,7 +313,9 @@ class Engine:
     def _release(self, request: Request, now_s: float) -> None:
         self.decoding.remove(request)
         self.cache.insert(request.tokens + request.output_ids(), request.reserved_tokens,
-                          request.fixed_tokens, request.user)
+                          request.fixed_tokens, request.user, prompt_tokens=request.prompt_tokens)
+        if self.deadlines is not None:
+            self.deadlines.observe_finish(request, now_s)
         request.reserved_tokens = 0
         self._relock(request, None)
         request.finish_s = now_s

@@ -41,7 +41,7 @@ class RadixNode:
     __slots__ = (
         "node_id", "tokens", "parent", "children", "gpu", "cpu", "inflight", "lock_ref",
         "last_access", "users", "suffix", "next_use", "gpu_children", "cpu_children",
-        "gpu_version", "cpu_version", "hits", "prefetched",
+        "gpu_version", "cpu_version", "hits", "prefetched", "dynamic_users",
     )
 
     def __init__(self, tokens: list[int], parent: "RadixNode | None") -> None:
@@ -63,6 +63,7 @@ class RadixNode:
         self.cpu_version = 0
         self.hits = 0
         self.prefetched = False  # loaded by a prefetch and not yet used
+        self.dynamic_users: set[User] = set()  # (client, agent) whose *dynamic* prompt passes here
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -173,6 +174,7 @@ class RadixTree:
         head.gpu, head.cpu, head.inflight = node.gpu, node.cpu, node.inflight
         head.lock_ref, head.last_access, head.hits = node.lock_ref, node.last_access, node.hits
         head.users = set(node.users)
+        head.dynamic_users = set(node.dynamic_users)
         head.suffix, head.next_use = node.suffix, node.next_use
         parent.children[self._child_key(head.tokens)] = head
         node.tokens = node.tokens[at:]

@@ -169,6 +169,10 @@ class CostModel:
         rate = link.effective_gbps * 1e9 * (link.busy_factor if other_direction_busy else 1.0)
         return link.latency_s + nbytes / rate
 
+    def transfer_gbps(self, direction: str) -> float:
+        """Effective one-direction bandwidth in GB/s (what a prefetch deadline is planned with)."""
+        return self.links[direction].effective_gbps
+
     # -- capacity ------------------------------------------------------------------------------
     def gpu_kv_capacity_tokens(self) -> int:
         """KV pool size: (memory x mem_fraction_static - weights) / KV bytes per token, unless the

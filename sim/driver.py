@@ -98,6 +98,7 @@ class WorkflowDriver:
             tokens=self.trace.prompt_tokens(inv),
             fixed_tokens=self.trace.fixed_tokens(inv),
             output_tokens=inv.output_tokens,
+            app_id=inv.workflow,
         )
         self.requests[inv.id] = req
         self._request_ids[id(req)] = inv.id
@@ -121,6 +122,8 @@ class WorkflowDriver:
                 if self.waiting_on[succ_id] == 0:
                     self._ready(self.by_id[succ_id])
             self.client_left[inv.client_id] -= 1
+            if self.client_left[inv.client_id] == 0:
+                self.engine.finish_client(inv.client_id, self.env.now)
             clients.add(inv.client_id)
             self._left -= 1
         for client in sorted(clients):

@@ -79,6 +79,15 @@ def _capacities(cfg: Mapping[str, Any], cost: CostModel, trace: Any) -> tuple[in
     return gpu, cpu
 
 
+def gain_s_per_token(cost: CostModel, context_tokens: int = 2048) -> float:
+    """Seconds saved per cached token: recomputing it (one token of a prefill chunk at a typical
+    context) minus reloading it over PCIe. Negative when reloading is slower than recomputing."""
+    chunk = 512
+    recompute = (cost.prefill_time_s([(chunk, context_tokens)]) - cost.prefill_time_s([(1, context_tokens)])) / (chunk - 1)
+    reload = cost.transfer_time_s(cost.model.kv_bytes_per_token * chunk, "h2d") / chunk
+    return recompute - reload
+
+
 def _check_fits(trace: Any, gpu_tokens: int) -> None:
     for inv in trace.invocations:
         need = trace.prompt_len(inv) + inv.output_tokens
@@ -101,7 +110,10 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
     policy_cfg = cfg["policy"]
     eviction = dict(policy_cfg.get("eviction") or {"name": "lru"})
     eviction.pop("_target_", None)
-    policy = make_policy(eviction.pop("name"), **eviction)
+    name = eviction.pop("name")
+    if eviction.pop("gain_from_cost_model", False):
+        eviction["gain_s_per_token"] = gain_s_per_token(cost)
+    policy = make_policy(name, **eviction)
     cache_cfg = cfg.get("cache") or {}
     cache = KVCacheManager(
         CacheConfig(
@@ -124,6 +136,11 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
             load_back=bool(policy_cfg.get("load_back", False)) and cpu_tokens > 0,
             prefetch=bool(policy_cfg.get("prefetch", False)),
             status_aware=bool(policy_cfg.get("status_aware", True)),
+            infer_steps=bool(policy_cfg.get("infer_steps", False)),
+            release_finished=bool(policy_cfg.get("release_finished", False)),
+            prefetch_mode=str(policy_cfg.get("prefetch_mode", "next_step")),
+            prefetch_lookahead_steps=int(policy_cfg.get("prefetch_lookahead_steps", 2)),
+            h2d_gbps=cost.transfer_gbps("h2d"),
         ),
     )
     sim_cfg = cfg.get("sim") or {}

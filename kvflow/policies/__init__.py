@@ -12,6 +12,7 @@ _REGISTRY = {
     "lru": "kvflow.policies.lru:LRUPolicy",
     "kvflow": "kvflow.policies.kvflow:KVFlowPolicy",
     "oracle": "kvflow.policies.oracle:OraclePolicy",
+    "kvflow_cost": "kvflow.policies.kvflow_cost:KVFlowCostPolicy",
 }
 POLICY_NAMES = tuple(_REGISTRY)
 

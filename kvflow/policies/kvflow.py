@@ -24,8 +24,13 @@ class KVFlowPolicy:
     def __init__(self) -> None:
         self.steps: dict["User", float] = {}
 
-    def set_hints(self, steps: dict["User", float]) -> None:
-        self.steps.update(steps)
+    def set_hints(self, steps: dict["User", float | None]) -> None:
+        """New steps-to-execution per (client, agent); None forgets a value (no workflow info)."""
+        for user, value in steps.items():
+            if value is None:
+                self.steps.pop(user, None)
+            else:
+                self.steps[user] = value
 
     def node_steps(self, node: "RadixNode") -> float | None:
         """Minimum steps-to-execution over the node's users; None when no user has a hint."""
