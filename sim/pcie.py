@@ -15,6 +15,9 @@ import simpy
 from sim.cost_model import DIRECTIONS, CostModel
 
 
+URGENT, BACKGROUND = 0, 1
+
+
 class PCIeLink:
     """H2D and D2H channels with byte and busy-time counters (for utilisation)."""
 
@@ -22,7 +25,9 @@ class PCIeLink:
         self.env = env
         self.cost = cost
         self.bidirectional_penalty = bidirectional_penalty
-        self.channels = {d: simpy.Resource(env, capacity=1) for d in DIRECTIONS}
+        # priority 0 (default): reactive loads a scheduled request waits on; 1: background copies
+        # (prefetch, backups), which yield the channel to a waiting load between copies
+        self.channels = {d: simpy.PriorityResource(env, capacity=1) for d in DIRECTIONS}
         self.active = {d: 0 for d in DIRECTIONS}
         self.bytes_moved = {d: 0 for d in DIRECTIONS}
         self.busy_s = {d: 0.0 for d in DIRECTIONS}
@@ -51,13 +56,14 @@ class PCIeLink:
     def transfer_batch(
         self, items: list[tuple[int, Callable[[], None]]], direction: str
     ) -> Generator[simpy.Event, None, None]:
-        """Several copies queued at once: one channel request, then each copy in FIFO order
-        (same timeline as one ``transfer`` per copy, fewer SimPy events)."""
-        with self.channels[direction].request() as req:
-            yield req
-            for nbytes, on_done in items:
+        """Background copies queued at once, in FIFO order at background priority: a reactive load
+        that a scheduled request waits on goes first at the next copy boundary, so a prefetch never
+        delays it by more than the copy in progress."""
+        for nbytes, on_done in items:
+            with self.channels[direction].request(priority=BACKGROUND) as req:
+                yield req
                 yield from self.hold(nbytes, direction)
-                on_done()
+            on_done()
 
     def hold(self, nbytes: int, direction: str, extra_s: float = 0.0) -> Generator[simpy.Event, None, float]:
         """Copy ``nbytes`` on a channel the caller already holds (plus ``extra_s`` of holding)."""

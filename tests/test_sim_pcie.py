@@ -51,3 +51,21 @@ def test_bidirectional_penalty_slows_h2d_started_during_d2h():
 def test_utilisation():
     ends, cost, pcie = run_copies(False, ["h2d", "h2d"])
     assert pcie.utilisation(max(ends)) == pytest.approx({"h2d": 1.0, "d2h": 0.0})
+
+
+def test_reactive_load_overtakes_queued_background_copies():
+    """A load a scheduled request waits on goes next, not behind every queued prefetch."""
+    env, pcie, cost = link(False)
+    done: dict[str, float] = {}
+    env.process(pcie.transfer_batch([(GB, lambda k=k: done.__setitem__(k, env.now)) for k in "abc"], "h2d"))
+
+    def urgent():
+        yield env.timeout(cost.transfer_time_s(GB, "h2d") / 2)  # while copy "a" runs
+        yield from pcie.transfer(GB, "h2d", on_done=lambda: done.__setitem__("urgent", env.now))
+
+    env.process(urgent())
+    env.run()
+    t = cost.transfer_time_s(GB, "h2d")
+    assert done["a"] == pytest.approx(t)
+    assert done["urgent"] == pytest.approx(2 * t)  # right after the copy in progress
+    assert done["c"] == pytest.approx(4 * t)
