@@ -302,14 +302,19 @@ class KVCacheManager:
         return ops
 
     def complete(self, op: Op) -> None:
-        """The backend finished ``op``: flip the node to its new tier."""
-        node = op.node
-        if isinstance(op, Load):
-            self.tree.set_state(node, gpu=True, inflight=None)
-            if op.prefetch:
-                self._prefetch_inflight -= 1
-        elif isinstance(op, Offload):
-            self.tree.set_state(node, cpu=True, inflight=None)
+        """The backend finished ``op``: flip its nodes to their new tier. A node may have been
+        split while its copy ran (a match ending inside it); the op then covers ``op.node`` and
+        the ancestors split off above it, ``op.tokens`` in all."""
+        remaining, node = op.tokens, op.node
+        while remaining > 0 and node is not None and node.parent is not None:
+            if isinstance(op, Load):
+                self.tree.set_state(node, gpu=True, inflight=None)
+            elif isinstance(op, Offload):
+                self.tree.set_state(node, cpu=True, inflight=None)
+            remaining -= len(node)
+            node = node.parent
+        if isinstance(op, Load) and op.prefetch:
+            self._prefetch_inflight -= 1
 
     # ----- hints and prefetch -------------------------------------------------------------------
     def set_hints(self, client_id: str, steps: dict[str, float]) -> None:

@@ -23,6 +23,7 @@ from kvflow.step_inference import TransitionModel
 
 _output_ids = itertools.count(1)
 OUTPUT_TOKEN_BASE = 1 << 40  # generated tokens get ids no prompt uses
+NO_AGENT = ("", "-")  # agent ids that mean "no workflow information"
 
 
 @dataclass
@@ -80,8 +81,9 @@ class Request:
 
     @property
     def user(self) -> tuple[str, str] | None:
-        """(client, agent) key of the workflow hints; None for requests without an agent."""
-        return (self.client_id, self.agent_id) if self.agent_id else None
+        """(client, agent) key of the workflow hints; None for requests without an agent ("" or
+        the traces' placeholder "-", e.g. Mooncake)."""
+        return (self.client_id, self.agent_id) if self.agent_id not in NO_AGENT else None
 
     @property
     def context_tokens(self) -> int:
@@ -139,7 +141,7 @@ class Engine:
         self.waiting.append(request)
         if self.deadlines is not None:
             self.deadlines.observe_submit(request.client_id, now_s)
-        if self.transitions is not None and request.agent_id:
+        if self.transitions is not None and request.user is not None:
             self.transitions.observe(request.app_id, request.client_id, request.agent_id)
             if request.client_id not in self.declared_clients:  # a declared graph wins
                 steps = self.transitions.steps_from(request.app_id, request.agent_id)

@@ -1,58 +1,49 @@
 """Future knowledge for the oracle policy, read from the trace only (STYLE.md section 6).
 
-Belady needs, for every (client, agent) fixed prompt, when it is used next. Trace order is not
-time order when workflows run concurrently, so each invocation gets an *estimated* start time:
-its workflow's arrival plus, along its dependency chain, each predecessor's stand-alone latency
-(prefill of its uncached part + its decode at batch 1, from the cost model) and tool delay.
-The driver tells the oracle each time an invocation is submitted; the (client, agent)'s next use
-becomes the estimate of its following invocation (or never).
+The oracle knows, for every (client, agent) fixed prompt, exactly how many of that client's
+invocations come before its next use: the branch that will be taken, how often a loop repeats,
+whether the agent runs again at all. KVFlow only has the step graph's earliest possible
+occurrence. Counting in the client's own invocations (not in estimated seconds) keeps the ranking
+right however fast each workflow actually progresses among concurrent ones; distances of different
+clients compare like KVFlow's steps-to-execution.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from typing import Any
 
 from kvflow.step_graph import INF
-from sim.cost_model import CostModel
-
-
-def estimated_starts_s(trace: Any, cost: CostModel) -> dict[str, float]:
-    """Invocation id -> estimated start time if it ran alone (dependencies in topological order)."""
-    start: dict[str, float] = {}
-    end: dict[str, float] = {}
-    for inv in trace.invocations:
-        ready = max((end[d] for d in inv.deps), default=0.0)
-        s = max(ready + inv.delay_s, inv.arrival_s or 0.0)
-        prompt = trace.prompt_len(inv)
-        new = max(prompt - trace.fixed_tokens(inv), 1)
-        run = cost.prefill_time_s([(new, prompt - new)])
-        run += float(cost.decode_run_times_s([prompt], max(inv.output_tokens - 1, 1))[-1])
-        start[inv.id], end[inv.id] = s, s + run
-    return start
 
 
 class OracleFeed:
     """Keeps the oracle policy's next-use table current as the driver submits invocations."""
 
-    def __init__(self, trace: Any, cost: CostModel, cache: Any) -> None:
+    def __init__(self, trace: Any, cache: Any) -> None:
         self.cache = cache
         self.policy = cache.policy
-        est = estimated_starts_s(trace, cost)
-        self.uses: dict[tuple[str, str], list[float]] = defaultdict(list)
-        self.position: dict[str, tuple[tuple[str, str], int]] = {}
-        order = sorted(trace.invocations, key=lambda inv: (est[inv.id], inv.id))
-        for inv in order:
-            user = (inv.client_id, inv.agent_id)
-            self.position[inv.id] = (user, len(self.uses[user]))
-            self.uses[user].append(est[inv.id])
-        self.policy.set_next_use({u: times[0] for u, times in self.uses.items()})
+        self.position: dict[str, tuple[str, int]] = {}
+        counts: dict[str, int] = defaultdict(int)
+        self.uses: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for inv in trace.invocations:  # topological order: a client's own invocation sequence
+            idx = counts[inv.client_id]
+            counts[inv.client_id] += 1
+            self.position[inv.id] = (inv.client_id, idx)
+            self.uses[inv.client_id][inv.agent_id].append(idx)
+        self.policy.set_next_use({(c, a): float(idx[0]) for c, agents in self.uses.items()
+                                  for a, idx in agents.items()})
 
     def on_submit(self, inv: Any) -> None:
-        user, k = self.position[inv.id]
-        times = self.uses[user]
-        self.policy.set_next_use({user: times[k + 1] if k + 1 < len(times) else INF})
-        boundary = self.cache.tree.user_nodes.get(user)
-        if boundary is not None and boundary.parent is not None:
-            for node in boundary.path_to_root():
-                self.cache.tree.refresh(node)
+        client, now = self.position[inv.id]
+        table = {}
+        for agent, idx in self.uses[client].items():
+            k = bisect.bisect_right(idx, now)  # first use strictly after the one starting now
+            table[(client, agent)] = float(idx[k] - now) if k < len(idx) else INF
+        table[(client, inv.agent_id)] = 0.0  # running now
+        self.policy.set_next_use(table)
+        for user in table:
+            boundary = self.cache.tree.user_nodes.get(user)
+            if boundary is not None and boundary.parent is not None:
+                for node in boundary.path_to_root():
+                    self.cache.tree.refresh(node)

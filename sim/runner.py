@@ -150,7 +150,7 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
     loop = EngineLoop(env, engine, cost, pcie, on_finished=lambda reqs: driver_box[0].on_finished(reqs))
     if sim_cfg.get("check_invariants"):
         loop.after_iteration = cache.check_invariants
-    feed = OracleFeed(trace, cost, cache) if hasattr(policy, "set_next_use") else None
+    feed = OracleFeed(trace, cache) if hasattr(policy, "set_next_use") else None
 
     def poke() -> None:
         loop.start_ops()

@@ -78,6 +78,7 @@ def run_ops(ops, policy_name: str, page_size: int, cpu_tokens: int):
                 cache.complete(inflight.pop(item[1] % len(inflight)))
         inflight.extend(o for o in cache.take_ops() if isinstance(o, (Load, Offload)))
         cache.check_invariants()
+        cache._test_inflight = inflight
         for o in inflight:  # in-flight nodes are still in the tree, in flight
             assert o.node.inflight is not None and o.node.parent is not None
         for node, tokens in locked:  # locked prefixes are never evicted
@@ -91,6 +92,11 @@ def run_ops(ops, policy_name: str, page_size: int, cpu_tokens: int):
        st.sampled_from([0, 30]))
 def test_random_sequences_keep_invariants(ops, policy_name, page_size, cpu_tokens):
     trace, cache = run_ops(ops, policy_name, page_size, cpu_tokens)
+    # every copy, completed late (after any splits of its node), leaves nothing in flight
+    for op in [*cache.take_ops(), *getattr(cache, "_test_inflight", [])]:
+        if isinstance(op, (Load, Offload)) and op.node.inflight is not None:
+            cache.complete(op)
+    assert all(n.inflight is None for n in cache.tree.walk()), "a node stays in flight after its op completed"
     # every cached token is reachable from the root, and the counters agree with the tree
     reachable = sum(len(n) for n in cache.tree.walk() if n.on_gpu_or_loading)
     assert reachable == cache.gpu_used_tokens
