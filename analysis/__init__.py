@@ -1,0 +1,1 @@
+"""Results -> pandas -> speedup tables and plots: reads run/multirun directories written by sim/ and real/."""
