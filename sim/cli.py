@@ -20,9 +20,11 @@ import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from analysis.runs import should_skip
 from sim.report import header, speedups, table, write_atomic, write_run
 from sim.runner import SimInputError, build_trace, simulate
 
@@ -42,8 +44,12 @@ def _policy_config(name: str) -> dict[str, Any]:
 
 
 def _run_one(cfg: dict[str, Any], run_dir: Path, trace: Any, write_csv: bool) -> dict[str, Any]:
+    stored = {k: v for k, v in cfg.items() if k not in ("params", "experiment_name")}
+    if should_skip(run_dir, stored, force=bool(cfg.get("force", False))):  # resumable sweeps
+        print(f"kvflow-sim: {run_dir}: complete, skipped (force=true recomputes)", file=sys.stderr)
+        return json.loads((run_dir / "summary.json").read_text())
     result = simulate(cfg, trace=trace)
-    config_yaml = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k not in ("params", "experiment_name")})
+    config_yaml = OmegaConf.to_yaml(stored)
     write_run(run_dir, result.summary, result.rows, result.workflow_rows, config_yaml, requests_csv=write_csv)
     return result.summary
 
@@ -97,7 +103,13 @@ def _print(summaries: dict[str, dict[str, Any]], run_dir: Path) -> None:
 def _app(cfg: DictConfig) -> None:
     try:
         experiment, params = _hydra_meta()
-        run(cfg, Path(HydraConfig.get().runtime.output_dir), experiment, params)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        run(cfg, run_dir, experiment, params)
+        if cfg.output.get("report", True) and HydraConfig.get().mode == RunMode.RUN:
+            from analysis.report import write_report  # lazy: keeps matplotlib out of start-up
+
+            report = write_report(run_dir, run_dir / "report", invocation=f"kvflow-report {run_dir}")
+            print(f"report: {report} (plots and results.csv in {report.parent})")
     except USER_ERRORS as exc:
         _fail(exc)
 

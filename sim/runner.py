@@ -16,6 +16,7 @@ import simpy
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.engine import Engine, EngineConfig
 from kvflow.model_spec import load_model_spec
+from analysis.progress import progress
 from kvflow.policies import make_policy
 from sim.cost_model import CostModel
 from sim.driver import WorkflowDriver
@@ -147,7 +148,13 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
     env = simpy.Environment()
     pcie = PCIeLink(env, cost, bidirectional_penalty=bool(sim_cfg.get("bidirectional_penalty", True)))
     driver_box: list[WorkflowDriver] = []
-    loop = EngineLoop(env, engine, cost, pcie, on_finished=lambda reqs: driver_box[0].on_finished(reqs))
+    bar = progress(total=len(trace.invocations), desc=str(policy_cfg.get("name", "sim")), unit="req")
+
+    def finished(reqs: list[Any]) -> None:
+        bar.update(len(reqs))
+        driver_box[0].on_finished(reqs)
+
+    loop = EngineLoop(env, engine, cost, pcie, on_finished=finished)
     if sim_cfg.get("check_invariants"):
         loop.after_iteration = cache.check_invariants
     feed = OracleFeed(trace, cache) if hasattr(policy, "set_next_use") else None
@@ -168,6 +175,8 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
     except RuntimeError as exc:  # the event queue ran dry: nothing can ever run again
         raise SimInputError(f"simulation stalled at t={env.now:.3f}s with {driver.pending} invocations "
                             f"unfinished ({exc})") from None
+    finally:
+        bar.close()
     rows = request_rows(trace, driver)
     summary = summarize(cfg, trace, driver, loop, pcie, cache, gpu_tokens, cpu_tokens, env.now)
     wall_s = time.perf_counter() - wall0
