@@ -1,0 +1,178 @@
+"""``kvflow-real``: the real (torch) backend from the command line.
+
+  kvflow-real run [options] [OVERRIDES...]         one run per policy (--policies a,b,c) -> run dirs
+  kvflow-real calibrate [options]                  measure, fit, write a hardware profile YAML
+  kvflow-real validate [options] [OVERRIDES...]    real vs simulator on one trace, MAPE + scatter
+
+OVERRIDES are the simulator's Hydra overrides over the same ``conf/`` (``policy=kvflow``,
+``workload=sequential``, ``workload.params.fixed_tokens=4096``, ``cache.gpu_capacity_tokens=...``);
+``hardware=`` also takes a profile path (``hardware=results/h200.yaml``). An argparse front end over
+Hydra's compose API rather than a Hydra app, so the three subcommands share one entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+
+POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "oracle")
+
+
+def _default_out(kind: str) -> Path:
+    now = _dt.datetime.now()
+    return Path("outputs") / "real" / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}-{kind}"
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    p.add_argument("--weights", default=None, help="local safetensors file or folder (default: random weights)")
+    p.add_argument("--weight-seed", type=int, default=0)
+    p.add_argument("--check-invariants", action="store_true", help="O(tree) cache + KV store checks per iteration")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/real/<date>/<time>-<cmd>)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvflow-real", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="run the workload on the real backend")
+    _backend_args(run)
+    run.add_argument("--policies", default=None,
+                     help=f"comma list, one run dir each under --out (e.g. {','.join(POLICIES)}); "
+                          "default: the policy= override (or kvflow)")
+    run.add_argument("overrides", nargs="*")
+
+    cal = sub.add_parser("calibrate", help="measure prefill/decode/PCIe and write a hardware profile")
+    _backend_args(cal)
+    cal.add_argument("--model", default="llama-3.1-8b", help="conf/model name (tiny for CPU)")
+    cal.add_argument("--base", default="h200", help="hardware profile whose spec fields are kept (name or path)")
+    cal.add_argument("--name", default=None, help="profile name (default <base>_<model>_measured)")
+    cal.add_argument("--profile-out", type=Path, default=None,
+                     help="YAML path (default conf/hardware/<name>.yaml, so kvflow-sim hardware=<name> finds it)")
+    cal.add_argument("--reps", type=int, default=3)
+    cal.add_argument("--loop-fixed-tokens", type=int, default=None,
+                     help="fixed prompt of the short engine-loop run whose per-iteration overhead is added "
+                          "to a_s (default 4096 on GPU, 256 on CPU; 0 disables)")
+    for flag in ("prefill-new", "prefill-ctx", "decode-batch", "decode-ctx", "copy-tokens"):
+        cal.add_argument(f"--{flag}", default=None, help="comma list overriding the default grid")
+
+    val = sub.add_parser("validate", help="replay one trace on the real backend and the simulator")
+    _backend_args(val)
+    val.add_argument("overrides", nargs="*", help="e.g. hardware=PROFILE.yaml policy=kvflow workload=...")
+    return parser
+
+
+def _opts(args: argparse.Namespace):
+    from real.runner import RealOptions
+
+    return RealOptions(device=args.device, dtype=args.dtype, weights=args.weights, weight_seed=args.weight_seed,
+                       check_invariants=args.check_invariants)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kvflow.model_spec import load_model_spec
+    from real.config import compose
+    from real.runner import build_model, build_trace, run_real
+
+    out = args.out or _default_out("run")
+    policies = [p for p in (args.policies or "").split(",") if p]
+    base = [o for o in args.overrides if not o.startswith("policy=")]
+    if not policies:
+        policies = [o.split("=", 1)[1] for o in args.overrides if o.startswith("policy=")] or ["kvflow"]
+    opts = _opts(args)
+    net = trace = None
+    for policy in policies:
+        overrides = base + [f"policy={policy}"]
+        cfg = compose(overrides)
+        trace = trace or build_trace(cfg["workload"], int(cfg.get("seed", 0)))
+        net = net or build_model(load_model_spec(cfg["model"]), opts)
+        run_dir = out / policy if len(policies) > 1 else out
+        res = run_real(cfg, trace, run_dir, opts, net=net, overrides=overrides)
+        s = res.summary
+        print(f"{policy:<18} workflow latency {s['workflow_latency_mean_s']:.4f}s  makespan {s['makespan_s']:.3f}s  "
+              f"hit gpu {100 * s['hit_rate_gpu']:.1f}% cpu {100 * s['hit_rate_cpu']:.1f}%  "
+              f"recompute {100 * s['recompute_rate']:.1f}%  -> {run_dir}", flush=True)
+    return 0
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return [int(v) for v in text.split(",")] if text else None
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    from kvflow.model_spec import load_model_spec
+    from real.calibrate import Grid, calibrate, fit_report, write_profile
+    from real.config import load_profile
+    from real.runner import build_model
+
+    spec = load_model_spec(args.model)
+    net = build_model(spec, _opts(args))
+    grid = Grid.default(net.device, spec)
+    grid.reps = args.reps
+    for attr in ("prefill_new", "prefill_ctx", "decode_batch", "decode_ctx", "copy_tokens"):
+        value = _ints(getattr(args, attr))
+        if value:
+            setattr(grid, attr, value)
+    base_path = Path(args.base) if args.base.endswith((".yaml", ".yml")) else Path(str(files("conf") / "hardware" / f"{args.base}.yaml"))
+    base = load_profile(base_path)
+    name = args.name or f"{base.get('name', 'custom')}_{spec.name}_measured".replace(".", "")
+    path = args.profile_out or Path(str(files("conf") / "hardware" / f"{name}.yaml"))
+    print(f"calibrating {spec.name} on {net.device} ({str(net.dtype).replace('torch.', '')})", flush=True)
+    loop_tokens = args.loop_fixed_tokens
+    if loop_tokens is None:
+        loop_tokens = 4096 if net.device.type == "cuda" else 256
+    result = calibrate(net, grid, log=lambda m: print(m, flush=True), loop_fixed_tokens=loop_tokens)
+    print(fit_report(result["fits"]))
+    if result["bidirectional"]:
+        print("bidirectional factors:", result["bidirectional"])
+    write_profile(path, base, name, result, net, grid)
+    print(f"profile written: {path}  (kvflow-sim hardware={name} when under conf/hardware/)")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "calibration.json").write_text(json.dumps(
+            {"profile": str(path), "measured": result["measured"],
+             "fit_error": {k: {"mape": f.mape, "max": f.max_err} for k, f in result["fits"].items()},
+             "bidirectional": result["bidirectional"], "loop_overhead": result.get("loop_overhead")}, indent=2))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from real.config import compose
+    from real.validate import report, validate
+
+    cfg = compose(args.overrides)
+    if not isinstance(cfg.get("policy"), dict):
+        raise ValueError("validate needs one policy=NAME override")
+    out = args.out or _default_out("validate")
+    summary = validate(cfg, out, _opts(args), overrides=args.overrides)
+    print(report(summary))
+    print(f"written: {out}/validation.json, comparison_*.csv, scatter.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    user_errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+    try:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        user_errors += (HydraException, OmegaConfBaseException)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return {"run": cmd_run, "calibrate": cmd_calibrate, "validate": cmd_validate}[args.cmd](args)
+    except user_errors as exc:  # bad input: one line, no traceback
+        text = " ".join(str(exc).split()).split(" Config search path")[0]
+        print(f"kvflow-real: error: {text}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
