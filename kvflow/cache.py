@@ -248,8 +248,9 @@ class KVCacheManager:
                 node.users.add(user)
                 self.tree.refresh(node)
             return
-        if not node.users:
+        if not node.users and not node.suffix:
             node.suffix = True
+            self.tree.refresh(node)  # its class changed: re-file it in the eviction heaps
         if start < self._prompt_end and user not in node.dynamic_users:
             node.dynamic_users.add(user)
             if self._observe_dynamic is not None:
