@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,10 +79,12 @@ def test_validate_lists_each_error_up_to_20(tmp_path: Path, capsys: pytest.Captu
     assert all("Traceback" not in e for e in err)
 
 
-@pytest.mark.skipif(shutil.which("kvflow-trace") is None and not Path("/work/venv/bin/kvflow-trace").exists(),
-                    reason="console script not installed")
+SCRIPT = Path(sys.executable).parent / "kvflow-trace"  # the console script of this interpreter's env
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed in this environment")
 def test_console_script_subprocess(tmp_path: Path) -> None:
-    exe = shutil.which("kvflow-trace") or "/work/venv/bin/kvflow-trace"
+    exe = str(SCRIPT)
     bad = subprocess.run([exe, "generate", "fanout", "width=-2", "-o", str(tmp_path / "f.jsonl")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "'width'" in bad.stderr

@@ -14,7 +14,7 @@ from traces.importers.text import estimate_tokens, text_segment
 from traces.stats import compute_stats
 
 FIXTURES = Path(__file__).parent / "fixtures" / "traces"
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
 CHATDEV_ALL = sorted((DATA / "chatdev").glob("*.log.gz"))
 MOONCAKE = DATA / "mooncake" / "synthetic_trace.jsonl"
 USAGE = re.compile(r"\*\*\[OpenAI_Usage_Info Receive\]\*\*\nprompt_tokens: (\d+)\ncompletion_tokens: (\d+)")
