@@ -1,7 +1,6 @@
 """kvflow-trace CLI: each command works; every error is one stderr line, exit 2, no traceback."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
