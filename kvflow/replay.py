@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.policies import POLICY_NAMES, make_policy
-from kvflow.step_graph import StepGraph
+from kvflow.step_graph import INF, StepGraph
 
 GIB = 1 << 30
 
@@ -39,6 +39,7 @@ class ReplayRequest:
     user: tuple[str, str] | None = None  # (client, agent) for workflow-aware policies
     fixed_units: int = 0  # units of the fixed prompt
     hints: dict[str, float] | None = None  # steps-to-execution of the client's agents, as it runs
+    last_of_client: bool = False  # the workflow ends with it: empty frontier, every agent INF
 
 
 def block_tokens(input_length: int, block_size: int, index: int) -> int:
@@ -98,6 +99,9 @@ def read_kvflow_trace(path: Path) -> tuple[list[ReplayRequest], bool]:
         hints = graph.steps_to_execution([inv.agent_id]) if graph and inv.agent_id in graph.aggregation else None
         user = (inv.client_id, inv.agent_id) if inv.agent_id else None
         requests.append(ReplayRequest(trace.prompt_tokens(inv), None, user, trace.fixed_tokens(inv), hints))
+    last_index = {inv.client_id: i for i, inv in enumerate(invocations)}
+    for i in last_index.values():
+        requests[i].last_of_client = True
     return requests, False
 
 
@@ -166,6 +170,8 @@ def replay(requests: list[ReplayRequest], policy_name: str, capacity_units: int,
         cache.insert(req.keys[: hit_units + granted], granted, req.fixed_units, req.user)
         if next_use is not None:
             _annotate_path(cache, req.keys[: hit_units + granted], next_use[index])
+        if req.last_of_client and req.hints is not None and req.user is not None:
+            cache.set_hints(req.user[0], {agent: INF for agent in req.hints})
         if index < warmup and cache.gpu_free_tokens == 0:
             filled_before_measurement = True
     return {
@@ -267,9 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     except ReplayInputError as exc:
         print(f"kvflow-replay: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{result['policy']}: hit rate {100 * result['hit_rate']:.2f}% "
-          f"({result['hit_tokens']:,} of {result['total_tokens']:,} tokens, {result['requests']} requests)")
-    print(json.dumps(result, sort_keys=True))
+    try:
+        print(f"{result['policy']}: hit rate {100 * result['hit_rate']:.2f}% "
+              f"({result['hit_tokens']:,} of {result['total_tokens']:,} tokens, {result['requests']} requests)")
+        print(json.dumps(result, sort_keys=True))
+    except BrokenPipeError:  # e.g. piped into `head`: the reader has what it wanted
+        sys.stderr.close()
     return 0
 
 
