@@ -17,6 +17,20 @@ from kvflow.radix import MatchResult, RadixNode, RadixTree, User
 WRITE_POLICIES = ("write_through", "write_back", "none")
 
 
+def _common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]: bisect on slice equality (C speed)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 @dataclass
 class CacheConfig:
     gpu_capacity_tokens: int
@@ -61,9 +75,12 @@ class KVCacheManager:
         self._pending: list[Op] = []
         self._prefetch_inflight = 0
         self._prompt_end = 0
+        self._dynamic_last: RadixNode | None = None
+        self._dynamic_ends: dict[User, RadixNode] = {}  # user -> end of its latest dynamic prompt
         # optional learning hooks of policies that estimate reuse online (kvflow_cost)
-        self._observe_dynamic = getattr(policy, "observe_dynamic", None)
-        self._observe_hit = getattr(policy, "observe_hit", None)
+        self._observe_prompt = getattr(policy, "observe_prompt", None)
+        self._observe_evict = getattr(policy, "observe_evict", None)
+        self._last_prompt: dict[User, tuple[list[int], int]] = {}
         self._worth_keeping = getattr(policy, "worth_keeping", None)  # False: drop, never back up
         # clients whose prefetch waited for a free slot, oldest first (a dict keeps insertion order)
         self.prefetch_starved: dict[str, None] = {}
@@ -111,6 +128,8 @@ class KVCacheManager:
             if node is None or (limit_key is not None and self.policy.key(node) >= limit_key):
                 break
             tree.pop_gpu_victim()
+            if self._observe_evict is not None:
+                self._observe_evict(node, tree._tick)
             need = tree.page_floor(n_tokens - freed + tree.page_size - 1) if tree.page_size > 1 else n_tokens - freed
             if self.config.evict_partial and need < len(node):
                 tree.split(node, len(node) - need)
@@ -170,8 +189,6 @@ class KVCacheManager:
         result = self.tree.match(tokens, touch=touch)
         if touch:
             for node in result.last_node.path_to_root():
-                if self._observe_hit is not None:
-                    self._observe_hit(node)
                 if node.prefetched and node.gpu:
                     node.prefetched = False
                     self.stats.prefetch_used += 1
@@ -179,6 +196,30 @@ class KVCacheManager:
                     self.stats.prefetch_late += 1
                 self._maybe_backup(node)
         return result
+
+    def observe_prompt(self, user: User | None, tokens: list[int], fixed_tokens: int) -> None:
+        """Tell a learning policy how much of ``user``'s previous dynamic prompt its new prompt
+        repeats (a conversation it extends), whatever the cache holds."""
+        if user is None or self._observe_prompt is None:
+            return
+        previous = self._last_prompt.get(user)
+        self._last_prompt[user] = (tokens, fixed_tokens)
+        if previous is None:
+            changed = self._observe_prompt(user[1], False, 0, 0)
+        else:
+            prev_tokens, prev_fixed = previous
+            common = _common_prefix_len(prev_tokens, tokens)
+            changed = self._observe_prompt(user[1], True, max(0, len(prev_tokens) - prev_fixed),
+                                           max(0, common - prev_fixed))
+        if changed:  # the agent's reuse estimates moved: re-file its nodes (every client's)
+            self._refresh_agent(user[1])
+
+    def _refresh_agent(self, agent: str) -> None:
+        for index in (self.tree.user_nodes, self._dynamic_ends):
+            for (_, a), end in index.items():
+                if a == agent and end.parent is not None:
+                    for node in end.path_to_root():
+                        self.tree.refresh(node)
 
     def lock(self, node: RadixNode) -> None:
         self.tree.lock(node)
@@ -196,6 +237,7 @@ class KVCacheManager:
         limit = tree.page_floor(len(tokens))
         fixed_end = tree.page_floor(min(fixed_tokens, limit)) if user else 0
         self._prompt_end = len(tokens) if prompt_tokens is None else prompt_tokens
+        self._dynamic_last: RadixNode | None = None
         boundary_at = fixed_end
         node, pos = tree.root, 0
         while pos < limit:
@@ -236,6 +278,8 @@ class KVCacheManager:
             pos, node = end, child
         if user is not None and 0 < fixed_end <= pos:
             self._set_boundary(user, tokens, fixed_end)
+        if user is not None and self._dynamic_last is not None:
+            self._set_latest_dynamic(user, self._dynamic_last)
         if reserved_tokens:
             self.release_gpu(reserved_tokens)  # tokens another request inserted meanwhile (or partial page)
         return node
@@ -251,11 +295,31 @@ class KVCacheManager:
         if not node.users and not node.suffix:
             node.suffix = True
             self.tree.refresh(node)  # its class changed: re-file it in the eviction heaps
-        if start < self._prompt_end and user not in node.dynamic_users:
-            node.dynamic_users.add(user)
-            if self._observe_dynamic is not None:
-                self._observe_dynamic(node, user)
-            self.tree.refresh(node)
+        if start < self._prompt_end:
+            self._dynamic_last = node  # deepest node of this prompt's dynamic part so far
+
+    def _set_latest_dynamic(self, user: User, deepest: RadixNode) -> None:
+        """``user``'s latest dynamic prompt now ends at ``deepest``: tag that path (between the
+        fixed part and ``deepest``) with ``user`` and untag the previous one. Only the latest
+        prompt of an agent is a candidate for reuse by its next turn (a conversation it extends);
+        older versions live on only as the shared prefix of the latest."""
+        new_path: list[RadixNode] = []
+        node: RadixNode | None = deepest
+        while node is not None and node.parent is not None and user not in node.users:
+            new_path.append(node)
+            node = node.parent
+        on_new = {n.node_id for n in new_path}
+        node = self._dynamic_ends.get(user)
+        while node is not None and node.parent is not None and user in node.dynamic_users:
+            if node.node_id not in on_new:
+                node.dynamic_users.discard(user)
+                self.tree.refresh(node)
+            node = node.parent
+        for node in new_path:
+            if user not in node.dynamic_users:
+                node.dynamic_users.add(user)
+                self.tree.refresh(node)
+        self._dynamic_ends[user] = deepest
 
     def _set_boundary(self, user: User, tokens: list[int], fixed_end: int) -> None:
         node = self.tree.root

@@ -139,6 +139,7 @@ class Engine:
                              f"and output_tokens >= 1")
         request.arrival_s, request.state = now_s, "waiting"
         self.waiting.append(request)
+        self.cache.observe_prompt(request.user, request.tokens, request.fixed_tokens)
         if self.deadlines is not None:
             self.deadlines.observe_submit(request.client_id, now_s)
         if self.transitions is not None and request.user is not None:

@@ -63,7 +63,7 @@ class RadixNode:
         self.cpu_version = 0
         self.hits = 0
         self.prefetched = False  # loaded by a prefetch and not yet used
-        self.dynamic_users: set[User] = set()  # (client, agent) whose *dynamic* prompt passes here
+        self.dynamic_users: set[User] = set()  # (client, agent) whose latest *dynamic* prompt passes here
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from kvflow.cache import CacheConfig, KVCacheManager
@@ -88,6 +89,11 @@ def read_kvflow_trace(path: Path) -> tuple[list[ReplayRequest], bool]:
         trace = load_trace(path)
     except TraceError as exc:
         raise ReplayInputError(str(exc)) from None
+    return requests_from_trace(trace)
+
+
+def requests_from_trace(trace: Any) -> tuple[list[ReplayRequest], bool]:
+    """Replay requests of a loaded ``traces.Trace``, with its declared step-graph hints."""
     invocations = trace.invocations
     graphs = {name: StepGraph.from_dict(w.graph) for name, w in trace.workflows.items() if w.graph}
     if all(seg.kind == "block" for inv in invocations for seg in inv.segments):
@@ -150,6 +156,7 @@ def replay(requests: list[ReplayRequest], policy_name: str, capacity_units: int,
     filled_before_measurement = False
     for index, req in enumerate(requests):
         weights = req.unit_tokens
+        cache.observe_prompt(req.user, req.keys, req.fixed_units)
         if req.hints is not None and req.user is not None:
             cache.set_hints(req.user[0], req.hints)
         result = cache.match(req.keys)

@@ -192,3 +192,49 @@ def test_deadline_prefetch_waits_for_far_agents_on_a_fast_link():
 def test_prefetch_mode_is_validated():
     with pytest.raises(ValueError, match="valid: next_step, deadline"):
         EngineConfig(prefetch_mode="eager")
+
+
+# ----- learning dynamic reuse, latest-path tagging, GreedyDual aging ------------------------------
+def test_dynamic_reuse_is_learned_from_prompts_not_from_cache_hits():
+    """Even with a cache too small to ever hit, the policy sees that each prompt repeats the
+    previous one (a growing conversation), so the estimate is not biased by its own evictions."""
+    cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=8, write_policy="none"), make_policy("kvflow_cost"))
+    convo = seq(100, 4)
+    for turn in range(6):
+        cache.observe_prompt(("c", "talker"), convo, 0)
+        convo = convo + seq(1000 + 10 * turn, 4)
+    assert cache.policy.reuse_probability("talker") > 0.7
+    cache.observe_prompt(("c", "fresh"), seq(500), 0)
+    for k in range(6):
+        cache.observe_prompt(("c", "fresh"), seq(600 + 10 * k), 0)  # new topic every time
+    assert cache.policy.reuse_probability("fresh") < 0.3
+
+
+def test_only_the_latest_dynamic_prompt_of_an_agent_is_tagged():
+    cache = cost_cache()
+    put(cache, seq(100) + seq(200), fixed=4, user=("c", "a"))
+    put(cache, seq(100) + seq(300), fixed=4, user=("c", "a"))  # the agent moved on to a new prompt
+    tagged = {tuple(n.tokens) for n in cache.tree.walk() if ("c", "a") in n.dynamic_users}
+    assert tagged == {tuple(seq(300))}
+
+
+def test_greedy_dual_aging_lets_recency_decide_between_similar_values():
+    gd = KVCacheManager(CacheConfig(gpu_capacity_tokens=4000, write_policy="none"), make_policy("kvflow_gd"))
+    put(gd, seq(100), fixed=4, user=("c", "old"))
+    put(gd, seq(200), fixed=4, user=("c", "new"))
+    gd.set_hints("c", {"old": 2, "new": 2})
+    put(gd, seq(900, 4))  # no workflow info: goes first and raises the inflation level...
+    gd.set_hints("other", {})
+    victims = order(gd)
+    assert victims[0] == seq(900, 4)
+    assert victims[1:] == [seq(100), seq(200)]  # same value: the older access goes first
+
+
+def test_greedy_dual_evicts_a_just_used_output_before_an_old_needed_prompt():
+    gd = KVCacheManager(CacheConfig(gpu_capacity_tokens=4000, write_policy="none"), make_policy("kvflow_gd"))
+    put(gd, seq(100), fixed=4, user=("c", "next"))
+    gd.set_hints("c", {"next": 1})
+    granted = gd.alloc_gpu(8)
+    gd.insert(seq(300) + seq(700), granted, 4, ("c", "now"), prompt_tokens=4)  # fresh output tokens
+    gd.set_hints("c", {"next": 1, "now": 5})
+    assert order(gd)[0] == seq(700)  # value 0, however recent

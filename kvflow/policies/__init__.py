@@ -13,6 +13,7 @@ _REGISTRY = {
     "kvflow": "kvflow.policies.kvflow:KVFlowPolicy",
     "oracle": "kvflow.policies.oracle:OraclePolicy",
     "kvflow_cost": "kvflow.policies.kvflow_cost:KVFlowCostPolicy",
+    "kvflow_gd": "kvflow.policies.kvflow_gd:KVFlowGreedyDualPolicy",
 }
 POLICY_NAMES = tuple(_REGISTRY)
 
