@@ -5,6 +5,7 @@ markdown table, plus the targets (best new policy vs ``kvflow``; share of the kv
 GPU hit-rate gap it closes). Workloads (settings fixed here so the table is reproducible):
 - ``chatdev``: the 55 imported ChatDev logs, all instances at once, H100 + Llama-3.1-8B, GPU KV
   pool of 1,024 tokens per instance (memory pressure), logged think/tool delays;
+- ``chatdev_no_delay``: the same without think/tool delays (serving time only);
 - ``paper_concurrent``: 64 sequential workflows, fixed 1024 / dynamic 256 / output 256, H100 +
   Llama-3.1-8B, 262,144-token pool (as the paper_concurrent preset);
 - ``paper_branches``: branches=2, fixed 8192, A10G (paper PCIe) + Llama-3.1-8B, batch size 1;
@@ -14,6 +15,7 @@ GPU hit-rate gap it closes). Workloads (settings fixed here so the table is repr
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from importlib.resources import files
@@ -46,8 +48,13 @@ def workloads(data: Path) -> dict[str, tuple[dict[str, Any], Any]]:
     branches["params"].update(fixed_tokens=8192)
     h100, a10g, llama = conf("hardware", "h100"), conf("hardware", "a10g_paper"), conf("model", "llama-3.1-8b")
     n_chatdev = len({inv.client_id for inv in chatdev.invocations})
+    no_delay = copy.deepcopy(chatdev)  # serving time only: no think/tool time, all instances at t=0
+    for inv in no_delay.invocations:
+        inv.delay_s, inv.arrival_s = 0.0, 0.0
+    chatdev_cfg = {"hardware": h100, "model": llama, "cache": {"gpu_capacity_tokens": 1024 * n_chatdev}}
     return {
-        "chatdev": ({"hardware": h100, "model": llama, "cache": {"gpu_capacity_tokens": 1024 * n_chatdev}}, chatdev),
+        "chatdev": (chatdev_cfg, chatdev),
+        "chatdev_no_delay": (chatdev_cfg, no_delay),
         "paper_concurrent": ({"hardware": h100, "model": llama, "workload": concurrent,
                               "cache": {"gpu_capacity_tokens": 262144, "cpu_capacity_tokens": 2097152}},
                              build_trace(concurrent, 0)),
