@@ -50,7 +50,8 @@ def _run_one(cfg: dict[str, Any], run_dir: Path, trace: Any, write_csv: bool) ->
         return json.loads((run_dir / "summary.json").read_text())
     result = simulate(cfg, trace=trace)
     config_yaml = OmegaConf.to_yaml(stored)
-    write_run(run_dir, result.summary, result.rows, result.workflow_rows, config_yaml, requests_csv=write_csv)
+    write_run(run_dir, result.summary, result.rows, result.workflow_rows, config_yaml, requests_csv=write_csv,
+              timeline=result.timeline)
     return result.summary
 
 

@@ -48,6 +48,7 @@ class EngineLoop:
         self.blocking_load_wait_s = 0.0
         self.blocking_load_exposed_s = 0.0
         self.after_iteration: Callable[[], None] | None = None  # e.g. invariant checks in tests
+        self.timeline: list[tuple[str, float, float, str]] | None = None  # set to [] to record
 
     # -- outside input -------------------------------------------------------------------------
     def wake(self) -> None:
@@ -62,7 +63,9 @@ class EngineLoop:
                 self.engine.complete_op(op, self.env.now)
                 continue
             assert isinstance(op, (Load, Offload)), op
-            batches["h2d" if isinstance(op, Load) else "d2h"].append((op.bytes, lambda op=op: self._op_done(op)))
+            label = ("prefetch" if op.prefetch else "load") if isinstance(op, Load) else "offload"
+            batches["h2d" if isinstance(op, Load) else "d2h"].append(
+                (op.bytes, lambda op=op: self._op_done(op), label))
         for direction, items in batches.items():
             if items:
                 self.ops_inflight += len(items)
@@ -100,6 +103,8 @@ class EngineLoop:
                 self.decode_steps += 1 if it.decode else 0
                 finished = self.engine.finish(it, self.env.now)
             self.busy_s += self.env.now - start_s
+            if self.timeline is not None:
+                self.timeline.append(("gpu", start_s, self.env.now, "prefill" if it.prefill else "decode"))
             self.start_ops()
             if self.after_iteration is not None:
                 self.after_iteration()

@@ -32,6 +32,7 @@ class PCIeLink:
         self.bytes_moved = {d: 0 for d in DIRECTIONS}
         self.busy_s = {d: 0.0 for d in DIRECTIONS}
         self.copies = {d: 0 for d in DIRECTIONS}
+        self.timeline: list[tuple[str, float, float, str]] | None = None  # set to [] to record copies
 
     @staticmethod
     def other(direction: str) -> str:
@@ -43,31 +44,34 @@ class PCIeLink:
         return self.cost.transfer_time_s(nbytes, direction, other_direction_busy=busy)
 
     def transfer(
-        self, nbytes: int, direction: str, on_done: Callable[[], None] | None = None
+        self, nbytes: int, direction: str, on_done: Callable[[], None] | None = None, label: str = "load"
     ) -> Generator[simpy.Event, None, float]:
         """SimPy process body: wait for the channel, copy, call ``on_done``; returns the copy time."""
         with self.channels[direction].request() as req:
             yield req
-            t = yield from self.hold(nbytes, direction)
+            t = yield from self.hold(nbytes, direction, label=label)
         if on_done is not None:
             on_done()
         return t
 
     def transfer_batch(
-        self, items: list[tuple[int, Callable[[], None]]], direction: str
+        self, items: list[tuple[int, Callable[[], None], str]], direction: str
     ) -> Generator[simpy.Event, None, None]:
         """Background copies queued at once, in FIFO order at background priority: a reactive load
         that a scheduled request waits on goes first at the next copy boundary, so a prefetch never
         delays it by more than the copy in progress."""
-        for nbytes, on_done in items:
+        for nbytes, on_done, label in items:
             with self.channels[direction].request(priority=BACKGROUND) as req:
                 yield req
-                yield from self.hold(nbytes, direction)
+                yield from self.hold(nbytes, direction, label=label)
             on_done()
 
-    def hold(self, nbytes: int, direction: str, extra_s: float = 0.0) -> Generator[simpy.Event, None, float]:
+    def hold(self, nbytes: int, direction: str, extra_s: float = 0.0,
+             label: str = "load") -> Generator[simpy.Event, None, float]:
         """Copy ``nbytes`` on a channel the caller already holds (plus ``extra_s`` of holding)."""
         t = self.duration_s(nbytes, direction)
+        if self.timeline is not None:
+            self.timeline.append((direction, self.env.now, self.env.now + t + extra_s, label))
         self.active[direction] += 1
         try:
             yield self.env.timeout(t + extra_s)

@@ -32,13 +32,17 @@ def _csv(rows: list[dict[str, Any]], fields: Sequence[str]) -> str:
 
 
 def write_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any]],
-              workflows: list[dict[str, Any]], config_yaml: str, requests_csv: bool = True) -> None:
+              workflows: list[dict[str, Any]], config_yaml: str, requests_csv: bool = True,
+              timeline: Sequence[tuple[str, float, float, str]] = ()) -> None:
     """The run directory format of docs/architecture.md: ``config.yaml`` (resolved),
     ``requests.csv``, ``workflows.csv`` and ``summary.json`` (last: it marks completion)."""
     write_atomic(run_dir / "config.yaml", config_yaml)
     if requests_csv:
         write_atomic(run_dir / "requests.csv", _csv(rows, ROW_FIELDS))
     write_atomic(run_dir / "workflows.csv", _csv(workflows, ("client_id", "start_s", "end_s", "latency_s")))
+    if timeline:
+        fields = ("resource", "start_s", "end_s", "label")
+        write_atomic(run_dir / "timeline.csv", _csv([dict(zip(fields, r)) for r in timeline], fields))
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 

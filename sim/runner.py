@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
@@ -44,6 +44,7 @@ class SimResult:
     rows: list[dict[str, Any]]
     workflow_rows: list[dict[str, Any]]
     wall_s: float
+    timeline: list[tuple[str, float, float, str]] = field(default_factory=list)  # resource, start, end, label
 
 
 def build_trace(workload: Mapping[str, Any], seed: int) -> Any:
@@ -155,6 +156,8 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
         driver_box[0].on_finished(reqs)
 
     loop = EngineLoop(env, engine, cost, pcie, on_finished=finished)
+    if sim_cfg.get("timeline", False):  # GPU compute and PCIe copies, for Gantt plots
+        loop.timeline = pcie.timeline = []
     if sim_cfg.get("check_invariants"):
         loop.after_iteration = cache.check_invariants
     feed = OracleFeed(trace, cache) if hasattr(policy, "set_next_use") else None
@@ -181,4 +184,5 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
     summary = summarize(cfg, trace, driver, loop, pcie, cache, gpu_tokens, cpu_tokens, env.now)
     wall_s = time.perf_counter() - wall0
     summary["wall_s"] = wall_s
-    return SimResult(summary, rows, workflow_rows(rows), wall_s)
+    timeline = sorted(loop.timeline or [], key=lambda r: (r[1], r[0]))  # one list shared with pcie
+    return SimResult(summary, rows, workflow_rows(rows), wall_s, timeline)

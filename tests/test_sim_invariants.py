@@ -8,7 +8,7 @@ import yaml
 
 from sim.runner import simulate
 
-POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "oracle")
+POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "oracle")
 
 
 def conf(group: str, name: str) -> dict:
@@ -94,3 +94,16 @@ def test_decode_runs_match_single_steps(monkeypatch):
     assert stepped["makespan_s"] == pytest.approx(base["makespan_s"], rel=1e-9)
     assert stepped["workflow_latency_mean_s"] == pytest.approx(base["workflow_latency_mean_s"], rel=1e-9)
     assert stepped["details"]["tokens"] == base["details"]["tokens"]
+
+
+def test_timeline_shows_prefetch_overlapping_gpu_compute():
+    cfg = make_cfg("kvflow", "sequential")
+    cfg["sim"]["timeline"] = True
+    rows = simulate(cfg).timeline
+    assert {r[0] for r in rows} >= {"gpu", "h2d", "d2h"}
+    assert all(end >= start for _, start, end, _ in rows)
+    gpu = [(s, e) for res, s, e, _ in rows if res == "gpu"]
+    prefetches = [(s, e) for res, s, e, label in rows if label == "prefetch"]
+    assert prefetches, "kvflow under memory pressure prefetches"
+    assert any(s < ge and gs < e for s, e in prefetches for gs, ge in gpu), "no prefetch overlaps compute"
+    assert not make_cfg("kvflow", "sequential")["sim"].get("timeline") and not simulate(make_cfg("kvflow", "sequential")).timeline
