@@ -80,6 +80,8 @@ class KVCacheManager:
         # optional learning hooks of policies that estimate reuse online (kvflow_cost)
         self._observe_prompt = getattr(policy, "observe_prompt", None)
         self._observe_evict = getattr(policy, "observe_evict", None)
+        # tag each agent's latest dynamic prompt only for policies that rank by it
+        self._tracks_dynamic = bool(getattr(policy, "tracks_dynamic", False))
         self._last_prompt: dict[User, tuple[list[int], int]] = {}
         self._worth_keeping = getattr(policy, "worth_keeping", None)  # False: drop, never back up
         # clients whose prefetch waited for a free slot, oldest first (a dict keeps insertion order)
@@ -278,10 +280,28 @@ class KVCacheManager:
             pos, node = end, child
         if user is not None and 0 < fixed_end <= pos:
             self._set_boundary(user, tokens, fixed_end)
-        if user is not None and self._dynamic_last is not None:
+        if user is not None and self._dynamic_last is not None and self._tracks_dynamic:
             self._set_latest_dynamic(user, self._dynamic_last)
         if reserved_tokens:
             self.release_gpu(reserved_tokens)  # tokens another request inserted meanwhile (or partial page)
+        return node
+
+    def extend(self, node: RadixNode, tokens: list[int], reserved_tokens: int,
+               user: User | None = None) -> RadixNode:
+        """Append fresh ``tokens`` that no other sequence shares (generated outputs) below ``node``,
+        the GPU-resident end of a sequence already in the tree: no walk from the root.
+        ``reserved_tokens`` were allocated for them; what is not cached is released."""
+        tree = self.tree
+        n = tree.page_floor(min(len(tokens), reserved_tokens))
+        if n and node.gpu and tree._child_key(tokens) not in node.children:
+            child = tree.insert_below(node, tokens[:n])
+            child.suffix = user is not None  # an output: KVFlow evicts it first
+            tree.set_state(child, gpu=True)
+            self._maybe_backup(child)
+            reserved_tokens -= n
+            node = child
+        if reserved_tokens:
+            self.release_gpu(reserved_tokens)
         return node
 
     def _tag(self, node: RadixNode, start: int, fixed_end: int, user: User | None) -> None:
@@ -387,8 +407,9 @@ class KVCacheManager:
         if not getattr(self.policy, "uses_hints", False):
             return
         users = {(client_id, agent): value for agent, value in steps.items()}
+        changed = [u for u, v in users.items() if self.policy.steps.get(u) != v]
         self.policy.set_hints(users)
-        for user in users:
+        for user in changed:  # unchanged values keep their keys: nothing to re-file
             boundary = self.tree.user_nodes.get(user)
             if boundary is not None and boundary.parent is not None:
                 for node in boundary.path_to_root():

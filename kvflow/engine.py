@@ -315,8 +315,14 @@ class Engine:
 
     def _release(self, request: Request, now_s: float) -> None:
         self.decoding.remove(request)
-        self.cache.insert(request.tokens + request.output_ids(), request.reserved_tokens,
-                          request.fixed_tokens, request.user, prompt_tokens=request.prompt_tokens)
+        tree = self.cache.tree
+        end = request.node
+        if (end is not None and request.prompt_tokens % tree.page_size == 0
+                and sum(len(n) for n in end.path_to_root()) == request.prompt_tokens):
+            self.cache.extend(end, request.output_ids(), request.reserved_tokens, request.user)
+        else:  # the prompt is not (all) in the tree: insert the whole sequence
+            self.cache.insert(request.tokens + request.output_ids(), request.reserved_tokens,
+                              request.fixed_tokens, request.user, prompt_tokens=request.prompt_tokens)
         if self.deadlines is not None:
             self.deadlines.observe_finish(request, now_s)
         request.reserved_tokens = 0

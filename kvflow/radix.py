@@ -285,24 +285,29 @@ class RadixTree:
 
     def refresh(self, node: RadixNode) -> None:
         """Re-key ``node`` in the heaps after anything that may change its key or evictability."""
-        if self.gpu_evictable(node):
+        gpu, cpu = self.gpu_evictable(node), self.cpu_evictable(node)
+        if not (gpu or cpu):
+            return
+        key = self.policy.key(node)
+        # (key, node_id) orders the heap; node_id breaks ties deterministically without comparing nodes
+        if gpu:
             node.gpu_version += 1
-            heapq.heappush(self._gpu_heap, (self.policy.key(node), node, node.gpu_version))
-        if self.cpu_evictable(node):
+            heapq.heappush(self._gpu_heap, (key, node.node_id, node.gpu_version, node))
+        if cpu:
             node.cpu_version += 1
-            heapq.heappush(self._cpu_heap, (self.policy.key(node), node, node.cpu_version))
+            heapq.heappush(self._cpu_heap, (key, node.node_id, node.cpu_version, node))
 
     def _pop_valid(self, heap: list[tuple], tier: str, pop: bool) -> RadixNode | None:
         evictable = self.gpu_evictable if tier == "gpu" else self.cpu_evictable
         while heap:
-            key, node, version = heap[0]
+            key, node_id, version, node = heap[0]
             current = node.gpu_version if tier == "gpu" else node.cpu_version
             if version != current or not evictable(node):
                 heapq.heappop(heap)
                 continue
             fresh = self.policy.key(node)
             if fresh != key:  # a key changed without a refresh: re-file it, never trust a stale key
-                heapq.heapreplace(heap, (fresh, node, version))
+                heapq.heapreplace(heap, (fresh, node_id, version, node))
                 continue
             if pop:
                 heapq.heappop(heap)

@@ -39,6 +39,7 @@ class StepGraph:
                 raise ValueError(f"agent '{agent}': aggregation must be AND or OR, got '{agg}'")
         if self.horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        self._memo: dict[frozenset[str], dict[str, float]] = {}  # frontier -> steps (a graph is immutable)
 
     @property
     def agents(self) -> list[str]:
@@ -80,7 +81,9 @@ class StepGraph:
         AND node). Bounded relaxation keeps loops finite: at most ``horizon + 1`` rounds, and any
         value past the horizon is INF.
         """
-        front = set(frontier)
+        front = frozenset(frontier)
+        if front in self._memo:
+            return dict(self._memo[front])
         unknown = front - set(self.aggregation)
         if unknown:
             raise ValueError(f"frontier names unknown agents: {sorted(unknown)}")
@@ -98,4 +101,5 @@ class StepGraph:
                     steps[agent], changed = value, True
             if not changed:
                 break
-        return steps
+        self._memo[front] = steps
+        return dict(steps)

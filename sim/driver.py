@@ -9,6 +9,7 @@ each request. Workflows without a graph get no hints (LRU behaviour, no prefetch
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -21,9 +22,12 @@ from kvflow.step_graph import StepGraph
 WARMUP_MARK = "warmup"
 
 
+_WARMUP_PART = re.compile(r"/warmup[^/]*/")
+
+
 def is_warmup(inv: Any) -> bool:
     """Generators label warm-up invocations ``<client>/warmup<k>/...``; they are excluded from latency."""
-    return any(part.startswith(WARMUP_MARK) for part in inv.id.split("/")[1:-1])
+    return WARMUP_MARK in inv.id and _WARMUP_PART.search(inv.id) is not None
 
 
 class WorkflowDriver:
@@ -56,7 +60,7 @@ class WorkflowDriver:
                 if dep not in self.by_id:
                     raise ValueError(f"invocation {inv.id!r}: unknown dependency {dep!r}")
                 self.dependents[dep].append(inv.id)
-        self.frontier: dict[str, Counter[str]] = defaultdict(Counter)
+        self.frontier: dict[str, dict[str, int]] = defaultdict(dict)  # client -> agent -> running/ready
         self._last_frontier: dict[str, frozenset[str]] = {}
         self.workflow_of = {inv.client_id: inv.workflow for inv in trace.invocations}
         self.client_left = Counter(inv.client_id for inv in trace.invocations)
@@ -83,13 +87,19 @@ class WorkflowDriver:
     # -- state changes -------------------------------------------------------------------------
     def _ready(self, inv: Any) -> None:
         self.ready_s[inv.id] = self.env.now
-        self.frontier[inv.client_id][inv.agent_id] += 1
+        agents = self.frontier[inv.client_id]
+        agents[inv.agent_id] = agents.get(inv.agent_id, 0) + 1
         release_at = max(self.env.now + inv.delay_s, inv.arrival_s or 0.0)
-        self.env.process(self._release(inv, release_at - self.env.now))
+        if release_at > self.env.now:
+            self.env.process(self._release_later(inv, release_at - self.env.now))
+        else:
+            self._release(inv)  # no tool/think time: no SimPy process needed
 
-    def _release(self, inv: Any, wait_s: float):
-        if wait_s > 0:
-            yield self.env.timeout(wait_s)
+    def _release_later(self, inv: Any, wait_s: float):
+        yield self.env.timeout(wait_s)
+        self._release(inv)
+
+    def _release(self, inv: Any) -> None:
         self.release_s[inv.id] = self.env.now
         req = Request(
             request_id=inv.id,
@@ -114,9 +124,10 @@ class WorkflowDriver:
         for req in requests:
             inv = self.by_id[self._request_ids[id(req)]]
             self.finish_s[inv.id] = self.env.now
-            self.frontier[inv.client_id][inv.agent_id] -= 1
-            if self.frontier[inv.client_id][inv.agent_id] <= 0:
-                del self.frontier[inv.client_id][inv.agent_id]
+            agents = self.frontier[inv.client_id]
+            agents[inv.agent_id] -= 1
+            if agents[inv.agent_id] <= 0:
+                del agents[inv.agent_id]
             for succ_id in self.dependents[inv.id]:
                 self.waiting_on[succ_id] -= 1
                 if self.waiting_on[succ_id] == 0:

@@ -57,8 +57,11 @@ class EngineLoop:
 
     def start_ops(self) -> None:
         """Launch every op the engine queued; called after anything that may queue ops."""
+        ops = self.engine.take_ops()
+        if not ops:
+            return
         batches: dict[str, list] = {"h2d": [], "d2h": []}
-        for op in self.engine.take_ops():
+        for op in ops:
             if isinstance(op, Free):
                 self.engine.complete_op(op, self.env.now)
                 continue

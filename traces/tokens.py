@@ -1,9 +1,11 @@
 """Deterministic segment -> token-id expansion.
 
-Token ids come from numpy's PCG64 seeded by a stable hash (blake2b, never Python's hash()) of
-(kind, key, trace seed), so every process sees the same prompt. numpy's bounded integer draws are
-prefix-stable (the first n of a longer draw equal a draw of n), which lets a shorter use of a
-name or a partial block take a prefix of the same stream.
+Token ids are splitmix64 outputs (a counter-based generator: token i = mix(base + i x golden))
+where the base is a stable hash (blake2b, never Python's hash()) of (kind, key, trace seed), so
+every process sees the same prompt. Counter-based streams are prefix-stable (the first n of a
+longer draw equal a draw of n), which lets a shorter use of a name or a partial block take a prefix
+of the same stream, and cost one vectorised numpy expression (no generator set-up per segment,
+which dominated simulator time).
 """
 from __future__ import annotations
 
@@ -24,9 +26,18 @@ def stable_hash(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
 def random_tokens(n: int, *parts: object) -> list[int]:
-    rng = np.random.default_rng(stable_hash(*parts))
-    return rng.integers(0, TOKEN_ID_LIMIT, size=n, dtype=np.int64).tolist()
+    """``n`` pseudo-random ids in [0, TOKEN_ID_LIMIT): splitmix64 of a counter from the parts' hash."""
+    z = np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN + np.uint64(stable_hash(*parts))  # wraps mod 2**64
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z ^= z >> np.uint64(31)
+    return (z & np.uint64(TOKEN_ID_LIMIT - 1)).astype(np.int64).tolist()
 
 
 class TokenSource:
