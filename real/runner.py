@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 
-from kvflow.cache import CacheConfig, KVCacheManager
-from kvflow.engine import Engine, EngineConfig
+from kvflow.build import build_engine
+from kvflow.engine import Engine
 from kvflow.model_spec import ModelSpec, load_model_spec
-from kvflow.policies import make_policy
 from real.driver import WallClockDriver
 from real.engine_loop import RealEngineLoop, make_clock
 from real.executor import CopyExecutor
@@ -29,7 +28,6 @@ from real.model import Seq, Transformer, pick_device, pick_dtype
 
 MIB = 1 << 20
 GIB = 1 << 30
-SGLANG_CONTEXT_LEN = 131072
 
 
 class RealInputError(ValueError):
@@ -90,44 +88,16 @@ def capacities(cfg: Mapping[str, Any], model: ModelSpec, trace: Any) -> tuple[in
     return int(gpu), cpu
 
 
-def max_running_requests(value: Any, gpu_tokens: int) -> int:
-    if value:
-        return int(value)
-    pool = min(max(gpu_tokens * 512 // SGLANG_CONTEXT_LEN, 2048), 4096)
-    return max(1, min(gpu_tokens // 2, pool))
-
-
 def build_core(cfg: Mapping[str, Any], model: ModelSpec, gpu_tokens: int, cpu_tokens: int) -> Engine:
-    policy_cfg = dict(cfg["policy"])
+    """The same policy, cache manager and engine as the simulator builds (``kvflow.build``)."""
     hw = cfg.get("hardware") or {}
-    eviction = dict(policy_cfg.get("eviction") or {"name": "lru"})
-    eviction.pop("_target_", None)
-    name = eviction.pop("name")
-    if eviction.pop("gain_from_cost_model", False):
-        eviction["gain_s_per_token"] = gain_s_per_token(hw, model)
-    policy = make_policy(name, **eviction)
-    cache_cfg = cfg.get("cache") or {}
-    cache = KVCacheManager(CacheConfig(
-        gpu_capacity_tokens=gpu_tokens, cpu_capacity_tokens=cpu_tokens,
-        page_size=int(cache_cfg.get("page_size", 1)), kv_bytes_per_token=model.kv_bytes_per_token,
-        write_policy=str(policy_cfg.get("write_policy", "none")) if cpu_tokens else "none",
-        write_through_hits=int(policy_cfg.get("write_through_hits", 1)),
-        max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
-    ), policy)
     engine_cfg = cfg.get("engine") or {}
-    chunk = engine_cfg.get("chunk_tokens") or (cfg.get("hardware") or {}).get("chunked_prefill_tokens") or 8192
-    return Engine(cache, EngineConfig(
-        chunk_tokens=int(chunk),
-        max_running_requests=max_running_requests(engine_cfg.get("max_running_requests"), gpu_tokens),
-        load_back=bool(policy_cfg.get("load_back", False)) and cpu_tokens > 0,
-        prefetch=bool(policy_cfg.get("prefetch", False)),
-        status_aware=bool(policy_cfg.get("status_aware", True)),
-        infer_steps=bool(policy_cfg.get("infer_steps", False)),
-        release_finished=bool(policy_cfg.get("release_finished", False)),
-        prefetch_mode=str(policy_cfg.get("prefetch_mode", "next_step")),
-        prefetch_lookahead_steps=int(policy_cfg.get("prefetch_lookahead_steps", 2)),
-        h2d_gbps=h2d_gbps(hw),
-    ))
+    chunk = engine_cfg.get("chunk_tokens") or hw.get("chunked_prefill_tokens") or 8192
+    return build_engine(
+        cfg["policy"], gpu_tokens=gpu_tokens, cpu_tokens=cpu_tokens, kv_bytes_per_token=model.kv_bytes_per_token,
+        chunk_tokens=int(chunk), h2d_gbps=h2d_gbps(hw), page_size=int((cfg.get("cache") or {}).get("page_size", 1)),
+        max_running=engine_cfg.get("max_running_requests"), gain_s_per_token=lambda: gain_s_per_token(hw, model),
+    )
 
 
 def h2d_gbps(hw: Mapping[str, Any]) -> float:

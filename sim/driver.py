@@ -1,33 +1,23 @@
 """Workflow driver: turns a trace into timed engine requests and step hints (KVFLOW.md 2.2).
 
-An invocation becomes *ready* when all its dependencies finished (or, for a workflow's first
-invocation, at its arrival time) and is *released* to the engine ``delay_s`` later (tool time),
-never before its own ``arrival_s``. A client's frontier is its ready or running agents; every time
-it changes the driver sends ``steps_to_execution(frontier)`` for that client, and once more with
-each request. Workflows without a graph get no hints (LRU behaviour, no prefetch).
+The release rules and hints are the core's (``kvflow.workflow.WorkflowTracker``, shared with the
+real backend); this driver only supplies SimPy time: a workflow's first invocation becomes ready
+at its arrival, every invocation is released to the engine ``delay_s`` (tool/think time) after it
+is ready, never before its own arrival, and the client's hints go to the engine whenever its
+frontier changes. Workflows without a graph get no hints (LRU behaviour, no prefetch).
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import simpy
 
 from kvflow.engine import Request
-from kvflow.step_graph import StepGraph
+from kvflow.workflow import WorkflowTracker
 
-WARMUP_MARK = "warmup"
-
-
-_WARMUP_PART = re.compile(r"/warmup[^/]*/")
-
-
-def is_warmup(inv: Any) -> bool:
-    """Generators label warm-up invocations ``<client>/warmup<k>/...``; they are excluded from latency."""
-    return WARMUP_MARK in inv.id and _WARMUP_PART.search(inv.id) is not None
+__all__ = ["WorkflowDriver"]
 
 
 class WorkflowDriver:
@@ -47,37 +37,23 @@ class WorkflowDriver:
         self.engine = engine
         self.on_engine_input = on_engine_input  # start queued ops + wake the engine loop
         self.on_submit = on_submit
-        self.graphs: dict[str, StepGraph | None] = {}
-        if hints:
-            for name, wf in trace.workflows.items():
-                self.graphs[name] = StepGraph.from_dict(wf.graph) if wf.graph else None
-        self.by_id = {inv.id: inv for inv in trace.invocations}
-        self.dependents: dict[str, list[str]] = defaultdict(list)
-        self.waiting_on: dict[str, int] = {}
-        for inv in trace.invocations:
-            self.waiting_on[inv.id] = len(inv.deps)
-            for dep in inv.deps:
-                if dep not in self.by_id:
-                    raise ValueError(f"invocation {inv.id!r}: unknown dependency {dep!r}")
-                self.dependents[dep].append(inv.id)
-        self.frontier: dict[str, dict[str, int]] = defaultdict(dict)  # client -> agent -> running/ready
-        self._last_frontier: dict[str, frozenset[str]] = {}
-        self.workflow_of = {inv.client_id: inv.workflow for inv in trace.invocations}
-        self.client_left = Counter(inv.client_id for inv in trace.invocations)
+        self.tracker = WorkflowTracker(trace, hints)
         self.requests: dict[str, Request] = {}
         self.release_s: dict[str, float] = {}
         self.ready_s: dict[str, float] = {}
         self.finish_s: dict[str, float] = {}
         self.all_done = env.event()
-        self._left = len(trace.invocations)
         self._request_ids: dict[int, str] = {}
+
+    @property
+    def pending(self) -> int:
+        return self.tracker.pending
 
     def start(self) -> None:
         if not self.trace.invocations:
             self.all_done.succeed()
-        for inv in self.trace.invocations:
-            if not inv.deps:
-                self.env.process(self._root(inv))
+        for inv in self.tracker.roots:
+            self.env.process(self._root(inv))
 
     def _root(self, inv: Any):
         yield self.env.timeout(max(0.0, (inv.arrival_s or 0.0) - self.env.now))
@@ -87,8 +63,7 @@ class WorkflowDriver:
     # -- state changes -------------------------------------------------------------------------
     def _ready(self, inv: Any) -> None:
         self.ready_s[inv.id] = self.env.now
-        agents = self.frontier[inv.client_id]
-        agents[inv.agent_id] = agents.get(inv.agent_id, 0) + 1
+        self.tracker.ready(inv)
         release_at = max(self.env.now + inv.delay_s, inv.arrival_s or 0.0)
         if release_at > self.env.now:
             self.env.process(self._release_later(inv, release_at - self.env.now))
@@ -122,38 +97,22 @@ class WorkflowDriver:
         """Called by the engine loop with the requests an iteration finished."""
         clients = set()
         for req in requests:
-            inv = self.by_id[self._request_ids[id(req)]]
+            inv = self.tracker.by_id[self._request_ids[id(req)]]
             self.finish_s[inv.id] = self.env.now
-            agents = self.frontier[inv.client_id]
-            agents[inv.agent_id] -= 1
-            if agents[inv.agent_id] <= 0:
-                del agents[inv.agent_id]
-            for succ_id in self.dependents[inv.id]:
-                self.waiting_on[succ_id] -= 1
-                if self.waiting_on[succ_id] == 0:
-                    self._ready(self.by_id[succ_id])
-            self.client_left[inv.client_id] -= 1
-            if self.client_left[inv.client_id] == 0:
+            ready, client_done = self.tracker.finished(inv)
+            for succ in ready:
+                self._ready(succ)
+            if client_done:
                 self.engine.finish_client(inv.client_id, self.env.now)
             clients.add(inv.client_id)
-            self._left -= 1
         for client in sorted(clients):
             self._send_hints(client)
         if requests:
             self.on_engine_input()
-        if self._left == 0 and not self.all_done.triggered:
+        if self.tracker.pending == 0 and not self.all_done.triggered:
             self.all_done.succeed()
 
     def _send_hints(self, client_id: str) -> None:
-        graph = self.graphs.get(self.workflow_of[client_id])
-        if graph is None:
-            return
-        frontier = frozenset(a for a in self.frontier[client_id] if a in graph.aggregation)
-        if self._last_frontier.get(client_id) == frontier:
-            return  # same frontier, same hints: the engine already has them
-        self._last_frontier[client_id] = frontier
-        self.engine.set_hints(client_id, graph.steps_to_execution(frontier), self.env.now)
-
-    @property
-    def pending(self) -> int:
-        return self._left
+        steps = self.tracker.hints(client_id)
+        if steps is not None:
+            self.engine.set_hints(client_id, steps, self.env.now)

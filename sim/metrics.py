@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.driver import is_warmup
+from kvflow.workflow import is_warmup
 
 ROW_FIELDS = (
     "request_id", "client_id", "agent_id", "warmup", "prompt_tokens", "fixed_tokens", "output_tokens",

@@ -13,16 +13,14 @@ from typing import Any
 
 import simpy
 
-from kvflow.cache import CacheConfig, KVCacheManager
-from kvflow.engine import Engine, EngineConfig
-from kvflow.model_spec import load_model_spec
 from analysis.progress import progress
-from kvflow.policies import make_policy
+from kvflow.build import build_engine
+from kvflow.model_spec import load_model_spec
+from kvflow.workflow import OracleFeed
 from sim.cost_model import CostModel
 from sim.driver import WorkflowDriver
 from sim.engine_loop import EngineLoop
 from sim.metrics import request_rows, summarize, workflow_rows
-from sim.oracle import OracleFeed
 from sim.pcie import PCIeLink
 
 try:
@@ -31,7 +29,6 @@ except ImportError:  # traces/__init__ does not re-export yet
     from traces.generators import generate
     from traces.io import load_trace
 
-SGLANG_CONTEXT_LEN = 131072  # max_position_embeddings of the models in conf/model
 
 
 class SimInputError(ValueError):
@@ -57,14 +54,6 @@ def build_trace(workload: Mapping[str, Any], seed: int) -> Any:
         return generate(str(workload["generator"]), **params)
     except ValueError as exc:
         raise SimInputError(f"workload {workload.get('name')!r}: {exc}") from None
-
-
-def max_running_requests(cfg_value: int | None, gpu_tokens: int) -> int:
-    """SGLang's rule (REFERENCE_NUMBERS section 7) unless the config sets one."""
-    if cfg_value:
-        return int(cfg_value)
-    pool = min(max(gpu_tokens * 512 // SGLANG_CONTEXT_LEN, 2048), 4096)
-    return max(1, min(gpu_tokens // 2, pool))
 
 
 def _capacities(cfg: Mapping[str, Any], cost: CostModel, trace: Any) -> tuple[int, int]:
@@ -110,41 +99,14 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
     gpu_tokens, cpu_tokens = _capacities(cfg, cost, trace)
     _check_fits(trace, gpu_tokens)
     policy_cfg = cfg["policy"]
-    eviction = dict(policy_cfg.get("eviction") or {"name": "lru"})
-    eviction.pop("_target_", None)
-    name = eviction.pop("name")
-    if eviction.pop("gain_from_cost_model", False):
-        eviction["gain_s_per_token"] = gain_s_per_token(cost)
-    policy = make_policy(name, **eviction)
-    cache_cfg = cfg.get("cache") or {}
-    cache = KVCacheManager(
-        CacheConfig(
-            gpu_capacity_tokens=gpu_tokens,
-            cpu_capacity_tokens=cpu_tokens,
-            page_size=int(cache_cfg.get("page_size", 1)),
-            kv_bytes_per_token=model.kv_bytes_per_token,
-            write_policy=str(policy_cfg.get("write_policy", "none")) if cpu_tokens else "none",
-            write_through_hits=int(policy_cfg.get("write_through_hits", 1)),
-            max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
-        ),
-        policy,
-    )
     engine_cfg = cfg.get("engine") or {}
-    engine = Engine(
-        cache,
-        EngineConfig(
-            chunk_tokens=int(engine_cfg.get("chunk_tokens") or cfg["hardware"]["chunked_prefill_tokens"]),
-            max_running_requests=max_running_requests(engine_cfg.get("max_running_requests"), gpu_tokens),
-            load_back=bool(policy_cfg.get("load_back", False)) and cpu_tokens > 0,
-            prefetch=bool(policy_cfg.get("prefetch", False)),
-            status_aware=bool(policy_cfg.get("status_aware", True)),
-            infer_steps=bool(policy_cfg.get("infer_steps", False)),
-            release_finished=bool(policy_cfg.get("release_finished", False)),
-            prefetch_mode=str(policy_cfg.get("prefetch_mode", "next_step")),
-            prefetch_lookahead_steps=int(policy_cfg.get("prefetch_lookahead_steps", 2)),
-            h2d_gbps=cost.transfer_gbps("h2d"),
-        ),
+    engine = build_engine(
+        policy_cfg, gpu_tokens=gpu_tokens, cpu_tokens=cpu_tokens, kv_bytes_per_token=model.kv_bytes_per_token,
+        chunk_tokens=int(engine_cfg.get("chunk_tokens") or cfg["hardware"]["chunked_prefill_tokens"]),
+        h2d_gbps=cost.transfer_gbps("h2d"), page_size=int((cfg.get("cache") or {}).get("page_size", 1)),
+        max_running=engine_cfg.get("max_running_requests"), gain_s_per_token=lambda: gain_s_per_token(cost),
     )
+    cache, policy = engine.cache, engine.cache.policy
     sim_cfg = cfg.get("sim") or {}
     env = simpy.Environment()
     pcie = PCIeLink(env, cost, bidirectional_penalty=bool(sim_cfg.get("bidirectional_penalty", True)))

@@ -1,0 +1,75 @@
+"""Build the cache manager and engine from a policy config (``conf/policy/*.yaml``), once for both
+backends, so a policy means the same thing in the simulator and on a real GPU.
+
+The backend supplies what only it knows: pool sizes in tokens, KV bytes per token, the prefill
+chunk, the H2D bandwidth a deadline prefetch plans with, and (for ``gain_from_cost_model``) the
+seconds saved per cached token from its cost model or calibration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kvflow.cache import CacheConfig, KVCacheManager
+from kvflow.engine import Engine, EngineConfig
+from kvflow.policies import make_policy
+
+SGLANG_CONTEXT_LEN = 131072  # max_position_embeddings of the models in conf/model
+
+
+def max_running_requests(value: int | None, gpu_tokens: int) -> int:
+    """SGLang's rule (REFERENCE_NUMBERS.md section 7) unless the config sets one."""
+    if value:
+        return int(value)
+    pool = min(max(gpu_tokens * 512 // SGLANG_CONTEXT_LEN, 2048), 4096)
+    return max(1, min(gpu_tokens // 2, pool))
+
+
+def build_engine(
+    policy_cfg: Mapping[str, Any],
+    *,
+    gpu_tokens: int,
+    cpu_tokens: int,
+    kv_bytes_per_token: int,
+    chunk_tokens: int,
+    h2d_gbps: float,
+    page_size: int = 1,
+    max_running: int | None = None,
+    gain_s_per_token: Callable[[], float] | None = None,
+) -> Engine:
+    """Policy (``eviction``: name + kwargs), cache manager and engine for one run."""
+    eviction = dict(policy_cfg.get("eviction") or {"name": "lru"})
+    eviction.pop("_target_", None)
+    name = eviction.pop("name")
+    if eviction.pop("gain_from_cost_model", False):
+        if gain_s_per_token is None:
+            raise ValueError(f"policy '{name}' needs gain_from_cost_model but the backend has no cost model")
+        eviction["gain_s_per_token"] = gain_s_per_token()
+    cache = KVCacheManager(
+        CacheConfig(
+            gpu_capacity_tokens=gpu_tokens,
+            cpu_capacity_tokens=cpu_tokens,
+            page_size=page_size,
+            kv_bytes_per_token=kv_bytes_per_token,
+            write_policy=str(policy_cfg.get("write_policy", "none")) if cpu_tokens else "none",
+            write_through_hits=int(policy_cfg.get("write_through_hits", 1)),
+            max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
+        ),
+        make_policy(name, **eviction),
+    )
+    return Engine(
+        cache,
+        EngineConfig(
+            chunk_tokens=int(chunk_tokens),
+            max_running_requests=max_running_requests(max_running, gpu_tokens),
+            load_back=bool(policy_cfg.get("load_back", False)) and cpu_tokens > 0,
+            prefetch=bool(policy_cfg.get("prefetch", False)),
+            status_aware=bool(policy_cfg.get("status_aware", True)),
+            infer_steps=bool(policy_cfg.get("infer_steps", False)),
+            release_finished=bool(policy_cfg.get("release_finished", False)),
+            prefetch_mode=str(policy_cfg.get("prefetch_mode", "next_step")),
+            prefetch_lookahead_steps=int(policy_cfg.get("prefetch_lookahead_steps", 2)),
+            h2d_gbps=h2d_gbps,
+        ),
+    )
