@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path

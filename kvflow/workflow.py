@@ -117,3 +117,43 @@ class OracleFeed:
             if boundary is not None and boundary.parent is not None:
                 for node in boundary.path_to_root():
                     tree.refresh(node)
+
+
+# ----- per-request and per-workflow records (requests.csv / workflows.csv of both backends) -------
+ROW_FIELDS = (
+    "request_id", "client_id", "agent_id", "warmup", "prompt_tokens", "fixed_tokens", "output_tokens",
+    "ready_s", "arrival_s", "admit_s", "queue_s", "first_token_s", "finish_s", "ttft_s", "latency_s",
+    "hit_gpu_tokens", "loaded_cpu_tokens", "recomputed_tokens", "loaded_bytes", "stalled_s",
+)
+WORKFLOW_FIELDS = ("client_id", "start_s", "end_s", "latency_s")
+
+
+def request_rows(trace: Any, driver: Any) -> list[dict[str, Any]]:
+    """One row per invocation in trace order (``ROW_FIELDS``), from a driver's ``requests`` and
+    ``ready_s`` after a run; the same for both backends, so ``kvflow-report`` compares them."""
+    rows = []
+    for inv in trace.invocations:
+        r = driver.requests[inv.id]
+        rows.append({
+            "request_id": inv.id, "client_id": inv.client_id, "agent_id": inv.agent_id,
+            "warmup": is_warmup(inv), "prompt_tokens": r.prompt_tokens, "fixed_tokens": r.fixed_tokens,
+            "output_tokens": r.output_tokens, "ready_s": driver.ready_s[inv.id], "arrival_s": r.arrival_s,
+            "admit_s": r.admit_s, "queue_s": r.admit_s - r.arrival_s, "first_token_s": r.first_token_s,
+            "finish_s": r.finish_s, "ttft_s": r.first_token_s - r.arrival_s, "latency_s": r.finish_s - r.arrival_s,
+            "hit_gpu_tokens": r.hit_gpu_tokens, "loaded_cpu_tokens": r.loaded_cpu_tokens,
+            "recomputed_tokens": r.recomputed_tokens, "loaded_bytes": r.loaded_bytes, "stalled_s": r.stalled_s,
+        })
+    return rows
+
+
+def workflow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per client (``WORKFLOW_FIELDS``): first arrival to last finish of its measured
+    (non-warm-up) invocations, the end-to-end latency the paper reports."""
+    spans: dict[str, list[float]] = defaultdict(lambda: [INF, -INF])
+    for r in rows:
+        if r["warmup"]:
+            continue
+        span = spans[r["client_id"]]
+        span[0] = min(span[0], r["arrival_s"])
+        span[1] = max(span[1], r["finish_s"])
+    return [{"client_id": c, "start_s": lo, "end_s": hi, "latency_s": hi - lo} for c, (lo, hi) in sorted(spans.items())]

@@ -10,48 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kvflow.workflow import is_warmup
-
-ROW_FIELDS = (
-    "request_id", "client_id", "agent_id", "warmup", "prompt_tokens", "fixed_tokens", "output_tokens",
-    "ready_s", "arrival_s", "admit_s", "queue_s", "first_token_s", "finish_s", "ttft_s", "latency_s",
-    "hit_gpu_tokens", "loaded_cpu_tokens", "recomputed_tokens", "loaded_bytes", "stalled_s",
-)
-WORKFLOW_FIELDS = ("client_id", "start_s", "end_s", "latency_s")
-
-
-def request_rows(trace: Any, driver: Any) -> list[dict[str, Any]]:
-    rows = []
-    for inv in trace.invocations:
-        r = driver.requests[inv.id]
-        rows.append({
-            "request_id": inv.id, "client_id": inv.client_id, "agent_id": inv.agent_id,
-            "warmup": is_warmup(inv), "prompt_tokens": r.prompt_tokens, "fixed_tokens": r.fixed_tokens,
-            "output_tokens": r.output_tokens, "ready_s": driver.ready_s[inv.id], "arrival_s": r.arrival_s,
-            "admit_s": r.admit_s, "queue_s": r.admit_s - r.arrival_s, "first_token_s": r.first_token_s,
-            "finish_s": r.finish_s, "ttft_s": r.first_token_s - r.arrival_s, "latency_s": r.finish_s - r.arrival_s,
-            "hit_gpu_tokens": r.hit_gpu_tokens, "loaded_cpu_tokens": r.loaded_cpu_tokens,
-            "recomputed_tokens": r.recomputed_tokens, "loaded_bytes": r.loaded_bytes, "stalled_s": r.stalled_s,
-        })
-    return rows
-
-
-def workflow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    spans: dict[str, list[float]] = defaultdict(lambda: [np.inf, -np.inf])
-    for r in rows:
-        if r["warmup"]:
-            continue
-        span = spans[r["client_id"]]
-        span[0] = min(span[0], r["arrival_s"])
-        span[1] = max(span[1], r["finish_s"])
-    return [{"client_id": c, "start_s": lo, "end_s": hi, "latency_s": hi - lo} for c, (lo, hi) in sorted(spans.items())]
-
+from kvflow.workflow import ROW_FIELDS, WORKFLOW_FIELDS
 
 def _stat(values: list[float], q: float | None = None) -> float:
     if not values:

@@ -23,7 +23,8 @@ from real.driver import WallClockDriver
 from real.engine_loop import RealEngineLoop, make_clock
 from real.executor import CopyExecutor
 from real.kv_store import KVStore
-from real.metrics import request_rows, summarize, workflow_rows, write_run_dir
+from kvflow.workflow import request_rows, workflow_rows
+from real.metrics import summarize, write_run_dir
 from real.model import Seq, Transformer, pick_device, pick_dtype
 
 MIB = 1 << 20
@@ -171,8 +172,7 @@ def run_real(cfg: Mapping[str, Any], trace: Any | None = None, out: str | Path |
     if cpu_tokens:
         store.cpu_pool.release(store.cpu_pool.alloc(arena))  # reserve the pinned arena before the clock
     if net.device.type == "cuda":  # grow the caching allocator to the KV pool once, outside the clock
-        del_me = torch.empty(gpu_tokens * store.token_bytes, dtype=torch.uint8, device=net.device)
-        del del_me
+        torch.empty(gpu_tokens * store.token_bytes, dtype=torch.uint8, device=net.device)  # freed at once
     engine.cache.tree.on_split = store.on_split
     if opts.warmup:
         warm_up(net)

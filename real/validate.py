@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from real.metrics import workflow_rows, write_run_dir
+from kvflow.workflow import workflow_rows
+from real.metrics import write_run_dir
 from real.runner import RealOptions, build_trace, run_real
 
 TIME_KEYS = ("latency_s", "ttft_s")

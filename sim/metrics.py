@@ -7,60 +7,17 @@ single-workflow experiment (warm up, then time the runs).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
-from kvflow.workflow import is_warmup
-
-ROW_FIELDS = (
-    "request_id", "client_id", "agent_id", "warmup", "prompt_tokens", "fixed_tokens", "output_tokens",
-    "ready_s", "arrival_s", "admit_s", "queue_s", "first_token_s", "finish_s", "ttft_s", "latency_s",
-    "hit_gpu_tokens", "loaded_cpu_tokens", "recomputed_tokens", "loaded_bytes", "stalled_s",
-)
-
-
-def request_rows(trace: Any, driver: Any) -> list[dict[str, Any]]:
-    """One row per invocation in trace order (CSV columns ``ROW_FIELDS``)."""
-    rows = []
-    for inv in trace.invocations:
-        r = driver.requests[inv.id]
-        rows.append({
-            "request_id": inv.id, "client_id": inv.client_id, "agent_id": inv.agent_id,
-            "warmup": is_warmup(inv), "prompt_tokens": r.prompt_tokens, "fixed_tokens": r.fixed_tokens,
-            "output_tokens": r.output_tokens, "ready_s": driver.ready_s[inv.id], "arrival_s": r.arrival_s,
-            "admit_s": r.admit_s, "queue_s": r.admit_s - r.arrival_s, "first_token_s": r.first_token_s,
-            "finish_s": r.finish_s, "ttft_s": r.first_token_s - r.arrival_s, "latency_s": r.finish_s - r.arrival_s,
-            "hit_gpu_tokens": r.hit_gpu_tokens, "loaded_cpu_tokens": r.loaded_cpu_tokens,
-            "recomputed_tokens": r.recomputed_tokens, "loaded_bytes": r.loaded_bytes, "stalled_s": r.stalled_s,
-        })
-    return rows
-
+from kvflow.workflow import request_rows, workflow_rows
 
 def _stats(values: list[float]) -> dict[str, float]:
     if not values:
         return {"mean": 0.0, "p50": 0.0, "p99": 0.0}
     a = np.asarray(values, dtype=np.float64)
     return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}
-
-
-def workflow_spans_s(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """Client -> (start, end) of its measured (non-warm-up) invocations."""
-    spans: dict[str, list[float]] = defaultdict(lambda: [np.inf, -np.inf])
-    for r in rows:
-        if r["warmup"]:
-            continue
-        span = spans[r["client_id"]]
-        span[0] = min(span[0], r["arrival_s"])
-        span[1] = max(span[1], r["finish_s"])
-    return {c: (lo, hi) for c, (lo, hi) in sorted(spans.items())}
-
-
-def workflow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``workflows.csv``: one row per client (docs/architecture.md, run directory format)."""
-    return [{"client_id": c, "start_s": lo, "end_s": hi, "latency_s": hi - lo}
-            for c, (lo, hi) in workflow_spans_s(rows).items()]
 
 
 def _ratio(num: float, den: float) -> float:

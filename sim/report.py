@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sim.metrics import ROW_FIELDS
+from kvflow.workflow import ROW_FIELDS
 
 GB = 1e9
 

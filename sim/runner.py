@@ -16,11 +16,11 @@ import simpy
 from analysis.progress import progress
 from kvflow.build import build_engine
 from kvflow.model_spec import load_model_spec
-from kvflow.workflow import OracleFeed
+from kvflow.workflow import OracleFeed, request_rows, workflow_rows
 from sim.cost_model import CostModel
 from sim.driver import WorkflowDriver
 from sim.engine_loop import EngineLoop
-from sim.metrics import request_rows, summarize, workflow_rows
+from sim.metrics import summarize
 from sim.pcie import PCIeLink
 
 try:

@@ -20,7 +20,7 @@ from kvflow.policies.kvflow import AGENT, NO_INFO, SUFFIX, KVFlowPolicy
 from kvflow.step_graph import INF
 
 if TYPE_CHECKING:
-    from kvflow.radix import RadixNode, User
+    from kvflow.radix import RadixNode
 
 
 REKEY_TOLERANCE = 0.1  # relative change of an agent's estimates that triggers re-keying its nodes

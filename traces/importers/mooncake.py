@@ -5,10 +5,10 @@ the last block is partial when input_length is not a multiple of 512. No agents,
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
 
+from traces.importers.jsonl import json_lines
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Segment, Trace
 
 BLOCK_TOKENS = 512
@@ -33,21 +33,14 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
     invocations: list[Invocation] = []
     for f_idx, path in enumerate(paths):
         prefix = f"{f_idx}:" if len(paths) > 1 else ""
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON") from None
-                ts_ms, n_in, n_out, ids = _request(obj, f"{path}:{lineno}")
-                last = n_in - BLOCK_TOKENS * (len(ids) - 1)
-                segs = [Segment("block", h, BLOCK_TOKENS) for h in ids[:-1]] + [Segment("block", ids[-1], last)]
-                invocations.append(Invocation(
-                    id=f"{prefix}{len(invocations)}", client_id="-", workflow="", agent_id="-",
-                    step=0, segments=segs, fixed_segments=0, output_tokens=n_out,
-                    arrival_s=ts_ms / 1000.0))
+        for where, obj in json_lines(path):
+            ts_ms, n_in, n_out, ids = _request(obj, where)
+            last = n_in - BLOCK_TOKENS * (len(ids) - 1)
+            segs = [Segment("block", h, BLOCK_TOKENS) for h in ids[:-1]] + [Segment("block", ids[-1], last)]
+            invocations.append(Invocation(
+                id=f"{prefix}{len(invocations)}", client_id="-", workflow="", agent_id="-",
+                step=0, segments=segs, fixed_segments=0, output_tokens=n_out,
+                arrival_s=ts_ms / 1000.0))
     invocations.sort(key=lambda inv: inv.arrival_s or 0.0)  # stable: file order among equal times
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed, "block_tokens": BLOCK_TOKENS,
             "provenance": {"importer": "mooncake", "sources": [os.path.basename(p) for p in paths]}}

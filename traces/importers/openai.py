@@ -7,11 +7,11 @@ Lines with the same session_id continue one client; each turn depends on the ses
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
 
 from traces.importers.text import estimate_tokens, text_segments
+from traces.importers.jsonl import json_lines
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Trace, WorkflowDef
 
 WORKFLOW = "openai"
@@ -40,42 +40,36 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
     agents: list[str] = []
     t0: float | None = None
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
+        for where, obj in json_lines(path):
+            lineno = where.rsplit(":", 1)[1]
+            msgs, info = _session(obj, where)
+            client = str(info.get("session_id", f"{os.path.basename(path)}:{lineno}"))
+            ts = info.get("timestamp")
+            if isinstance(ts, (int, float)) and t0 is None:
+                t0 = float(ts)
+            n_sys = next((i for i, m in enumerate(msgs) if m.get("role") != "system"), len(msgs))
+            texts = [_message_text(m) for m in msgs]
+            first = True
+            for i, msg in enumerate(msgs):
+                if msg.get("role") != "assistant" or i == 0:
                     continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON") from None
-                msgs, info = _session(obj, f"{path}:{lineno}")
-                client = str(info.get("session_id", f"{os.path.basename(path)}:{lineno}"))
-                ts = info.get("timestamp")
-                if isinstance(ts, (int, float)) and t0 is None:
-                    t0 = float(ts)
-                n_sys = next((i for i, m in enumerate(msgs) if m.get("role") != "system"), len(msgs))
-                texts = [_message_text(m) for m in msgs]
-                first = True
-                for i, msg in enumerate(msgs):
-                    if msg.get("role") != "assistant" or i == 0:
-                        continue
-                    agent = str(msg.get("name") or info.get("agent") or "assistant")
-                    if agent not in agents:
-                        agents.append(agent)
-                    fixed = text_segments(texts[: min(n_sys, i)])
-                    segs = fixed + text_segments(texts[min(n_sys, i): i])
-                    inv_id = f"{client}/{len(invocations)}"
-                    arrival = max(0.0, float(ts) - (t0 or 0.0)) if first and isinstance(ts, (int, float)) else None
-                    if first and client not in last_of and arrival is None:
-                        arrival = 0.0
-                    invocations.append(Invocation(
-                        id=inv_id, client_id=client, workflow=WORKFLOW, agent_id=agent,
-                        step=steps.get(client, 0), segments=segs,
-                        fixed_segments=len(fixed), output_tokens=estimate_tokens(str(msg.get("content") or "")),
-                        deps=[last_of[client]] if client in last_of else [], arrival_s=arrival))
-                    last_of[client] = inv_id
-                    steps[client] = steps.get(client, 0) + 1
-                    first = False
+                agent = str(msg.get("name") or info.get("agent") or "assistant")
+                if agent not in agents:
+                    agents.append(agent)
+                fixed = text_segments(texts[: min(n_sys, i)])
+                segs = fixed + text_segments(texts[min(n_sys, i): i])
+                inv_id = f"{client}/{len(invocations)}"
+                arrival = max(0.0, float(ts) - (t0 or 0.0)) if first and isinstance(ts, (int, float)) else None
+                if first and client not in last_of and arrival is None:
+                    arrival = 0.0
+                invocations.append(Invocation(
+                    id=inv_id, client_id=client, workflow=WORKFLOW, agent_id=agent,
+                    step=steps.get(client, 0), segments=segs,
+                    fixed_segments=len(fixed), output_tokens=estimate_tokens(str(msg.get("content") or "")),
+                    deps=[last_of[client]] if client in last_of else [], arrival_s=arrival))
+                last_of[client] = inv_id
+                steps[client] = steps.get(client, 0) + 1
+                first = False
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed,
             "provenance": {"importer": "openai", "sources": [os.path.basename(p) for p in paths]}}
     workflows = {WORKFLOW: WorkflowDef(WORKFLOW, agents, None)} if invocations else {}
