@@ -292,6 +292,9 @@ class KVCacheManager:
         the GPU-resident end of a sequence already in the tree: no walk from the root.
         ``reserved_tokens`` were allocated for them; what is not cached is released."""
         tree = self.tree
+        for ancestor in reversed(list(node.path_to_root())):  # the sequence was used until now (as
+            ancestor.last_access = tree.tick()                # SGLang's cache_finished_req re-inserts it)
+            tree.refresh(ancestor)
         n = tree.page_floor(min(len(tokens), reserved_tokens))
         if n and node.gpu and tree._child_key(tokens) not in node.children:
             child = tree.insert_below(node, tokens[:n])

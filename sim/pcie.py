@@ -2,8 +2,10 @@
 
 Copies in opposite directions overlap; two copies in the same direction queue. Measured hosts show
 H2D slowing while D2H runs (REFERENCE_NUMBERS.md section 2), so a copy that starts while the other
-direction is busy runs at the profile's ``bidirectional_<dir>_factor`` for its whole duration
-(sampled once at start: simple, and conservative for short overlaps).
+direction is busy runs at the profile's ``bidirectional_<dir>_factor`` until that copy ends, and at
+full rate after it. Only the copy in progress counts (one started later does not slow a running
+one): simple, and it keeps an 8 MiB backup from halving the whole of a 1 GiB load, which an
+all-or-nothing rule did, depending on which of two same-instant events SimPy ran first.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class PCIeLink:
         self.bytes_moved = {d: 0 for d in DIRECTIONS}
         self.busy_s = {d: 0.0 for d in DIRECTIONS}
         self.copies = {d: 0 for d in DIRECTIONS}
+        self.busy_until = {d: 0.0 for d in DIRECTIONS}  # end of the copy running in each direction
         self.timeline: list[tuple[str, float, float, str]] | None = None  # set to [] to record copies
 
     @staticmethod
@@ -40,8 +43,18 @@ class PCIeLink:
 
     def duration_s(self, nbytes: int, direction: str) -> float:
         """Time a copy starting now would take, given what the other direction is doing."""
-        busy = self.bidirectional_penalty and self.active[self.other(direction)] > 0
-        return self.cost.transfer_time_s(nbytes, direction, other_direction_busy=busy)
+        fast = self.cost.transfer_time_s(nbytes, direction)
+        other = self.other(direction)
+        overlap_s = self.busy_until[other] - self.env.now
+        if not self.bidirectional_penalty or self.active[other] == 0 or overlap_s <= 0:
+            return fast
+        slow = self.cost.transfer_time_s(nbytes, direction, other_direction_busy=True)
+        if slow <= overlap_s:
+            return slow
+        latency = self.cost.transfer_time_s(0, direction)
+        slow_phase_s = max(0.0, overlap_s - latency)
+        done = slow_phase_s / (slow - latency)  # share of the bytes moved while the other side ran
+        return latency + slow_phase_s + (1.0 - done) * (fast - latency)
 
     def transfer(
         self, nbytes: int, direction: str, on_done: Callable[[], None] | None = None, label: str = "load"
@@ -70,6 +83,7 @@ class PCIeLink:
              label: str = "load") -> Generator[simpy.Event, None, float]:
         """Copy ``nbytes`` on a channel the caller already holds (plus ``extra_s`` of holding)."""
         t = self.duration_s(nbytes, direction)
+        self.busy_until[direction] = self.env.now + t + extra_s
         if self.timeline is not None:
             self.timeline.append((direction, self.env.now, self.env.now + t + extra_s, label))
         self.active[direction] += 1

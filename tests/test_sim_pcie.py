@@ -41,11 +41,28 @@ def test_same_direction_serialises():
     assert sorted(ends) == pytest.approx([t, 2 * t])
 
 
-def test_bidirectional_penalty_slows_h2d_started_during_d2h():
+def test_bidirectional_penalty_slows_h2d_only_while_d2h_runs():
     ends, cost, _ = run_copies(True, ["d2h", "h2d"])
-    assert ends[0] == pytest.approx(cost.transfer_time_s(GB, "d2h"))
-    assert ends[1] == pytest.approx(cost.transfer_time_s(GB, "h2d", other_direction_busy=True))
-    assert ends[1] > ends[0]
+    d2h_s = cost.transfer_time_s(GB, "d2h")
+    assert ends[0] == pytest.approx(d2h_s)
+    # by hand: slowed rate until the D2H copy ends, the rest of the bytes at full rate
+    lat = cost.transfer_time_s(0, "h2d")
+    slow_rate = GB / (cost.transfer_time_s(GB, "h2d", other_direction_busy=True) - lat)
+    fast_rate = GB / (cost.transfer_time_s(GB, "h2d") - lat)
+    moved_slow = slow_rate * (d2h_s - lat)
+    expected = d2h_s + (GB - moved_slow) / fast_rate
+    assert ends[1] == pytest.approx(expected)
+    assert cost.transfer_time_s(GB, "h2d") < ends[1] < cost.transfer_time_s(GB, "h2d", other_direction_busy=True)
+
+
+def test_short_backup_barely_slows_a_long_load():
+    env, pcie, cost = link(True)
+    ends: dict[str, float] = {}
+    env.process(pcie.transfer(GB // 128, "d2h", on_done=lambda: ends.__setitem__("d2h", env.now)))
+    env.process(pcie.transfer(GB, "h2d", on_done=lambda: ends.__setitem__("h2d", env.now)))
+    env.run()
+    fast = cost.transfer_time_s(GB, "h2d")
+    assert fast < ends["h2d"] < fast + ends["d2h"]  # at most the overlap, not the whole copy, is slowed
 
 
 def test_utilisation():
