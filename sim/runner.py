@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,7 +91,20 @@ def _check_fits(trace: Any, gpu_tokens: int) -> None:
 
 
 def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
-    """Run one policy on one workload; deterministic for a given config and seed."""
+    """Run one policy on one workload; deterministic for a given config and seed.
+
+    Python's cyclic garbage collector is paused for the run: it repeatedly scanned the growing tree
+    and event queue (~13% of the time) while evicted nodes are freed by reference counting anyway."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _simulate(cfg, trace)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
     wall0 = time.perf_counter()
     seed = int(cfg.get("seed", 0))
     model = load_model_spec(cfg["model"])
