@@ -323,7 +323,3 @@ class RadixTree:
 
     def pop_cpu_victim(self) -> RadixNode | None:
         return self._pop_valid(self._cpu_heap, "cpu", pop=True)
-
-    def push_back(self, node: RadixNode) -> None:
-        """Return a popped victim that the caller decided not to evict."""
-        self.refresh(node)
