@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import time
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,10 @@ class SimResult:
 
 
 def build_trace(workload: Mapping[str, Any], seed: int) -> Any:
-    """A trace file (``workload.trace``) or a generated workload (``generator`` + ``params``)."""
+    """A trace file (``workload.trace``), raw logs imported on the fly (``workload.import_format`` +
+    ``workload.import_from``: files or folders), or a generated workload (``generator`` + ``params``)."""
+    if workload.get("import_format"):
+        return _import(str(workload["import_format"]), str(workload.get("import_from") or ""), seed)
     if workload.get("trace"):
         return load_trace(str(workload["trace"]))
     params = dict(workload.get("params") or {})
@@ -55,6 +59,26 @@ def build_trace(workload: Mapping[str, Any], seed: int) -> Any:
         return generate(str(workload["generator"]), **params)
     except ValueError as exc:
         raise SimInputError(f"workload {workload.get('name')!r}: {exc}") from None
+
+
+def _import(fmt: str, source: str, seed: int) -> Any:
+    from traces.importers import import_trace
+
+    paths: list[str] = []
+    for part in filter(None, source.split(",")):
+        path = Path(part)
+        if path.is_dir():
+            paths += sorted(str(p) for p in path.iterdir() if p.name.endswith((".log.gz", ".log", ".jsonl", ".jsonl.gz")))
+        elif path.exists():
+            paths.append(str(path))
+        else:
+            raise SimInputError(f"workload.import_from: no such file or folder: {part}")
+    if not paths:
+        raise SimInputError(f"workload.import_from: no {fmt} logs found in {source!r}")
+    try:
+        return import_trace(fmt, paths, seed=seed)
+    except ValueError as exc:
+        raise SimInputError(str(exc)) from None
 
 
 def _capacities(cfg: Mapping[str, Any], cost: CostModel, trace: Any) -> tuple[int, int]:
