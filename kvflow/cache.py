@@ -8,7 +8,7 @@ running requests; CPU = nodes with a CPU copy (or one being written).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kvflow.ops import Free, Load, Offload, Op
@@ -61,7 +61,6 @@ class CacheStats:
     prefetch_used: int = 0
     prefetch_wasted: int = 0
     prefetch_late: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class KVCacheManager:
@@ -74,8 +73,6 @@ class KVCacheManager:
         self.stats = CacheStats()
         self._pending: list[Op] = []
         self._prefetch_inflight = 0
-        self._prompt_end = 0
-        self._dynamic_last: RadixNode | None = None
         self._dynamic_ends: dict[User, RadixNode] = {}  # user -> end of its latest dynamic prompt
         # optional learning hooks of policies that estimate reuse online (kvflow_cost)
         self._observe_prompt = getattr(policy, "observe_prompt", None)
@@ -238,8 +235,8 @@ class KVCacheManager:
         tree = self.tree
         limit = tree.page_floor(len(tokens))
         fixed_end = tree.page_floor(min(fixed_tokens, limit)) if user else 0
-        self._prompt_end = len(tokens) if prompt_tokens is None else prompt_tokens
-        self._dynamic_last: RadixNode | None = None
+        prompt_end = tree.page_floor(len(tokens) if prompt_tokens is None else prompt_tokens)
+        dynamic_last: RadixNode | None = None  # deepest node of this prompt's dynamic part
         boundary_at = fixed_end
         node, pos = tree.root, 0
         while pos < limit:
@@ -263,11 +260,11 @@ class KVCacheManager:
                 tree.set_state(child, gpu=True)
                 reserved_tokens -= len(child)
             child.last_access = tree.tick()
-            self._tag(child, pos, fixed_end, user)
+            if self._tag(child, pos, fixed_end, prompt_end, user):
+                dynamic_last = child
             pos += len(child)
             node = child
         while pos < limit and (node is tree.root or node.gpu):
-            prompt_end = tree.page_floor(self._prompt_end)
             boundary = boundary_at if pos < boundary_at else (prompt_end if pos < prompt_end else limit)
             end = min(boundary, limit, pos + tree.page_floor(reserved_tokens))
             if end <= pos:
@@ -275,13 +272,14 @@ class KVCacheManager:
             child = tree.insert_below(node, tokens[pos:end])
             tree.set_state(child, gpu=True)
             reserved_tokens -= len(child)
-            self._tag(child, pos, fixed_end, user)
+            if self._tag(child, pos, fixed_end, prompt_end, user):
+                dynamic_last = child
             self._maybe_backup(child)
             pos, node = end, child
         if user is not None and 0 < fixed_end <= pos:
             self._set_boundary(user, tokens, fixed_end)
-        if user is not None and self._dynamic_last is not None and self._tracks_dynamic:
-            self._set_latest_dynamic(user, self._dynamic_last)
+        if user is not None and dynamic_last is not None and self._tracks_dynamic:
+            self._set_latest_dynamic(user, dynamic_last)
         if reserved_tokens:
             self.release_gpu(reserved_tokens)  # tokens another request inserted meanwhile (or partial page)
         return node
@@ -307,19 +305,20 @@ class KVCacheManager:
             self.release_gpu(reserved_tokens)
         return node
 
-    def _tag(self, node: RadixNode, start: int, fixed_end: int, user: User | None) -> None:
+    def _tag(self, node: RadixNode, start: int, fixed_end: int, prompt_end: int, user: User | None) -> bool:
+        """Record ``user`` on a fixed-prompt node, or mark a later node as a suffix; returns True for
+        a node of the prompt's dynamic part."""
         if user is None:
-            return
+            return False
         if start < fixed_end:
             if user not in node.users:
                 node.users.add(user)
                 self.tree.refresh(node)
-            return
+            return False
         if not node.users and not node.suffix:
             node.suffix = True
             self.tree.refresh(node)  # its class changed: re-file it in the eviction heaps
-        if start < self._prompt_end:
-            self._dynamic_last = node  # deepest node of this prompt's dynamic part so far
+        return start < prompt_end
 
     def _set_latest_dynamic(self, user: User, deepest: RadixNode) -> None:
         """``user``'s latest dynamic prompt now ends at ``deepest``: tag that path (between the
