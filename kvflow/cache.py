@@ -409,9 +409,14 @@ class KVCacheManager:
         if not getattr(self.policy, "uses_hints", False):
             return
         users = {(client_id, agent): value for agent, value in steps.items()}
-        changed = [u for u, v in users.items() if self.policy.steps.get(u) != v]
+        old = self.policy.steps
+        # Only a node whose key *drops* (its agent is now needed later, or no longer known) must be
+        # re-filed at once; a key that rises is corrected when its stale heap entry surfaces
+        # (RadixTree._pop_valid re-files it), which is exact because it surfaces too early, not late.
+        sooner_evicted = [u for u, v in users.items()
+                          if v is None or u not in old or (v > old[u])]
         self.policy.set_hints(users)
-        for user in changed:  # unchanged values keep their keys: nothing to re-file
+        for user in sooner_evicted:
             boundary = self.tree.user_nodes.get(user)
             if boundary is not None and boundary.parent is not None:
                 for node in boundary.path_to_root():
