@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from importlib.resources import files
-
-import yaml
 
 from sim.runner import build_trace, simulate
-
-
-def conf(group: str, name: str) -> dict:
-    return yaml.safe_load((files("conf") / group / f"{name}.yaml").read_text())
+from sim.runner import load_conf as conf
 
 
 def main() -> None:

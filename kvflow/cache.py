@@ -12,23 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvflow.ops import Free, Load, Offload, Op
-from kvflow.radix import MatchResult, RadixNode, RadixTree, User
+from kvflow.radix import MatchResult, RadixNode, RadixTree, User, common_prefix_len
 
 WRITE_POLICIES = ("write_through", "write_back", "none")
-
-
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]: bisect on slice equality (C speed)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 @dataclass
@@ -207,7 +193,7 @@ class KVCacheManager:
             changed = self._observe_prompt(user[1], False, 0, 0)
         else:
             prev_tokens, prev_fixed = previous
-            common = _common_prefix_len(prev_tokens, tokens)
+            common = common_prefix_len(prev_tokens, tokens)
             changed = self._observe_prompt(user[1], True, max(0, len(prev_tokens) - prev_fixed),
                                            max(0, common - prev_fixed))
         if changed:  # the agent's reuse estimates moved: re-file its nodes (every client's)

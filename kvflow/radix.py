@@ -20,6 +20,20 @@ User = tuple[str, str]  # (client_id, agent_id)
 _COMPARE_CHUNK = 64
 
 
+def common_prefix_len(a: list[int], b: list[int], start: int = 0) -> int:
+    """Length of the common prefix of ``a`` and ``b[start:]``: whole-slice then chunked slice
+    comparisons (C speed), a Python loop only inside the first differing chunk."""
+    n = min(len(a), len(b) - start)
+    if a[:n] == b[start : start + n]:
+        return n
+    i = 0
+    while i + _COMPARE_CHUNK <= n and a[i : i + _COMPARE_CHUNK] == b[start + i : start + i + _COMPARE_CHUNK]:
+        i += _COMPARE_CHUNK
+    while i < n and a[i] == b[start + i]:
+        i += 1
+    return i
+
+
 class Tier(str, Enum):
     GPU = "gpu"
     CPU = "cpu"
@@ -155,15 +169,7 @@ class RadixTree:
 
     def _common_len(self, node_tokens: list[int], tokens: list[int], start: int) -> int:
         """Length of the common prefix of node_tokens and tokens[start:], page aligned."""
-        n = min(len(node_tokens), len(tokens) - start)
-        if node_tokens[:n] == tokens[start : start + n]:
-            return self.page_floor(n)
-        i = 0
-        while i + _COMPARE_CHUNK <= n and node_tokens[i : i + _COMPARE_CHUNK] == tokens[start + i : start + i + _COMPARE_CHUNK]:
-            i += _COMPARE_CHUNK
-        while i < n and node_tokens[i] == tokens[start + i]:
-            i += 1
-        return self.page_floor(i)
+        return self.page_floor(common_prefix_len(node_tokens, tokens, start))
 
     def split(self, node: RadixNode, at: int) -> RadixNode:
         """Split ``node`` so that its first ``at`` tokens become a new parent; returns the parent."""

@@ -18,21 +18,15 @@ import argparse
 import copy
 import json
 import sys
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sim.runner import SimInputError, build_trace, simulate
+from sim.runner import load_conf as conf
 
 POLICIES = ("sglang", "hicache", "kvflow", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "oracle")
 NEW_POLICIES = ("kvflow_inferred", "kvflow_cost", "kvflow_gd")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def conf(group: str, name: str) -> dict[str, Any]:
-    return yaml.safe_load((files("conf") / group / f"{name}.yaml").read_text())
 
 
 def workloads(data: Path) -> dict[str, tuple[dict[str, Any], Any]]:

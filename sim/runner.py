@@ -10,10 +10,12 @@ import gc
 import time
 from pathlib import Path
 from collections.abc import Mapping
+from importlib.resources import files
 from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
+import yaml
 
 from analysis.progress import progress
 from kvflow.build import build_engine
@@ -44,6 +46,11 @@ class SimResult:
     workflow_rows: list[dict[str, Any]]
     wall_s: float
     timeline: list[tuple[str, float, float, str]] = field(default_factory=list)  # resource, start, end, label
+
+
+def load_conf(group: str, name: str) -> dict[str, Any]:
+    """One option of a config group, ``conf/<group>/<name>.yaml``, as a plain dict (scripts, tests)."""
+    return yaml.safe_load((files("conf") / group / f"{name}.yaml").read_text())
 
 
 def build_trace(workload: Mapping[str, Any], seed: int) -> Any:

@@ -2,15 +2,14 @@
 
 import numpy as np
 import pytest
-import yaml
-from importlib.resources import files
 
 from kvflow.model_spec import load_model_spec
 from sim.cost_model import CostModel
+from sim.runner import load_conf
 
 
 def hw(name: str) -> dict:
-    return yaml.safe_load((files("conf") / "hardware" / f"{name}.yaml").read_text())
+    return load_conf("hardware", name)
 
 
 @pytest.fixture

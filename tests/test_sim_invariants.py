@@ -1,18 +1,13 @@
 """Simulator invariants on every policy: token conservation, capacities, dependencies, determinism."""
 
 import json
-from importlib.resources import files
 
 import pytest
-import yaml
 
+from sim.runner import load_conf as conf
 from sim.runner import simulate
 
 POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "oracle")
-
-
-def conf(group: str, name: str) -> dict:
-    return yaml.safe_load((files("conf") / group / f"{name}.yaml").read_text())
 
 
 WORKLOADS = {

@@ -2,18 +2,17 @@
 
 import pytest
 import simpy
-import yaml
-from importlib.resources import files
 
 from kvflow.model_spec import load_model_spec
 from sim.cost_model import CostModel
 from sim.pcie import PCIeLink
+from sim.runner import load_conf
 
 GB = 10**9
 
 
 def link(penalty: bool) -> tuple[simpy.Environment, PCIeLink, CostModel]:
-    hw = yaml.safe_load((files("conf") / "hardware" / "h100.yaml").read_text())
+    hw = load_conf("hardware", "h100")
     cost = CostModel.from_config(hw, load_model_spec("tiny"))
     env = simpy.Environment()
     return env, PCIeLink(env, cost, bidirectional_penalty=penalty), cost
