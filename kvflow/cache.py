@@ -8,6 +8,7 @@ running requests; CPU = nodes with a CPU copy (or one being written).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,15 +271,15 @@ class KVCacheManager:
             self.release_gpu(reserved_tokens)  # tokens another request inserted meanwhile (or partial page)
         return node
 
-    def extend(self, node: RadixNode, tokens: list[int], reserved_tokens: int,
+    def extend(self, node: RadixNode, tokens: Sequence[int], reserved_tokens: int,
                user: User | None = None) -> RadixNode:
         """Append fresh ``tokens`` that no other sequence shares (generated outputs) below ``node``,
         the GPU-resident end of a sequence already in the tree: no walk from the root.
         ``reserved_tokens`` were allocated for them; what is not cached is released."""
         tree = self.tree
         for ancestor in reversed(list(node.path_to_root())):  # the sequence was used until now (as
-            ancestor.last_access = tree.tick()                # SGLang's cache_finished_req re-inserts it)
-            tree.refresh(ancestor)
+            ancestor.last_access = tree.tick()                # SGLang's cache_finished_req re-inserts
+                                                              # it); a newer access needs no re-filing
         n = tree.page_floor(min(len(tokens), reserved_tokens))
         if n and node.gpu and tree._child_key(tokens) not in node.children:
             child = tree.insert_below(node, tokens[:n])

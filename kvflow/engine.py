@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kvflow.cache import KVCacheManager
@@ -89,10 +90,12 @@ class Request:
     def context_tokens(self) -> int:
         return self.prompt_tokens + self.generated_tokens
 
-    def output_ids(self) -> list[int]:
-        """Synthetic ids for generated tokens: unique per request, never equal to a prompt token."""
+    def output_ids(self) -> Sequence[int]:
+        """Synthetic ids for generated tokens: unique per request, never equal to a prompt token.
+        A ``range``, not a list: the tree only slices, measures and keys it (no prompt can match
+        these ids), and materialising hundreds of ints per request was a visible simulator cost."""
         base = OUTPUT_TOKEN_BASE + next(_output_ids) * (1 << 24)
-        return list(range(base, base + self.output_tokens))
+        return range(base, base + self.output_tokens)
 
 
 @dataclass
@@ -321,7 +324,7 @@ class Engine:
                 and sum(len(n) for n in end.path_to_root()) == request.prompt_tokens):
             self.cache.extend(end, request.output_ids(), request.reserved_tokens, request.user)
         else:  # the prompt is not (all) in the tree: insert the whole sequence
-            self.cache.insert(request.tokens + request.output_ids(), request.reserved_tokens,
+            self.cache.insert(request.tokens + list(request.output_ids()), request.reserved_tokens,
                               request.fixed_tokens, request.user, prompt_tokens=request.prompt_tokens)
         if self.deadlines is not None:
             self.deadlines.observe_finish(request, now_s)

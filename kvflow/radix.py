@@ -24,7 +24,7 @@ def common_prefix_len(a: list[int], b: list[int], start: int = 0) -> int:
     """Length of the common prefix of ``a`` and ``b[start:]``: whole-slice then chunked slice
     comparisons (C speed), a Python loop only inside the first differing chunk."""
     n = min(len(a), len(b) - start)
-    if a[:n] == b[start : start + n]:
+    if (a if n == len(a) else a[:n]) == b[start : start + n]:  # a node's whole run: no copy of it
         return n
     i = 0
     while i + _COMPARE_CHUNK <= n and a[i : i + _COMPARE_CHUNK] == b[start + i : start + i + _COMPARE_CHUNK]:
@@ -190,6 +190,7 @@ class RadixTree:
         head.cpu_children = 1 if node.on_cpu_or_offloading else 0
         if self.on_split is not None:
             self.on_split(head, node)
+        self.refresh(head)  # a new node: it may be CPU-evictable (its tail has no CPU copy)
         return head
 
     # ----- lookups ----------------------------------------------------------------------------
@@ -210,10 +211,10 @@ class RadixTree:
                 break
             if common < len(child.tokens):
                 child = self.split(child, common)
-            if touch:
-                child.last_access = self.tick()
+            if touch:  # a newer access only raises the key: no re-filing needed (see refresh)
+                self._tick += 1
+                child.last_access = self._tick
                 child.hits += 1
-                self.refresh(child)
             if child.gpu and not cpu_nodes:
                 gpu_node, gpu_tokens = child, gpu_tokens + len(child.tokens)
             else:
@@ -243,7 +244,9 @@ class RadixTree:
     # ----- state changes keep the parent counters and heaps right ------------------------------
     def set_state(self, node: RadixNode, *, gpu: bool | None = None, cpu: bool | None = None,
                   inflight: str | None | bool = False) -> None:
-        """Change tier flags of ``node``; ``inflight=False`` means unchanged."""
+        """Change tier flags of ``node``; ``inflight=False`` means unchanged. The parent is
+        re-filed only when its evictability can change: its count of GPU (or CPU) children
+        crosses zero, or it loses a child."""
         parent = node.parent
         was_g, was_c = node.on_gpu_or_loading, node.on_cpu_or_offloading
         if gpu is not None:
@@ -254,11 +257,17 @@ class RadixTree:
             node.inflight = inflight  # type: ignore[assignment]
         now_g, now_c = node.on_gpu_or_loading, node.on_cpu_or_offloading
         if parent is not None:
-            parent.gpu_children += int(now_g) - int(was_g)
-            parent.cpu_children += int(now_c) - int(was_c)
+            parent_changed = False
+            if now_g != was_g:
+                parent.gpu_children += 1 if now_g else -1
+                parent_changed = parent.gpu_children == (1 if now_g else 0)
+            if now_c != was_c:
+                parent.cpu_children += 1 if now_c else -1
+                parent_changed = parent_changed or parent.cpu_children == (1 if now_c else 0)
             if not now_g and not now_c:
                 self._detach(node)
-            if parent.parent is not None:
+                parent_changed = True
+            if parent_changed and parent.parent is not None:
                 self.refresh(parent)
         self.refresh(node)
 
@@ -290,8 +299,13 @@ class RadixTree:
                 and node.parent is not None and (node.gpu or not node.children))
 
     def refresh(self, node: RadixNode) -> None:
-        """Re-key ``node`` in the heaps after anything that may change its key or evictability."""
-        gpu, cpu = self.gpu_evictable(node), self.cpu_evictable(node)
+        """Re-file ``node`` in the heaps after anything that may *lower* its key or make it
+        evictable. A key that only rises (a touch: newer last access) needs no call: its old entry
+        surfaces too early and ``_pop_valid`` re-files it, so the victim order is the same."""
+        if node.lock_ref or node.inflight is not None or node.parent is None:
+            return
+        gpu = node.gpu and node.gpu_children == 0
+        cpu = node.cpu and node.cpu_children == 0 and (node.gpu or not node.children)
         if not (gpu or cpu):
             return
         key = self.policy.key(node)

@@ -31,7 +31,7 @@ class RealRequest(Request):
         self.kv: Any = None  # working KV buffer while running
 
     def output_ids(self) -> list[int]:
-        self.inserted_output_ids = super().output_ids()
+        self.inserted_output_ids = list(super().output_ids())  # the KV store compares lists
         return self.inserted_output_ids
 
 

@@ -8,7 +8,8 @@ loop only turns iterations into simulated time and runs the engine's ops on the 
   finishing), so the engine can re-plan exactly when a real scheduler would;
 - reactive load-backs (``it.blocking_loads``) hold the H2D channel and overlap the prefill layer
   by layer: ``max(compute, load) + load / layers`` (DESIGN.md, HiCache);
-- async ops (``engine.take_ops()``) start on their channel at once; Free ops complete at once.
+- async ops (``engine.take_ops()``) queue on their channel at once (background priority, behind
+  reactive loads); Free ops complete at once.
 """
 
 from __future__ import annotations
@@ -60,19 +61,16 @@ class EngineLoop:
         ops = self.engine.take_ops()
         if not ops:
             return
-        batches: dict[str, list] = {"h2d": [], "d2h": []}
         for op in ops:
             if isinstance(op, Free):
                 self.engine.complete_op(op, self.env.now)
                 continue
             assert isinstance(op, (Load, Offload)), op
-            label = ("prefetch" if op.prefetch else "load") if isinstance(op, Load) else "offload"
-            batches["h2d" if isinstance(op, Load) else "d2h"].append(
-                (op.bytes, lambda op=op: self._op_done(op), label))
-        for direction, items in batches.items():
-            if items:
-                self.ops_inflight += len(items)
-                self.env.process(self.pcie.transfer_batch(items, direction))
+            self.ops_inflight += 1
+            if isinstance(op, Load):
+                self.pcie.copy(op.bytes, "h2d", lambda op=op: self._op_done(op), "prefetch" if op.prefetch else "load")
+            else:
+                self.pcie.copy(op.bytes, "d2h", lambda op=op: self._op_done(op), "offload")
 
     def _op_done(self, op: Any) -> None:
         self.ops_inflight -= 1
@@ -133,23 +131,17 @@ class EngineLoop:
         self.decode_steps += done
         return self.engine.finish(it, self.env.now, decode_steps_done=done)
 
-    def _copy_then_release(self, nbytes: int, channel: simpy.Resource, req: simpy.Event):
-        yield from self.pcie.hold(nbytes, "h2d")
-        channel.release(req)
-
     def _run_with_loads(self, it: Any):
         """HiCache reactive load-back: wait for the H2D channel, then copy while prefilling."""
         nbytes = sum(op.bytes for op in it.blocking_loads)
         asked = self.env.now
-        channel = self.pcie.channels["h2d"]
-        req = channel.request()
-        yield req
+        started = self.env.event()
+        self.pcie.copy(nbytes, "h2d", label="load", urgent=True, on_start=started.succeed)
+        load_s = yield started
         self.blocking_load_wait_s += self.env.now - asked
-        load_s = self.pcie.duration_s(nbytes, "h2d")
         compute_s = self._compute_s(it)
         total_s = self.cost.overlapped_load_time_s(compute_s, load_s)
         self.blocking_load_exposed_s += total_s - compute_s
-        self.env.process(self._copy_then_release(nbytes, channel, req))
         yield self.env.timeout(total_s)
         self.decode_steps += 1 if it.decode else 0
         return self.engine.finish(it, self.env.now)

@@ -1,4 +1,4 @@
-"""The host link as two SimPy channels, H2D and D2H (full duplex, one copy at a time each).
+"""The host link as two channels, H2D and D2H (full duplex, one copy at a time each).
 
 Copies in opposite directions overlap; two copies in the same direction queue. Measured hosts show
 H2D slowing while D2H runs (REFERENCE_NUMBERS.md section 2), so a copy that starts while the other
@@ -6,18 +6,35 @@ direction is busy runs at the profile's ``bidirectional_<dir>_factor`` until tha
 full rate after it. Only the copy in progress counts (one started later does not slow a running
 one): simple, and it keeps an 8 MiB backup from halving the whole of a 1 GiB load, which an
 all-or-nothing rule did, depending on which of two same-instant events SimPy ran first.
+
+Each channel is a queue driven by callbacks, not SimPy processes and resources: a copy costs one
+SimPy event (its end), which made the simulator's many small backups and prefetches cheap. Urgent
+copies (reactive loads a scheduled request waits on) go before queued background copies
+(prefetches, backups) at the next copy boundary, FIFO within each class.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Generator
 
 import simpy
 
 from sim.cost_model import DIRECTIONS, CostModel
 
-
 URGENT, BACKGROUND = 0, 1
+
+# one queued copy: bytes, called when done, timeline label, called with its duration when it starts
+_Copy = tuple[int, "Callable[[], None] | None", str, "Callable[[float], None] | None"]
+
+
+class _Channel:
+    __slots__ = ("urgent", "background", "busy")
+
+    def __init__(self) -> None:
+        self.urgent: deque[_Copy] = deque()
+        self.background: deque[_Copy] = deque()
+        self.busy = False
 
 
 class PCIeLink:
@@ -27,9 +44,7 @@ class PCIeLink:
         self.env = env
         self.cost = cost
         self.bidirectional_penalty = bidirectional_penalty
-        # priority 0 (default): reactive loads a scheduled request waits on; 1: background copies
-        # (prefetch, backups), which yield the channel to a waiting load between copies
-        self.channels = {d: simpy.PriorityResource(env, capacity=1) for d in DIRECTIONS}
+        self.channels = {d: _Channel() for d in DIRECTIONS}
         self.active = {d: 0 for d in DIRECTIONS}
         self.bytes_moved = {d: 0 for d in DIRECTIONS}
         self.busy_s = {d: 0.0 for d in DIRECTIONS}
@@ -56,45 +71,59 @@ class PCIeLink:
         done = slow_phase_s / (slow - latency)  # share of the bytes moved while the other side ran
         return latency + slow_phase_s + (1.0 - done) * (fast - latency)
 
-    def transfer(
-        self, nbytes: int, direction: str, on_done: Callable[[], None] | None = None, label: str = "load"
-    ) -> Generator[simpy.Event, None, float]:
-        """SimPy process body: wait for the channel, copy, call ``on_done``; returns the copy time."""
-        with self.channels[direction].request() as req:
-            yield req
-            t = yield from self.hold(nbytes, direction, label=label)
+    # -- copies --------------------------------------------------------------------------------
+    def copy(self, nbytes: int, direction: str, on_done: Callable[[], None] | None = None,
+             label: str = "load", urgent: bool = False,
+             on_start: Callable[[float], None] | None = None) -> None:
+        """Queue a copy; ``on_start(duration_s)`` runs when it gets the channel, ``on_done()`` when
+        its bytes have arrived."""
+        channel = self.channels[direction]
+        (channel.urgent if urgent else channel.background).append((nbytes, on_done, label, on_start))
+        if not channel.busy:
+            self._start_next(direction)
+
+    def _start_next(self, direction: str) -> None:
+        channel = self.channels[direction]
+        queue = channel.urgent or channel.background
+        if not queue:
+            channel.busy = False
+            return
+        nbytes, on_done, label, on_start = queue.popleft()
+        channel.busy = True
+        now = self.env.now
+        t = self.duration_s(nbytes, direction)
+        self.busy_until[direction] = now + t
+        if self.timeline is not None:
+            self.timeline.append((direction, now, now + t, label))
+        self.active[direction] += 1
+        if on_start is not None:
+            on_start(t)
+        self.env.timeout(t).callbacks.append(
+            lambda _event: self._finish(direction, nbytes, t, on_done))
+
+    def _finish(self, direction: str, nbytes: int, t: float, on_done: Callable[[], None] | None) -> None:
+        self.active[direction] -= 1
+        self.bytes_moved[direction] += nbytes
+        self.busy_s[direction] += t
+        self.copies[direction] += 1
+        self._start_next(direction)  # the channel passes on before the finished copy is acknowledged
         if on_done is not None:
             on_done()
-        return t
 
-    def transfer_batch(
-        self, items: list[tuple[int, Callable[[], None], str]], direction: str
-    ) -> Generator[simpy.Event, None, None]:
-        """Background copies queued at once, in FIFO order at background priority: a reactive load
-        that a scheduled request waits on goes first at the next copy boundary, so a prefetch never
-        delays it by more than the copy in progress."""
-        for nbytes, on_done, label in items:
-            with self.channels[direction].request(priority=BACKGROUND) as req:
-                yield req
-                yield from self.hold(nbytes, direction, label=label)
+    def transfer(
+        self, nbytes: int, direction: str, on_done: Callable[[], None] | None = None, label: str = "load",
+        urgent: bool = True,
+    ) -> Generator[simpy.Event, None, float]:
+        """SimPy process body around ``copy``: wait for the channel and the copy, call ``on_done``;
+        returns the copy time."""
+        done = self.env.event()
+        took: list[float] = []
+        self.copy(nbytes, direction, on_done=lambda: done.succeed(), label=label, urgent=urgent,
+                  on_start=took.append)
+        yield done
+        if on_done is not None:
             on_done()
-
-    def hold(self, nbytes: int, direction: str, extra_s: float = 0.0,
-             label: str = "load") -> Generator[simpy.Event, None, float]:
-        """Copy ``nbytes`` on a channel the caller already holds (plus ``extra_s`` of holding)."""
-        t = self.duration_s(nbytes, direction)
-        self.busy_until[direction] = self.env.now + t + extra_s
-        if self.timeline is not None:
-            self.timeline.append((direction, self.env.now, self.env.now + t + extra_s, label))
-        self.active[direction] += 1
-        try:
-            yield self.env.timeout(t + extra_s)
-        finally:
-            self.active[direction] -= 1
-        self.bytes_moved[direction] += nbytes
-        self.busy_s[direction] += t + extra_s
-        self.copies[direction] += 1
-        return t
+        return took[0]
 
     def utilisation(self, elapsed_s: float) -> dict[str, float]:
         """Fraction of ``elapsed_s`` each channel spent copying."""

@@ -73,7 +73,8 @@ def test_reactive_load_overtakes_queued_background_copies():
     """A load a scheduled request waits on goes next, not behind every queued prefetch."""
     env, pcie, cost = link(False)
     done: dict[str, float] = {}
-    env.process(pcie.transfer_batch([(GB, lambda k=k: done.__setitem__(k, env.now), "prefetch") for k in "abc"], "h2d"))
+    for k in "abc":
+        pcie.copy(GB, "h2d", lambda k=k: done.__setitem__(k, env.now), "prefetch")
 
     def urgent():
         yield env.timeout(cost.transfer_time_s(GB, "h2d") / 2)  # while copy "a" runs

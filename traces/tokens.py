@@ -31,13 +31,39 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
+def _splitmix(z: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser in place (wrapping uint64 arithmetic), masked to token ids."""
+    t = z >> np.uint64(30)
+    z ^= t
+    z *= _MIX1
+    np.right_shift(z, np.uint64(27), out=t)
+    z ^= t
+    z *= _MIX2
+    np.right_shift(z, np.uint64(31), out=t)
+    z ^= t
+    z &= np.uint64(TOKEN_ID_LIMIT - 1)
+    return z
+
+
 def random_tokens(n: int, *parts: object) -> list[int]:
     """``n`` pseudo-random ids in [0, TOKEN_ID_LIMIT): splitmix64 of a counter from the parts' hash."""
     z = np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN + np.uint64(stable_hash(*parts))  # wraps mod 2**64
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    z ^= z >> np.uint64(31)
-    return (z & np.uint64(TOKEN_ID_LIMIT - 1)).astype(np.int64).tolist()
+    return _splitmix(z).tolist()
+
+
+def random_tokens_many(lengths: list[int], parts: list[tuple[object, ...]]) -> list[np.ndarray]:
+    """``random_tokens(lengths[k], *parts[k])`` for every k in one vectorised pass (the per-call
+    numpy overhead, not the arithmetic, dominated expanding many short segments one by one).
+    Returns uint64 arrays; ``.tolist()`` gives exactly what ``random_tokens`` returns."""
+    if not lengths:
+        return []
+    counts = np.asarray(lengths, dtype=np.int64)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    counter = np.arange(1, int(ends[-1]) + 1, dtype=np.uint64) - np.repeat(starts.astype(np.uint64), counts)
+    bases = np.array([stable_hash(*p) for p in parts], dtype=np.uint64)
+    z = _splitmix(counter * _GOLDEN + np.repeat(bases, counts))
+    return np.split(z, ends[:-1])
 
 
 class TokenSource:
@@ -60,5 +86,14 @@ class TokenSource:
         if seg.kind == "shared" or seg.kind == "block":
             return self._stream(seg.kind, seg.key, seg.n_tokens)
         if seg.kind == "unique":
-            return random_tokens(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
+            return random_tokens(seg.n_tokens, *self.unique_parts(seg, inv_id, index))
         return list(seg.ids or ())
+
+    def unique_parts(self, seg: Segment, inv_id: str, index: int) -> tuple[object, ...]:
+        """What a unique segment's ids are derived from (its stream's hash input)."""
+        return ("unique", inv_id, index, seg.key, self.seed)
+
+    def unique_many(self, items: list[tuple[Segment, str, int]]) -> list[np.ndarray]:
+        """The ids of many unique segments ``(segment, invocation id, index)`` at once."""
+        return random_tokens_many([seg.n_tokens for seg, _, _ in items],
+                                  [self.unique_parts(seg, inv_id, i) for seg, inv_id, i in items])
