@@ -117,15 +117,15 @@ class KVCacheManager:
             if self._observe_evict is not None:
                 self._observe_evict(node, tree._tick)
             need = tree.page_floor(n_tokens - freed + tree.page_size - 1) if tree.page_size > 1 else n_tokens - freed
-            if self.config.evict_partial and need < len(node):
-                tree.split(node, len(node) - need)
+            if self.config.evict_partial and need < len(node.tokens):
+                tree.split(node, len(node.tokens) - need)
             freed += self._demote(node)
         self.stats.gpu_evicted_tokens += freed
         return freed
 
     def _demote(self, node: RadixNode) -> int:
         """Take ``node`` off the GPU: keep its CPU copy, offload it (write-back), or drop it."""
-        n = len(node)
+        n = len(node.tokens)
         if node.prefetched:
             self.stats.prefetch_wasted += 1
             node.prefetched = False
@@ -159,20 +159,20 @@ class KVCacheManager:
             if node is None:
                 break
             self.tree.set_state(node, cpu=False)
-            self._pending.append(Free(node, len(node), 0, tier="cpu"))
-            self.cpu_used_tokens -= len(node)
-            freed += len(node)
+            self._pending.append(Free(node, len(node.tokens), 0, tier="cpu"))
+            self.cpu_used_tokens -= len(node.tokens)
+            freed += len(node.tokens)
         self.stats.cpu_evicted_tokens += freed
         return freed
 
     def _queue_offload(self, node: RadixNode, free_gpu_after: bool) -> None:
-        nbytes = self.bytes_of(len(node))
+        nbytes = self.bytes_of(len(node.tokens))
         self.stats.d2h_bytes += nbytes
-        self._pending.append(Offload(node, len(node), nbytes, free_gpu_after=free_gpu_after))
+        self._pending.append(Offload(node, len(node.tokens), nbytes, free_gpu_after=free_gpu_after))
 
     # ----- lookups and inserts ------------------------------------------------------------------
-    def match(self, tokens: list[int], touch: bool = True) -> MatchResult:
-        result = self.tree.match(tokens, touch=touch)
+    def match(self, tokens: list[int], touch: bool = True, max_tokens: int | None = None) -> MatchResult:
+        result = self.tree.match(tokens, touch=touch, max_tokens=max_tokens)
         if touch:
             for node in result.last_node.path_to_root():
                 if node.prefetched and node.gpu:
@@ -233,23 +233,23 @@ class KVCacheManager:
             common = tree._common_len(child.tokens, tokens, pos)
             if common == 0:
                 break
-            if common < len(child):
+            if common < len(child.tokens):
                 child = tree.split(child, common)
-            if pos < boundary_at < pos + len(child):
+            if pos < boundary_at < pos + len(child.tokens):
                 tree.split(child, boundary_at - pos)
                 child = child.parent  # type: ignore[assignment]
             if not child.gpu:
                 if child.inflight is not None:
                     break  # a copy of this node is in flight: keep the tree consistent, stop here
-                if reserved_tokens < len(child):
+                if reserved_tokens < len(child.tokens):
                     break  # nothing reserved for it: leave it to the CPU tier
                 # recomputed on the GPU: the reservation becomes this node's GPU copy
                 tree.set_state(child, gpu=True)
-                reserved_tokens -= len(child)
+                reserved_tokens -= len(child.tokens)
             child.last_access = tree.tick()
             if self._tag(child, pos, fixed_end, prompt_end, user):
                 dynamic_last = child
-            pos += len(child)
+            pos += len(child.tokens)
             node = child
         while pos < limit and (node is tree.root or node.gpu):
             boundary = boundary_at if pos < boundary_at else (prompt_end if pos < prompt_end else limit)
@@ -258,7 +258,7 @@ class KVCacheManager:
                 break  # the caller reserved less than the tokens it computed: cache what was paid for
             child = tree.insert_below(node, tokens[pos:end])
             tree.set_state(child, gpu=True)
-            reserved_tokens -= len(child)
+            reserved_tokens -= len(child.tokens)
             if self._tag(child, pos, fixed_end, prompt_end, user):
                 dynamic_last = child
             self._maybe_backup(child)
@@ -335,7 +335,7 @@ class KVCacheManager:
         pos = 0
         while pos < fixed_end:
             node = node.children[self.tree._child_key(tokens, pos)]
-            pos += len(node)
+            pos += len(node.tokens)
         self.tree.user_nodes[user] = node
 
     def _maybe_backup(self, node: RadixNode) -> None:
@@ -345,7 +345,7 @@ class KVCacheManager:
             return
         if self._worth_keeping is not None and not self._worth_keeping(node):
             return  # the policy expects no reuse: save the PCIe bandwidth and the CPU space
-        if not self._alloc_cpu(len(node)):
+        if not self._alloc_cpu(len(node.tokens)):
             return
         self.tree.set_state(node, inflight="offload")
         self._queue_offload(node, free_gpu_after=False)
@@ -359,7 +359,7 @@ class KVCacheManager:
         anchor = todo[0].parent
         assert anchor is not None
         self.lock(anchor)  # the GPU ancestors must survive the eviction that makes room
-        granted = self.alloc_gpu(sum(len(n) for n in todo), limit_key=limit_key)
+        granted = self.alloc_gpu(sum(len(n.tokens) for n in todo), limit_key=limit_key)
         self.unlock(anchor)
         if granted == 0:
             return []
@@ -367,9 +367,9 @@ class KVCacheManager:
         for node in todo:
             self.tree.set_state(node, inflight="load")
             node.prefetched = prefetch
-            nbytes = self.bytes_of(len(node))
+            nbytes = self.bytes_of(len(node.tokens))
             self.stats.h2d_bytes += nbytes
-            ops.append(Load(node, len(node), nbytes, prefetch=prefetch))
+            ops.append(Load(node, len(node.tokens), nbytes, prefetch=prefetch))
         if prefetch:
             self.stats.prefetch_issued += len(ops)
             self._prefetch_inflight += len(ops)
@@ -379,13 +379,15 @@ class KVCacheManager:
         """The backend finished ``op``: flip its nodes to their new tier. A node may have been
         split while its copy ran (a match ending inside it); the op then covers ``op.node`` and
         the ancestors split off above it, ``op.tokens`` in all."""
+        if isinstance(op, Free):
+            return  # nothing to flip: the backend released the memory
         remaining, node = op.tokens, op.node
         while remaining > 0 and node is not None and node.parent is not None:
             if isinstance(op, Load):
                 self.tree.set_state(node, gpu=True, inflight=None)
             elif isinstance(op, Offload):
                 self.tree.set_state(node, cpu=True, inflight=None)
-            remaining -= len(node)
+            remaining -= len(node.tokens)
             node = node.parent
         if isinstance(op, Load) and op.prefetch:
             self._prefetch_inflight -= 1
@@ -452,8 +454,8 @@ class KVCacheManager:
         gpu = cpu = 0
         for node in self.tree.walk():
             assert node.tier is not None, f"{node} is in the tree with no copy"
-            gpu += len(node) if node.on_gpu_or_loading else 0
-            cpu += len(node) if node.on_cpu_or_offloading else 0
+            gpu += len(node.tokens) if node.on_gpu_or_loading else 0
+            cpu += len(node.tokens) if node.on_cpu_or_offloading else 0
             assert node.gpu_children == sum(c.on_gpu_or_loading for c in node.children.values())
             assert node.cpu_children == sum(c.on_cpu_or_offloading for c in node.children.values())
             if node.on_gpu_or_loading and node.parent is not None and node.parent.parent is not None:

@@ -246,11 +246,11 @@ class Engine:
     def _try_admit(self, it: Iteration, request: Request, now_s: float) -> str:
         cache = self.cache
         # the last prompt token is always computed: its logits produce the first output token
-        match = cache.tree.match(request.tokens[:-1], touch=False)
+        match = cache.tree.match(request.tokens, touch=False, max_tokens=request.prompt_tokens - 1)
         if any(n.inflight is not None for n in match.cpu_nodes):
             return "busy"
         cpu_run = match.cpu_nodes if self.config.load_back else []
-        loaded = sum(len(n) for n in cpu_run)
+        loaded = sum(len(n.tokens) for n in cpu_run)
         reserve = request.prompt_tokens - match.gpu_tokens - loaded + request.output_tokens
         cache.lock(match.gpu_node)
         granted = cache.alloc_gpu(reserve)
@@ -261,7 +261,7 @@ class Engine:
             cache.unlock(match.gpu_node)
             return "no_memory"
         cache.unlock(match.gpu_node)
-        result = cache.match(request.tokens[:-1])  # touch: access time, hit counts, prefetch use
+        result = cache.match(request.tokens, max_tokens=request.prompt_tokens - 1)  # touch: access time, hit counts, prefetch use
         request.node = result.last_node if loads else result.gpu_node
         cache.lock(request.node)
         it.blocking_loads.extend(loads)
@@ -321,7 +321,7 @@ class Engine:
         tree = self.cache.tree
         end = request.node
         if (end is not None and request.prompt_tokens % tree.page_size == 0
-                and sum(len(n) for n in end.path_to_root()) == request.prompt_tokens):
+                and sum(len(n.tokens) for n in end.path_to_root()) == request.prompt_tokens):
             self.cache.extend(end, request.output_ids(), request.reserved_tokens, request.user)
         else:  # the prompt is not (all) in the tree: insert the whole sequence
             self.cache.insert(request.tokens + list(request.output_ids()), request.reserved_tokens,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -20,10 +20,10 @@ User = tuple[str, str]  # (client_id, agent_id)
 _COMPARE_CHUNK = 64
 
 
-def common_prefix_len(a: list[int], b: list[int], start: int = 0) -> int:
-    """Length of the common prefix of ``a`` and ``b[start:]``: whole-slice then chunked slice
+def common_prefix_len(a: Sequence[int], b: Sequence[int], start: int = 0, end: int | None = None) -> int:
+    """Length of the common prefix of ``a`` and ``b[start:end]``: whole-slice then chunked slice
     comparisons (C speed), a Python loop only inside the first differing chunk."""
-    n = min(len(a), len(b) - start)
+    n = min(len(a), (len(b) if end is None else end) - start)
     if (a if n == len(a) else a[:n]) == b[start : start + n]:  # a node's whole run: no copy of it
         return n
     i = 0
@@ -194,19 +194,20 @@ class RadixTree:
         return head
 
     # ----- lookups ----------------------------------------------------------------------------
-    def match(self, tokens: list[int], touch: bool = True) -> MatchResult:
-        """Longest cached prefix of ``tokens`` (page aligned). Splits a node where the match ends
-        inside it (as SGLang does), so the matched part can be locked and timestamped alone."""
+    def match(self, tokens: list[int], touch: bool = True, max_tokens: int | None = None) -> MatchResult:
+        """Longest cached prefix of ``tokens`` (page aligned), of at most ``max_tokens`` if given (no
+        copy of ``tokens`` needed). Splits a node where the match ends inside it (as SGLang does),
+        so the matched part can be locked and timestamped alone."""
         node, pos = self.root, 0
         gpu_node, gpu_tokens = self.root, 0
         cpu_nodes: list[RadixNode] = []
         cpu_tokens = 0
-        limit = self.page_floor(len(tokens))
+        limit = self.page_floor(len(tokens) if max_tokens is None else min(max_tokens, len(tokens)))
         while pos < limit:
             child = node.children.get(self._child_key(tokens, pos))
             if child is None:
                 break
-            common = self._common_len(child.tokens, tokens, pos)
+            common = self.page_floor(common_prefix_len(child.tokens, tokens, pos, limit))
             if common == 0:
                 break
             if common < len(child.tokens):
@@ -248,14 +249,15 @@ class RadixTree:
         re-filed only when its evictability can change: its count of GPU (or CPU) children
         crosses zero, or it loses a child."""
         parent = node.parent
-        was_g, was_c = node.on_gpu_or_loading, node.on_cpu_or_offloading
+        state = node.inflight
+        was_g, was_c = node.gpu or state == "load", node.cpu or state == "offload"
         if gpu is not None:
             node.gpu = gpu
         if cpu is not None:
             node.cpu = cpu
         if inflight is not False:
-            node.inflight = inflight  # type: ignore[assignment]
-        now_g, now_c = node.on_gpu_or_loading, node.on_cpu_or_offloading
+            node.inflight = state = inflight  # type: ignore[assignment]
+        now_g, now_c = node.gpu or state == "load", node.cpu or state == "offload"
         if parent is not None:
             parent_changed = False
             if now_g != was_g:

@@ -34,8 +34,13 @@ class KVFlowPolicy:
 
     def node_steps(self, node: "RadixNode") -> float | None:
         """Minimum steps-to-execution over the node's users; None when no user has a hint."""
-        values = [self.steps[u] for u in node.users if u in self.steps]
-        return min(values) if values else None
+        steps = self.steps
+        best = None
+        for user in node.users:
+            value = steps.get(user)
+            if value is not None and (best is None or value < best):
+                best = value
+        return best
 
     def key(self, node: "RadixNode") -> tuple:
         if not node.users:
