@@ -14,7 +14,6 @@ FORMAT_NAME = "kvflow-trace"
 FORMAT_VERSION = 1
 SEGMENT_KINDS = ("shared", "unique", "tokens", "block")
 DEFAULT_BLOCK_TOKENS = 512
-UNIQUE_BATCH_INVOCATIONS = 256  # invocations whose unique segments are expanded in one numpy pass
 
 
 class TraceError(ValueError):
@@ -80,9 +79,6 @@ class Trace:
         self.workflows = workflows
         self.invocations = invocations
         self._tokens = TokenSource(self.seed, self.block_tokens)
-        self._position: dict[str, int] | None = None  # invocation id -> index, built on first use
-        # batch index -> (invocation id -> {segment index: ids}), and how many are not yet expanded
-        self._unique: dict[int, tuple[dict[str, dict[int, Any]], list[int]]] = {}
 
     @property
     def seed(self) -> int:
@@ -95,43 +91,9 @@ class Trace:
     def prompt_tokens(self, inv: Invocation) -> list[int]:
         """Full prompt token ids; identical across processes and runs for the same trace."""
         out: list[int] = []
-        unique = None
         for i, seg in enumerate(inv.segments):
-            if seg.kind == "unique":
-                if unique is None:
-                    unique = self._unique_ids(inv)
-                ids = unique.get(i)
-                out.extend(ids.tolist() if ids is not None else self._tokens.segment(seg, inv.id, i))
-            else:
-                out.extend(self._tokens.segment(seg, inv.id, i))
+            out.extend(self._tokens.segment(seg, inv.id, i))
         return out
-
-    def _unique_ids(self, inv: Invocation) -> dict[int, Any]:
-        """The unique segments of ``inv``, expanded together with those of its batch of
-        ``UNIQUE_BATCH_INVOCATIONS`` neighbours in trace order; a batch is dropped once each of its
-        invocations was expanded (a later call expands it again, with the same ids)."""
-        if self._position is None:
-            self._position = {v.id: k for k, v in enumerate(self.invocations)}
-        k = self._position.get(inv.id)
-        if k is None:  # not one of this trace's invocations: expand it alone
-            return {}
-        batch = k // UNIQUE_BATCH_INVOCATIONS
-        if batch not in self._unique:
-            members = self.invocations[batch * UNIQUE_BATCH_INVOCATIONS:(batch + 1) * UNIQUE_BATCH_INVOCATIONS]
-            items = [(seg, v.id, i) for v in members for i, seg in enumerate(v.segments) if seg.kind == "unique"]
-            ids: dict[str, dict[int, Any]] = {v.id: {} for v in members}
-            for (_, inv_id, i), arr in zip(items, self._tokens.unique_many(items)):
-                ids[inv_id][i] = arr
-            self._unique[batch] = (ids, [len(members)])
-        ids, left = self._unique[batch]
-        mine = ids.pop(inv.id, None)
-        if mine is None:  # expanded before: this batch was kept for its other members
-            self._unique.pop(batch)
-            return self._unique_ids(inv)
-        left[0] -= 1
-        if left[0] == 0:
-            del self._unique[batch]
-        return mine
 
     def fixed_tokens(self, inv: Invocation) -> int:
         return sum(s.n_tokens for s in inv.segments[: inv.fixed_segments])
