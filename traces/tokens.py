@@ -1,12 +1,18 @@
 """Deterministic segment -> token-id expansion.
 
-Token ids are splitmix64 outputs (a counter-based generator: token i = mix(base + i x golden))
-where the base is a stable hash (blake2b, never Python's hash()) of (kind, key, trace seed), so
-every process sees the same prompt. Counter-based streams are prefix-stable (the first n of a
-longer draw equal a draw of n), which lets a shorter use of a name or a partial block take a prefix
-of the same stream, and cost one vectorised numpy expression (no generator set-up per segment,
-which dominated simulator time). Unique (per-invocation) segments are made even cheaper: a hashed
-first id and a window of a shared id table (``unique_tokens``).
+Every segment's ids are a *stream* named by a stable hash (blake2b, never Python's hash()) of
+(kind, key, trace seed) (for unique segments also the invocation id and segment index), so every
+process sees the same prompt:
+- the first id is the hash's top 31 bits: two different streams differ at their first token, which
+  is where two prompts diverge (prompts are concatenations of segments), so the radix tree
+  branches exactly where the segments do;
+- the others are a window, at a hash-chosen offset, of one fixed table of ``TABLE_SIZE`` splitmix64
+  ids. Streams are prefix-stable (the first n ids of a longer draw equal a draw of n), so a shorter
+  use of a name or a partial block takes a prefix of the same stream.
+Why a table: every id is then one of 65,536 existing int objects, a couple of MiB that stay in the
+CPU cache. With a fresh int per token (a splitmix64 id each), copying and comparing prompts touched
+tens of MiB of scattered ints and allocated hundreds per request: about a sixth of the simulator's
+time (benchmarks/sim_speed.py).
 """
 from __future__ import annotations
 
@@ -52,27 +58,23 @@ def random_tokens(n: int, *parts: object) -> list[int]:
     return _splitmix(z).tolist()
 
 
-UNIQUE_TABLE_SIZE = 1 << 16
-_unique_table: list[int] = []
+TABLE_SIZE = 1 << 16
+_table: list[int] = []
 
 
-def unique_tokens(n: int, *parts: object) -> list[int]:
-    """``n`` ids private to one invocation, cheap to make: the first is the top 31 bits of the
-    parts' hash (so two unique segments already differ at their first token, where the radix
-    tree branches), the rest a window, at a hash-chosen offset, of one process-wide table of
-    splitmix64 ids (``random_tokens(UNIQUE_TABLE_SIZE, "unique-table")``). The rest are existing
-    int objects: a simulation expands a fresh dynamic part for every request, and allocating
-    hundreds of new ints per request was a tenth of the simulator's time."""
+def stream_tokens(n: int, *parts: object) -> list[int]:
+    """The first ``n`` ids of the stream named by ``parts``: the top 31 bits of their hash, then a
+    window of the shared table starting at the hash modulo ``TABLE_SIZE`` (wrapping around)."""
     if n <= 0:
         return []
-    if not _unique_table:
-        _unique_table.extend(random_tokens(UNIQUE_TABLE_SIZE, "unique-table"))
+    if not _table:
+        _table.extend(random_tokens(TABLE_SIZE, "token-table"))
     h = stable_hash(*parts)
     out = [h >> 33]
-    start, rest = h % UNIQUE_TABLE_SIZE, n - 1
+    start, rest = h % TABLE_SIZE, n - 1
     while rest > 0:
-        take = min(rest, UNIQUE_TABLE_SIZE - start)
-        out.extend(_unique_table[start:start + take])
+        take = min(rest, TABLE_SIZE - start)
+        out.extend(_table[start:start + take])
         rest, start = rest - take, 0
     return out
 
@@ -89,7 +91,7 @@ class TokenSource:
         cached = self._cache.get((kind, key))
         if cached is None or len(cached) < n:
             size = max(n, self.block_tokens) if kind == "block" else n
-            cached = random_tokens(size, kind, key, self.seed)
+            cached = stream_tokens(size, kind, key, self.seed)
             self._cache[(kind, key)] = cached
         return cached if len(cached) == n else cached[:n]
 
@@ -97,5 +99,5 @@ class TokenSource:
         if seg.kind == "shared" or seg.kind == "block":
             return self._stream(seg.kind, seg.key, seg.n_tokens)
         if seg.kind == "unique":
-            return unique_tokens(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
+            return stream_tokens(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
         return list(seg.ids or ())
