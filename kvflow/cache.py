@@ -110,10 +110,10 @@ class KVCacheManager:
         freed = 0
         tree = self.tree
         while freed < n_tokens:
-            node = tree.peek_gpu_victim()
-            if node is None or (limit_key is not None and self.policy.key(node) >= limit_key):
+            top = tree.gpu_top()
+            if top is None or (limit_key is not None and top[0] >= limit_key):
                 break
-            tree.pop_gpu_victim()
+            node = tree.pop_gpu_top()
             if self._observe_evict is not None:
                 self._observe_evict(node, tree._tick)
             need = tree.page_floor(n_tokens - freed + tree.page_size - 1) if tree.page_size > 1 else n_tokens - freed
@@ -172,16 +172,27 @@ class KVCacheManager:
 
     # ----- lookups and inserts ------------------------------------------------------------------
     def match(self, tokens: list[int], touch: bool = True, max_tokens: int | None = None) -> MatchResult:
-        result = self.tree.match(tokens, touch=touch, max_tokens=max_tokens)
+        result = self.tree.match(tokens, touch=False, max_tokens=max_tokens)
         if touch:
-            for node in result.last_node.path_to_root():
-                if node.prefetched and node.gpu:
-                    node.prefetched = False
-                    self.stats.prefetch_used += 1
-                elif node.prefetched and node.inflight == "load":
-                    self.stats.prefetch_late += 1
-                self._maybe_backup(node)
+            self.touch_path(result.last_node)
         return result
+
+    def touch_path(self, last: RadixNode) -> None:
+        """A request uses the path root..``last``: access times (root first) and hit counts,
+        prefetch accounting, and write-through backups of nodes used often enough."""
+        path = list(last.path_to_root())
+        tree = self.tree
+        for node in reversed(path):
+            tree._tick += 1
+            node.last_access = tree._tick
+            node.hits += 1
+        for node in path:
+            if node.prefetched and node.gpu:
+                node.prefetched = False
+                self.stats.prefetch_used += 1
+            elif node.prefetched and node.inflight == "load":
+                self.stats.prefetch_late += 1
+            self._maybe_backup(node)
 
     def observe_prompt(self, user: User | None, tokens: list[int], fixed_tokens: int) -> None:
         """Tell a learning policy how much of ``user``'s previous dynamic prompt its new prompt
@@ -401,7 +412,7 @@ class KVCacheManager:
         old = self.policy.steps
         # Only a node whose key *drops* (its agent is now needed later, or no longer known) must be
         # re-filed at once; a key that rises is corrected when its stale heap entry surfaces
-        # (RadixTree._pop_valid re-files it), which is exact because it surfaces too early, not late.
+        # (RadixTree._top re-files it), which is exact because it surfaces too early, not late.
         sooner_evicted = [u for u, v in users.items()
                           if v is None or u not in old or (v > old[u])]
         self.policy.set_hints(users)

@@ -260,10 +260,10 @@ class Engine:
                 cache.release_gpu(granted)
             cache.unlock(match.gpu_node)
             return "no_memory"
+        cache.touch_path(match.last_node)  # access times, hit counts, prefetch use, backups
+        request.node = match.last_node if loads else match.gpu_node
+        cache.lock(request.node)  # before the unlock: the shared path never looks evictable in between
         cache.unlock(match.gpu_node)
-        result = cache.match(request.tokens, max_tokens=request.prompt_tokens - 1)  # touch: access time, hit counts, prefetch use
-        request.node = result.last_node if loads else result.gpu_node
-        cache.lock(request.node)
         it.blocking_loads.extend(loads)
         request.state = "prefill"
         request.admit_s = now_s

@@ -55,7 +55,7 @@ class RadixNode:
     __slots__ = (
         "node_id", "tokens", "parent", "children", "gpu", "cpu", "inflight", "lock_ref",
         "last_access", "users", "suffix", "next_use", "gpu_children", "cpu_children",
-        "gpu_version", "cpu_version", "hits", "prefetched", "dynamic_users",
+        "gpu_version", "cpu_version", "hits", "prefetched", "dynamic_users", "gpu_filed", "cpu_filed",
     )
 
     def __init__(self, tokens: list[int], parent: "RadixNode | None") -> None:
@@ -78,6 +78,10 @@ class RadixNode:
         self.hits = 0
         self.prefetched = False  # loaded by a prefetch and not yet used
         self.dynamic_users: set[User] = set()  # (client, agent) whose latest *dynamic* prompt passes here
+        # key of this node's live heap entry at its current version (None: no live entry); lets a
+        # refresh that would file the same key again (e.g. after a transient lock) skip the push
+        self.gpu_filed: tuple | None = None
+        self.cpu_filed: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -303,7 +307,7 @@ class RadixTree:
     def refresh(self, node: RadixNode) -> None:
         """Re-file ``node`` in the heaps after anything that may *lower* its key or make it
         evictable. A key that only rises (a touch: newer last access) needs no call: its old entry
-        surfaces too early and ``_pop_valid`` re-files it, so the victim order is the same."""
+        surfaces too early and ``_top`` re-files it, so the victim order is the same."""
         if node.lock_ref or node.inflight is not None or node.parent is None:
             return
         gpu = node.gpu and node.gpu_children == 0
@@ -312,36 +316,78 @@ class RadixTree:
             return
         key = self.policy.key(node)
         # (key, node_id) orders the heap; node_id breaks ties deterministically without comparing nodes
-        if gpu:
+        if gpu and node.gpu_filed != key:
             node.gpu_version += 1
+            node.gpu_filed = key
             heapq.heappush(self._gpu_heap, (key, node.node_id, node.gpu_version, node))
-        if cpu:
+        if cpu and node.cpu_filed != key:
             node.cpu_version += 1
+            node.cpu_filed = key
             heapq.heappush(self._cpu_heap, (key, node.node_id, node.cpu_version, node))
 
-    def _pop_valid(self, heap: list[tuple], tier: str, pop: bool) -> RadixNode | None:
-        evictable = self.gpu_evictable if tier == "gpu" else self.cpu_evictable
+    def _top(self, gpu: bool) -> tuple | None:
+        """The heap's first entry that is current, evictable and filed under the node's present
+        key: ``(key, node_id, version, node)``; stale entries are dropped on the way."""
+        heap = self._gpu_heap if gpu else self._cpu_heap
+        key_of = self.policy.key
         while heap:
-            key, node_id, version, node = heap[0]
-            current = node.gpu_version if tier == "gpu" else node.cpu_version
-            if version != current or not evictable(node):
-                heapq.heappop(heap)
-                continue
-            fresh = self.policy.key(node)
-            if fresh != key:  # a key changed without a refresh: re-file it, never trust a stale key
+            entry = heap[0]
+            key, node_id, version, node = entry
+            if gpu:
+                if version != node.gpu_version:
+                    heapq.heappop(heap)
+                    continue
+                if not (node.gpu and node.inflight is None and node.lock_ref == 0 and node.gpu_children == 0
+                        and node.parent is not None):
+                    heapq.heappop(heap)
+                    node.gpu_filed = None
+                    continue
+            else:
+                if version != node.cpu_version:
+                    heapq.heappop(heap)
+                    continue
+                if not self.cpu_evictable(node):
+                    heapq.heappop(heap)
+                    node.cpu_filed = None
+                    continue
+            fresh = key_of(node)
+            if fresh != key:  # a key rose without a refresh: re-file it, never trust a stale key
                 heapq.heapreplace(heap, (fresh, node_id, version, node))
+                if gpu:
+                    node.gpu_filed = fresh
+                else:
+                    node.cpu_filed = fresh
                 continue
-            if pop:
-                heapq.heappop(heap)
-            return node
+            return entry
         return None
+
+    def gpu_top(self) -> tuple | None:
+        """``(key, node_id, version, node)`` of the next GPU victim, or None; nothing is evicted."""
+        return self._top(True)
 
     def peek_gpu_victim(self) -> RadixNode | None:
         """Side-effect-free (apart from dropping stale entries) look at the next GPU victim."""
-        return self._pop_valid(self._gpu_heap, "gpu", pop=False)
+        entry = self._top(True)
+        return entry[3] if entry is not None else None
+
+    def pop_gpu_top(self) -> RadixNode:
+        """Take the entry ``gpu_top`` just returned (no second validation): its node is the victim."""
+        node = heapq.heappop(self._gpu_heap)[3]
+        node.gpu_filed = None
+        return node
 
     def pop_gpu_victim(self) -> RadixNode | None:
-        return self._pop_valid(self._gpu_heap, "gpu", pop=True)
+        entry = self._top(True)
+        if entry is None:
+            return None
+        heapq.heappop(self._gpu_heap)
+        entry[3].gpu_filed = None
+        return entry[3]
 
     def pop_cpu_victim(self) -> RadixNode | None:
-        return self._pop_valid(self._cpu_heap, "cpu", pop=True)
+        entry = self._top(False)
+        if entry is None:
+            return None
+        heapq.heappop(self._cpu_heap)
+        entry[3].cpu_filed = None
+        return entry[3]
