@@ -37,8 +37,10 @@ def build_engine(
     page_size: int = 1,
     max_running: int | None = None,
     gain_s_per_token: Callable[[], float] | None = None,
+    free_ops: bool = True,
 ) -> Engine:
-    """Policy (``eviction``: name + kwargs), cache manager and engine for one run."""
+    """Policy (``eviction``: name + kwargs), cache manager and engine for one run. ``free_ops``:
+    whether the backend wants Free ops (it keeps memory per node)."""
     eviction = dict(policy_cfg.get("eviction") or {"name": "lru"})
     eviction.pop("_target_", None)
     name = eviction.pop("name")
@@ -55,6 +57,7 @@ def build_engine(
             write_policy=str(policy_cfg.get("write_policy", "none")) if cpu_tokens else "none",
             write_through_hits=int(policy_cfg.get("write_through_hits", 1)),
             max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
+            free_ops=free_ops,
         ),
         make_policy(name, **eviction),
     )

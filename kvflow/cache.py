@@ -28,6 +28,8 @@ class CacheConfig:
     write_through_hits: int = 1  # accesses (insert counts as one) before a node is backed up
     evict_partial: bool = True  # trim a leaf's tail pages instead of dropping the whole leaf
     max_prefetch: int = 4  # concurrent prefetch loads (KVFLOW.md 2.5)
+    free_ops: bool = True  # emit Free ops (a backend holding memory per node needs them; the
+    #                        simulator counts tokens only and turns them off)
 
     def __post_init__(self) -> None:
         if self.write_policy not in WRITE_POLICIES:
@@ -131,14 +133,16 @@ class KVCacheManager:
             node.prefetched = False
         if node.cpu:
             self.tree.set_state(node, gpu=False)
-            self._pending.append(Free(node, n, 0, tier="gpu"))
+            if self.config.free_ops:
+                self._pending.append(Free(node, n, 0, tier="gpu"))
         elif (self.config.write_policy == "write_back"
               and (self._worth_keeping is None or self._worth_keeping(node)) and self._alloc_cpu(n)):
             self.tree.set_state(node, gpu=False, inflight="offload")
             self._queue_offload(node, free_gpu_after=True)
         else:
             self.tree.set_state(node, gpu=False)
-            self._pending.append(Free(node, n, 0, tier="gpu"))
+            if self.config.free_ops:
+                self._pending.append(Free(node, n, 0, tier="gpu"))
         self.gpu_used_tokens -= n
         return n
 
@@ -159,7 +163,8 @@ class KVCacheManager:
             if node is None:
                 break
             self.tree.set_state(node, cpu=False)
-            self._pending.append(Free(node, len(node.tokens), 0, tier="cpu"))
+            if self.config.free_ops:
+                self._pending.append(Free(node, len(node.tokens), 0, tier="cpu"))
             self.cpu_used_tokens -= len(node.tokens)
             freed += len(node.tokens)
         self.stats.cpu_evicted_tokens += freed

@@ -25,12 +25,14 @@ def _ratio(num: float, den: float) -> float:
 
 
 def summarize(cfg: Any, trace: Any, driver: Any, loop: Any, pcie: Any, cache: Any,
-              gpu_tokens: int, cpu_tokens: int, makespan_s: float) -> dict[str, Any]:
+              gpu_tokens: int, cpu_tokens: int, makespan_s: float,
+              rows: list[dict[str, Any]] | None = None, wf_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run summary with the flat keys of docs/architecture.md, plus ``details``; the caller adds
-    ``wall_s`` (the only non-deterministic value)."""
-    rows = request_rows(trace, driver)
+    ``wall_s`` (the only non-deterministic value). ``rows``/``wf_rows``: the run's request and
+    workflow rows if the caller already made them."""
+    rows = request_rows(trace, driver) if rows is None else rows
     measured = [r for r in rows if not r["warmup"]]
-    wf = [w["latency_s"] for w in workflow_rows(rows)]
+    wf = [w["latency_s"] for w in (workflow_rows(rows) if wf_rows is None else wf_rows)]
     wf_stats = _stats(wf)
     prompt = sum(r["prompt_tokens"] for r in measured)
     hit = sum(r["hit_gpu_tokens"] for r in measured)

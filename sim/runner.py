@@ -150,6 +150,7 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
         chunk_tokens=int(engine_cfg.get("chunk_tokens") or cfg["hardware"]["chunked_prefill_tokens"]),
         h2d_gbps=cost.transfer_gbps("h2d"), page_size=int((cfg.get("cache") or {}).get("page_size", 1)),
         max_running=engine_cfg.get("max_running_requests"), gain_s_per_token=lambda: gain_s_per_token(cost),
+        free_ops=False,  # memory is counted in tokens: nothing to free per node
     )
     cache, policy = engine.cache, engine.cache.policy
     sim_cfg = cfg.get("sim") or {}
@@ -188,8 +189,9 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
     finally:
         bar.close()
     rows = request_rows(trace, driver)
-    summary = summarize(cfg, trace, driver, loop, pcie, cache, gpu_tokens, cpu_tokens, env.now)
+    wf_rows = workflow_rows(rows)
+    summary = summarize(cfg, trace, driver, loop, pcie, cache, gpu_tokens, cpu_tokens, env.now, rows, wf_rows)
     wall_s = time.perf_counter() - wall0
     summary["wall_s"] = wall_s
     timeline = sorted(loop.timeline or [], key=lambda r: (r[1], r[0]))  # one list shared with pcie
-    return SimResult(summary, rows, workflow_rows(rows), wall_s, timeline)
+    return SimResult(summary, rows, wf_rows, wall_s, timeline)
