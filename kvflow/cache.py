@@ -230,11 +230,13 @@ class KVCacheManager:
         self.tree.unlock(node)
 
     def insert(self, tokens: list[int], reserved_tokens: int, fixed_tokens: int = 0,
-               user: User | None = None, prompt_tokens: int | None = None) -> RadixNode:
+               user: User | None = None, prompt_tokens: int | None = None, known_tokens: int = 0) -> RadixNode:
         """Put ``tokens`` (computed on the GPU) into the tree. ``reserved_tokens`` were allocated by
         the caller with ``alloc_gpu`` for the part not already on the GPU; duplicates are released.
         Nodes up to ``fixed_tokens`` are tagged with ``user``; nodes past it are suffixes, and those
-        before ``prompt_tokens`` (default: all) also record ``user`` as a dynamic-prompt user."""
+        before ``prompt_tokens`` (default: all) also record ``user`` as a dynamic-prompt user.
+        ``known_tokens``: a prefix the caller matched and kept locked since, so its nodes are known
+        to hold these tokens (splits keep them) and are not compared again."""
         tree = self.tree
         limit = tree.page_floor(len(tokens))
         fixed_end = tree.page_floor(min(fixed_tokens, limit)) if user else 0
@@ -246,11 +248,14 @@ class KVCacheManager:
             child = node.children.get(tree._child_key(tokens, pos))
             if child is None:
                 break
-            common = tree._common_len(child.tokens, tokens, pos)
-            if common == 0:
-                break
-            if common < len(child.tokens):
-                child = tree.split(child, common)
+            if pos + len(child.tokens) <= known_tokens:
+                common = len(child.tokens)
+            else:
+                common = tree._common_len(child.tokens, tokens, pos)
+                if common == 0:
+                    break
+                if common < len(child.tokens):
+                    child = tree.split(child, common)
             if pos < boundary_at < pos + len(child.tokens):
                 tree.split(child, boundary_at - pos)
                 child = child.parent  # type: ignore[assignment]

@@ -308,7 +308,8 @@ class Engine:
         output token exists."""
         self.prefilling.remove(request)
         prompt_reserved = request.reserved_tokens - request.output_tokens
-        node = self.cache.insert(request.tokens, prompt_reserved, request.fixed_tokens, request.user)
+        node = self.cache.insert(request.tokens, prompt_reserved, request.fixed_tokens, request.user,
+                                 known_tokens=request.cached_tokens)  # matched at admission, locked since
         request.reserved_tokens = request.output_tokens
         self._relock(request, node)
         request.first_token_s = now_s

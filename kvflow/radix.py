@@ -153,6 +153,9 @@ class RadixTree:
         self._tick = 0
         self._gpu_heap: list[tuple] = []
         self._cpu_heap: list[tuple] = []
+        # The CPU heap is built on the first CPU eviction (one walk) and kept from then on: many
+        # runs never fill the CPU tier, and filing every backup and demotion was wasted work.
+        self._cpu_heap_live = False
         self.user_nodes: dict[User, RadixNode] = {}
         # Optional observer of splits, called as on_split(head, tail) after ``split``: a backend that
         # keeps data per node (real/: KV tensors) follows the tree with it. The core never sets it.
@@ -311,7 +314,7 @@ class RadixTree:
         if node.lock_ref or node.inflight is not None or node.parent is None:
             return
         gpu = node.gpu and node.gpu_children == 0
-        cpu = node.cpu and node.cpu_children == 0 and (node.gpu or not node.children)
+        cpu = self._cpu_heap_live and node.cpu and node.cpu_children == 0 and (node.gpu or not node.children)
         if not (gpu or cpu):
             return
         key = self.policy.key(node)
@@ -385,6 +388,10 @@ class RadixTree:
         return entry[3]
 
     def pop_cpu_victim(self) -> RadixNode | None:
+        if not self._cpu_heap_live:
+            self._cpu_heap_live = True
+            for node in self.walk():
+                self.refresh(node)
         entry = self._top(False)
         if entry is None:
             return None
