@@ -53,7 +53,7 @@ class Request:
     request_id: str
     client_id: str
     agent_id: str
-    tokens: list[int]
+    tokens: Sequence[int]  # a list, or an array("q") (the simulator: cheap slices and compares)
     fixed_tokens: int
     output_tokens: int
     arrival_s: float = 0.0
@@ -325,7 +325,7 @@ class Engine:
                 and sum(len(n.tokens) for n in end.path_to_root()) == request.prompt_tokens):
             self.cache.extend(end, request.output_ids(), request.reserved_tokens, request.user)
         else:  # the prompt is not (all) in the tree: insert the whole sequence
-            self.cache.insert(request.tokens + list(request.output_ids()), request.reserved_tokens,
+            self.cache.insert([*request.tokens, *request.output_ids()], request.reserved_tokens,
                               request.fixed_tokens, request.user, prompt_tokens=request.prompt_tokens)
         if self.deadlines is not None:
             self.deadlines.observe_finish(request, now_s)

@@ -110,9 +110,13 @@ class OracleFeed:
             k = bisect.bisect_right(idx, now)  # first use strictly after the one starting now
             table[(client, agent)] = float(idx[k] - now) if k < len(idx) else INF
         table[(client, inv.agent_id)] = 0.0  # running now
-        self.cache.policy.set_next_use(table)
+        policy = self.cache.policy
+        # only a next use that moved later lowers a key (evicted sooner): re-file those at once; a
+        # key that rises is re-filed when its stale heap entry surfaces (RadixTree.refresh)
+        later = [u for u, v in table.items() if v > policy.next_use.get(u, INF)]  # unknown = INF
+        policy.set_next_use(table)
         tree = self.cache.tree
-        for user in table:
+        for user in later:
             boundary = tree.user_nodes.get(user)
             if boundary is not None and boundary.parent is not None:
                 for node in boundary.path_to_root():

@@ -80,7 +80,7 @@ class WorkflowDriver:
             request_id=inv.id,
             client_id=inv.client_id,
             agent_id=inv.agent_id,
-            tokens=self.trace.prompt_tokens(inv),
+            tokens=self.trace.prompt_array(inv),  # machine ints: cheap to slice and compare
             fixed_tokens=self.trace.fixed_tokens(inv),
             output_tokens=inv.output_tokens,
             app_id=inv.workflow,

@@ -5,6 +5,7 @@ expands segments into token ids deterministically (see `traces.tokens`).
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,15 @@ class Trace:
         out: list[int] = []
         for i, seg in enumerate(inv.segments):
             out.extend(self._tokens.segment(seg, inv.id, i))
+        return out
+
+    def prompt_array(self, inv: Invocation) -> array:
+        """``prompt_tokens`` as an ``array("q")`` (same ids). The simulator's radix tree slices and
+        compares prompts all the time; on machine integers that is a memcpy/memcmp instead of
+        reference-count traffic over thousands of int objects."""
+        out = array("q")
+        for i, seg in enumerate(inv.segments):
+            out += self._tokens.segment_array(seg, inv.id, i)
         return out
 
     def fixed_tokens(self, inv: Invocation) -> int:

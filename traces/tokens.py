@@ -17,6 +17,7 @@ time (benchmarks/sim_speed.py).
 from __future__ import annotations
 
 import hashlib
+from array import array
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,6 +61,16 @@ def random_tokens(n: int, *parts: object) -> list[int]:
 
 TABLE_SIZE = 1 << 16
 _table: list[int] = []
+_table_array = array("q")
+
+
+def _stream_start(parts: tuple[object, ...]) -> tuple[int, int]:
+    """(first id, table offset of the second) of the stream named by ``parts``."""
+    if not _table:
+        _table.extend(random_tokens(TABLE_SIZE, "token-table"))
+        _table_array.extend(_table)
+    h = stable_hash(*parts)
+    return h >> 33, h % TABLE_SIZE
 
 
 def stream_tokens(n: int, *parts: object) -> list[int]:
@@ -67,11 +78,9 @@ def stream_tokens(n: int, *parts: object) -> list[int]:
     window of the shared table starting at the hash modulo ``TABLE_SIZE`` (wrapping around)."""
     if n <= 0:
         return []
-    if not _table:
-        _table.extend(random_tokens(TABLE_SIZE, "token-table"))
-    h = stable_hash(*parts)
-    out = [h >> 33]
-    start, rest = h % TABLE_SIZE, n - 1
+    first, start = _stream_start(parts)
+    out = [first]
+    rest = n - 1
     while rest > 0:
         take = min(rest, TABLE_SIZE - start)
         out.extend(_table[start:start + take])
@@ -79,13 +88,29 @@ def stream_tokens(n: int, *parts: object) -> list[int]:
     return out
 
 
+def stream_array(n: int, *parts: object) -> array:
+    """``stream_tokens`` as a machine-integer array (same ids): no int objects at all."""
+    out = array("q")
+    if n <= 0:
+        return out
+    first, start = _stream_start(parts)
+    out.append(first)
+    rest = n - 1
+    while rest > 0:
+        take = min(rest, TABLE_SIZE - start)
+        out += _table_array[start:start + take]
+        rest, start = rest - take, 0
+    return out
+
+
 class TokenSource:
-    """Expands segments to token ids, caching one array per shared name / block hash."""
+    """Expands segments to token ids, caching one list (and one array) per shared name / block hash."""
 
     def __init__(self, seed: int, block_tokens: int) -> None:
         self.seed = seed
         self.block_tokens = block_tokens
         self._cache: dict[tuple[str, str | int], list[int]] = {}
+        self._array_cache: dict[tuple[str, str | int], array] = {}
 
     def _stream(self, kind: str, key: str | int, n: int) -> list[int]:
         cached = self._cache.get((kind, key))
@@ -95,9 +120,25 @@ class TokenSource:
             self._cache[(kind, key)] = cached
         return cached if len(cached) == n else cached[:n]
 
+    def _stream_array(self, kind: str, key: str | int, n: int) -> array:
+        cached = self._array_cache.get((kind, key))
+        if cached is None or len(cached) < n:
+            size = max(n, self.block_tokens) if kind == "block" else n
+            cached = stream_array(size, kind, key, self.seed)
+            self._array_cache[(kind, key)] = cached
+        return cached if len(cached) == n else cached[:n]
+
     def segment(self, seg: Segment, inv_id: str, index: int) -> list[int]:
         if seg.kind == "shared" or seg.kind == "block":
             return self._stream(seg.kind, seg.key, seg.n_tokens)
         if seg.kind == "unique":
             return stream_tokens(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
         return list(seg.ids or ())
+
+    def segment_array(self, seg: Segment, inv_id: str, index: int) -> array:
+        """``segment`` as an ``array("q")``."""
+        if seg.kind == "shared" or seg.kind == "block":
+            return self._stream_array(seg.kind, seg.key, seg.n_tokens)
+        if seg.kind == "unique":
+            return stream_array(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
+        return array("q", seg.ids or ())
