@@ -438,13 +438,16 @@ class KVCacheManager:
     def cpu_run(self, user: User) -> list[RadixNode]:
         """The CPU-only tail of ``user``'s fixed-prompt path, ready to load; [] when nothing to do
         (all on the GPU, unknown, or part of it already in flight)."""
-        boundary = self.tree.user_nodes.get(user)
-        if boundary is None or boundary.parent is None:
+        node = self.tree.user_nodes.get(user)
+        if node is None or node.parent is None:
             return []
-        path = list(boundary.path_to_root())[::-1]
-        run = [n for n in path if not n.gpu]
-        if any(n.inflight is not None or not n.cpu for n in run):
-            return []
+        run = []  # GPU residency is prefix-closed: the nodes off the GPU are the path's tail
+        while node.parent is not None and not node.gpu:
+            if node.inflight is not None or not node.cpu:
+                return []
+            run.append(node)
+            node = node.parent
+        run.reverse()
         return run
 
     def start_prefetch(self, user: User, run: list[RadixNode]) -> list[Load]:

@@ -17,21 +17,21 @@ if TYPE_CHECKING:
 _op_ids = itertools.count()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Op:
     """Base class: one transfer or release of one radix node's KV."""
 
     node: "RadixNode"
     tokens: int
     bytes: int
-    op_id: int = field(default_factory=lambda: next(_op_ids))
+    op_id: int = field(default_factory=_op_ids.__next__)
 
     @property
     def kind(self) -> str:
         return type(self).__name__.lower()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Load(Op):
     """CPU -> GPU copy (H2D). ``prefetch`` marks a proactive load (KVFlow 2.5) as opposed to a
     reactive load-back that a scheduled request waits on."""
@@ -39,14 +39,14 @@ class Load(Op):
     prefetch: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Offload(Op):
     """GPU -> CPU copy (D2H): a backup (write-through) or a demotion before the GPU copy is freed."""
 
     free_gpu_after: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Free(Op):
     """Release of GPU memory (no transfer); ``tier`` is "gpu" or "cpu". Zero cost for backends."""
 

@@ -49,6 +49,36 @@ def _tiny(segments: list[Segment], fixed: int = 0, meta: dict | None = None) -> 
     return Trace(meta or {"format": "kvflow-trace", "version": 1, "seed": 7}, {}, [inv])
 
 
+_SEGMENTS = st.one_of(
+    st.builds(Segment, st.just("shared"), st.sampled_from(["a", "b", "role"]), st.integers(0, 70_000)),
+    st.builds(Segment, st.just("unique"), st.sampled_from(["", "k"]), st.integers(0, 3_000)),
+    st.builds(Segment, st.just("block"), st.integers(0, 5), st.integers(0, 600)),
+    st.builds(lambda ids: Segment("tokens", "", len(ids), tuple(ids)), st.lists(st.integers(0, 2**31 - 1), max_size=5)),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_SEGMENTS, max_size=4))
+def test_prompt_array_has_the_ids_of_prompt_tokens(segments: list[Segment]) -> None:
+    """The simulator's machine-int prompts equal the list prompts, for every segment kind, past the
+    table's wrap-around (70,000 > 65,536 ids) and for partial blocks."""
+    t = _tiny(segments, meta={"format": "kvflow-trace", "version": 1, "seed": 7, "block_tokens": 512})
+    inv = t.invocations[0]
+    assert list(t.prompt_array(inv)) == t.prompt_tokens(inv)
+    assert t.prompt_array(inv).typecode == "q"
+
+
+def test_different_streams_differ_at_their_first_token() -> None:
+    """Where prompts diverge (a segment boundary) their ids differ at once, so the tree branches there."""
+    firsts = set()
+    for k in range(2_000):
+        t = _tiny([Segment("shared", f"name{k}", 3), Segment("unique", "", 2)])
+        ids = t.prompt_tokens(t.invocations[0])
+        firsts.add(ids[0])
+        assert ids[3] != ids[0]
+    assert len(firsts) == 2_000
+
+
 def test_token_ids_deterministic_in_range_and_prefix_stable() -> None:
     t = _tiny([Segment("shared", "role", 100), Segment("unique", "", 10)])
     short = _tiny([Segment("shared", "role", 37)])

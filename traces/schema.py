@@ -102,7 +102,7 @@ class Trace:
         reference-count traffic over thousands of int objects."""
         out = array("q")
         for i, seg in enumerate(inv.segments):
-            out += self._tokens.segment_array(seg, inv.id, i)
+            self._tokens.extend_array(out, seg, inv.id, i)
         return out
 
     def fixed_tokens(self, inv: Invocation) -> int:

@@ -88,9 +88,10 @@ def stream_tokens(n: int, *parts: object) -> list[int]:
     return out
 
 
-def stream_array(n: int, *parts: object) -> array:
-    """``stream_tokens`` as a machine-integer array (same ids): no int objects at all."""
-    out = array("q")
+def stream_array(n: int, *parts: object, out: array | None = None) -> array:
+    """``stream_tokens`` as a machine-integer array (same ids): no int objects at all. Appended to
+    ``out`` when given."""
+    out = array("q") if out is None else out
     if n <= 0:
         return out
     first, start = _stream_start(parts)
@@ -135,10 +136,11 @@ class TokenSource:
             return stream_tokens(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
         return list(seg.ids or ())
 
-    def segment_array(self, seg: Segment, inv_id: str, index: int) -> array:
-        """``segment`` as an ``array("q")``."""
+    def extend_array(self, out: array, seg: Segment, inv_id: str, index: int) -> None:
+        """Append the segment's ids to ``out`` (an ``array("q")``)."""
         if seg.kind == "shared" or seg.kind == "block":
-            return self._stream_array(seg.kind, seg.key, seg.n_tokens)
-        if seg.kind == "unique":
-            return stream_array(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
-        return array("q", seg.ids or ())
+            out += self._stream_array(seg.kind, seg.key, seg.n_tokens)
+        elif seg.kind == "unique":
+            stream_array(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed, out=out)
+        else:
+            out += array("q", seg.ids or ())
