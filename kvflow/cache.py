@@ -423,8 +423,11 @@ class KVCacheManager:
         # Only a node whose key *drops* (its agent is now needed later, or no longer known) must be
         # re-filed at once; a key that rises is corrected when its stale heap entry surfaces
         # (RadixTree._top re-files it), which is exact because it surfaces too early, not late.
-        sooner_evicted = [u for u, v in users.items()
-                          if v is None or u not in old or (v > old[u])]
+        sooner_evicted = []
+        for user, value in users.items():
+            before = old.get(user)
+            if value is None or before is None or value > before:
+                sooner_evicted.append(user)
         self.policy.set_hints(users)
         for user in sooner_evicted:
             boundary = self.tree.user_nodes.get(user)

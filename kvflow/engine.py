@@ -53,7 +53,7 @@ class Request:
     request_id: str
     client_id: str
     agent_id: str
-    tokens: Sequence[int]  # a list, or an array("q") (the simulator: cheap slices and compares)
+    tokens: Sequence[int]  # a list, or an array("i") (the simulator: cheap slices and compares)
     fixed_tokens: int
     output_tokens: int
     arrival_s: float = 0.0

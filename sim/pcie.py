@@ -51,6 +51,9 @@ class PCIeLink:
         self.copies = {d: 0 for d in DIRECTIONS}
         self.busy_until = {d: 0.0 for d in DIRECTIONS}  # end of the copy running in each direction
         self.timeline: list[tuple[str, float, float, str]] | None = None  # set to [] to record copies
+        # the cost model's constants per direction (latency, full rate), looked up once per run
+        self._latency_s = {d: cost.links[d].latency_s for d in DIRECTIONS}
+        self._rate = {d: cost.links[d].effective_gbps * 1e9 * 1.0 for d in DIRECTIONS}
 
     @staticmethod
     def other(direction: str) -> str:
@@ -58,8 +61,8 @@ class PCIeLink:
 
     def duration_s(self, nbytes: int, direction: str) -> float:
         """Time a copy starting now would take, given what the other direction is doing."""
-        fast = self.cost.transfer_time_s(nbytes, direction)
-        other = self.other(direction)
+        fast = self._latency_s[direction] + nbytes / self._rate[direction]  # = cost.transfer_time_s
+        other = "d2h" if direction == "h2d" else "h2d"
         overlap_s = self.busy_until[other] - self.env.now
         if not self.bidirectional_penalty or self.active[other] == 0 or overlap_s <= 0:
             return fast

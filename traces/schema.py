@@ -9,7 +9,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from traces.tokens import TokenSource
+from traces.tokens import TOKEN_TYPECODE, TokenSource
 
 FORMAT_NAME = "kvflow-trace"
 FORMAT_VERSION = 1
@@ -97,10 +97,10 @@ class Trace:
         return out
 
     def prompt_array(self, inv: Invocation) -> array:
-        """``prompt_tokens`` as an ``array("q")`` (same ids). The simulator's radix tree slices and
+        """``prompt_tokens`` as an ``array(TOKEN_TYPECODE)`` (same ids). The simulator's radix tree slices and
         compares prompts all the time; on machine integers that is a memcpy/memcmp instead of
         reference-count traffic over thousands of int objects."""
-        out = array("q")
+        out = array(TOKEN_TYPECODE)
         for i, seg in enumerate(inv.segments):
             self._tokens.extend_array(out, seg, inv.id, i)
         return out

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from traces.schema import Segment
 
 TOKEN_ID_LIMIT = 2**31  # ids are in [0, TOKEN_ID_LIMIT)
+TOKEN_TYPECODE = "i"  # C int: 32-bit signed everywhere we run, holds every id in 4 bytes
 
 
 def stable_hash(*parts: object) -> int:
@@ -61,7 +62,7 @@ def random_tokens(n: int, *parts: object) -> list[int]:
 
 TABLE_SIZE = 1 << 16
 _table: list[int] = []
-_table_array = array("q")
+_table_array = array(TOKEN_TYPECODE)
 
 
 def _stream_start(parts: tuple[object, ...]) -> tuple[int, int]:
@@ -91,7 +92,7 @@ def stream_tokens(n: int, *parts: object) -> list[int]:
 def stream_array(n: int, *parts: object, out: array | None = None) -> array:
     """``stream_tokens`` as a machine-integer array (same ids): no int objects at all. Appended to
     ``out`` when given."""
-    out = array("q") if out is None else out
+    out = array(TOKEN_TYPECODE) if out is None else out
     if n <= 0:
         return out
     first, start = _stream_start(parts)
@@ -137,10 +138,10 @@ class TokenSource:
         return list(seg.ids or ())
 
     def extend_array(self, out: array, seg: Segment, inv_id: str, index: int) -> None:
-        """Append the segment's ids to ``out`` (an ``array("q")``)."""
+        """Append the segment's ids to ``out`` (an ``array(TOKEN_TYPECODE)``)."""
         if seg.kind == "shared" or seg.kind == "block":
             out += self._stream_array(seg.kind, seg.key, seg.n_tokens)
         elif seg.kind == "unique":
             stream_array(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed, out=out)
         else:
-            out += array("q", seg.ids or ())
+            out += array(TOKEN_TYPECODE, seg.ids or ())
