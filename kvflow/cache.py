@@ -278,11 +278,10 @@ class KVCacheManager:
             if end <= pos:
                 break  # the caller reserved less than the tokens it computed: cache what was paid for
             child = tree.insert_below(node, tokens[pos:end])
-            tree.set_state(child, gpu=True)
             reserved_tokens -= len(child.tokens)
             if self._tag(child, pos, fixed_end, prompt_end, user):
                 dynamic_last = child
-            self._maybe_backup(child)
+            self._join_gpu(child)
             pos, node = end, child
         if user is not None and 0 < fixed_end <= pos:
             self._set_boundary(user, tokens, fixed_end)
@@ -305,8 +304,7 @@ class KVCacheManager:
         if n and node.gpu and tree._child_key(tokens) not in node.children:
             child = tree.insert_below(node, tokens[:n])
             child.suffix = user is not None  # an output: KVFlow evicts it first
-            tree.set_state(child, gpu=True)
-            self._maybe_backup(child)
+            self._join_gpu(child)
             reserved_tokens -= n
             node = child
         if reserved_tokens:
@@ -361,15 +359,28 @@ class KVCacheManager:
 
     def _maybe_backup(self, node: RadixNode) -> None:
         """Write-through: back up a node on the GPU once it has been used often enough."""
+        if node.gpu and self._backup_due(node):
+            self.tree.set_state(node, inflight="offload")
+            self._queue_offload(node, free_gpu_after=False)
+
+    def _join_gpu(self, node: RadixNode) -> None:
+        """A node just computed on the GPU joins the tier, and its write-through backup starts at
+        once if due: one state change (filing it as evictable only to block it again by the
+        backup was a wasted heap entry per new node)."""
+        if self._backup_due(node):
+            self.tree.set_state(node, gpu=True, inflight="offload")
+            self._queue_offload(node, free_gpu_after=False)
+        else:
+            self.tree.set_state(node, gpu=True)
+
+    def _backup_due(self, node: RadixNode) -> bool:
+        """Write-through wants a CPU copy of ``node`` (on the GPU) now, and CPU space was reserved."""
         if (self.config.write_policy != "write_through" or node.cpu or node.inflight is not None
-                or not node.gpu or node.hits + 1 < self.config.write_through_hits):
-            return
+                or node.hits + 1 < self.config.write_through_hits):
+            return False
         if self._worth_keeping is not None and not self._worth_keeping(node):
-            return  # the policy expects no reuse: save the PCIe bandwidth and the CPU space
-        if not self._alloc_cpu(len(node.tokens)):
-            return
-        self.tree.set_state(node, inflight="offload")
-        self._queue_offload(node, free_gpu_after=False)
+            return False  # the policy expects no reuse: save the PCIe bandwidth and the CPU space
+        return self._alloc_cpu(len(node.tokens))
 
     # ----- loads ------------------------------------------------------------------------------
     def load(self, nodes: list[RadixNode], prefetch: bool = False, limit_key: tuple | None = None) -> list[Load]:
@@ -377,6 +388,11 @@ class KVCacheManager:
         todo = [n for n in nodes if n.cpu and not n.gpu and n.inflight is None]
         if not todo:
             return []
+        for i, node in enumerate(todo):  # each must hang below the GPU part of its path (or the
+            parent = node.parent         # node loaded before it): a run computed earlier may have
+            if not (parent is self.tree.root or parent.gpu or parent.inflight == "load"  # lost its
+                    or (i and parent is todo[i - 1])):                                  # anchor since
+                return []  # loading it would put KV on the GPU below a node that is not
         anchor = todo[0].parent
         assert anchor is not None
         self.lock(anchor)  # the GPU ancestors must survive the eviction that makes room

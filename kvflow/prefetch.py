@@ -74,9 +74,10 @@ class DeadlinePrefetcher:
                     continue  # not due yet: holding GPU memory early only risks evicting the needed
                 candidates.append((eta if eta is not None else 0.0, s, client_id, agent, run))
         candidates.sort(key=lambda c: c[:4])
-        for _, _, client_id, agent, run in candidates:
+        for _, _, client_id, agent, _ in candidates:
             if not cache.prefetch_slot_free():
                 self.dirty = True  # retry when a slot frees
                 break
-            if cache.start_prefetch((client_id, agent), run):
+            run = cache.cpu_run((client_id, agent))  # again: an earlier copy's evictions may have
+            if run and cache.start_prefetch((client_id, agent), run):  # changed the path since
                 self.issued.add((client_id, agent))

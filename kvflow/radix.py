@@ -288,15 +288,17 @@ class RadixTree:
         node.parent = None
 
     def lock(self, node: RadixNode) -> None:
-        for n in node.path_to_root():
-            n.lock_ref += 1
+        while node.parent is not None:  # the path to the root (a loop: hot, no generator)
+            node.lock_ref += 1
+            node = node.parent
 
     def unlock(self, node: RadixNode) -> None:
-        for n in node.path_to_root():
-            assert n.lock_ref > 0, "unlock without lock"
-            n.lock_ref -= 1
-            if n.lock_ref == 0:
-                self.refresh(n)
+        while node.parent is not None:
+            assert node.lock_ref > 0, "unlock without lock"
+            node.lock_ref -= 1
+            if node.lock_ref == 0:
+                self.refresh(node)
+            node = node.parent
 
     # ----- eviction heaps -------------------------------------------------------------------
     def gpu_evictable(self, node: RadixNode) -> bool:

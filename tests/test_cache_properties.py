@@ -103,3 +103,33 @@ def test_random_sequences_keep_invariants(ops, policy_name, page_size, cpu_token
     # same inputs -> same result
     trace2, cache2 = run_ops(ops, policy_name, page_size, cpu_tokens)
     assert trace == trace2 and cache.stats == cache2.stats
+
+
+def test_a_stale_cpu_run_is_not_loaded_below_a_demoted_parent():
+    """Regression (found by the chatdev kvflow_gd run with invariant checks): a prefetcher that
+    computed an agent's CPU-only run, then started another copy whose eviction demoted the run's
+    GPU parent, must not load the run below that parent (GPU residency stays prefix-closed)."""
+    from kvflow.cache import CacheConfig, KVCacheManager
+    from kvflow.policies import make_policy
+
+    cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=100, cpu_capacity_tokens=100,
+                                       write_policy="write_through"), make_policy("lru"))
+    user = ("c", "a")
+    tokens = list(range(1, 21))
+    granted = cache.alloc_gpu(20)
+    cache.insert(tokens[:10], 10, fixed_tokens=10, user=("c", "p"))   # parent p: tokens 1..10
+    tail = cache.insert(tokens, granted - 10, fixed_tokens=20, user=user)  # child x: 11..20
+    for op in cache.take_ops():
+        cache.complete(op)  # the write-through backups land: both have CPU copies
+    parent = tail.parent
+    assert parent is not None and parent.cpu and tail.cpu
+    cache.tree.lock(parent)
+    assert cache.evict_gpu(10) == 10 and not tail.gpu  # x is CPU-only now, p still on the GPU
+    cache.tree.unlock(parent)
+    run = cache.cpu_run(user)
+    assert run == [tail]
+    assert cache.evict_gpu(10) == 10 and not parent.gpu  # another copy's room: p is demoted too
+    assert cache.load(run, prefetch=True) == []  # the stale run is refused...
+    assert not tail.gpu and tail.inflight is None
+    cache.check_invariants()
+    assert cache.cpu_run(user) == [parent, tail]  # ...and the fresh run loads the whole path
