@@ -68,9 +68,9 @@ class EngineLoop:
             assert isinstance(op, (Load, Offload)), op
             self.ops_inflight += 1
             if isinstance(op, Load):
-                self.pcie.copy(op.bytes, "h2d", lambda op=op: self._op_done(op), "prefetch" if op.prefetch else "load")
+                self.pcie.copy(op.bytes, "h2d", self._op_done, "prefetch" if op.prefetch else "load", tag=op)
             else:
-                self.pcie.copy(op.bytes, "d2h", lambda op=op: self._op_done(op), "offload")
+                self.pcie.copy(op.bytes, "d2h", self._op_done, "offload", tag=op)
 
     def _op_done(self, op: Any) -> None:
         self.ops_inflight -= 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Generator
+from typing import Any
 
 import simpy
 
@@ -24,17 +25,20 @@ from sim.cost_model import DIRECTIONS, CostModel
 
 URGENT, BACKGROUND = 0, 1
 
-# one queued copy: bytes, called when done, timeline label, called with its duration when it starts
-_Copy = tuple[int, "Callable[[], None] | None", str, "Callable[[float], None] | None"]
+# one queued copy: bytes, called when done (with ``tag`` if one is given), the tag, timeline label,
+# called with its duration when it starts
+_Copy = tuple[int, "Callable[..., None] | None", Any, str, "Callable[[float], None] | None"]
+_NO_TAG = object()
 
 
 class _Channel:
-    __slots__ = ("urgent", "background", "busy")
+    __slots__ = ("urgent", "background", "busy", "current")
 
     def __init__(self) -> None:
         self.urgent: deque[_Copy] = deque()
         self.background: deque[_Copy] = deque()
         self.busy = False
+        self.current: tuple[int, float, Callable[..., None] | None, Any] | None = None  # the copy running
 
 
 class PCIeLink:
@@ -54,6 +58,7 @@ class PCIeLink:
         # the cost model's constants per direction (latency, full rate), looked up once per run
         self._latency_s = {d: cost.links[d].latency_s for d in DIRECTIONS}
         self._rate = {d: cost.links[d].effective_gbps * 1e9 * 1.0 for d in DIRECTIONS}
+        self._on_end = {d: (lambda _event, d=d: self._finish(d)) for d in DIRECTIONS}  # Timeout callbacks
 
     @staticmethod
     def other(direction: str) -> str:
@@ -75,13 +80,13 @@ class PCIeLink:
         return latency + slow_phase_s + (1.0 - done) * (fast - latency)
 
     # -- copies --------------------------------------------------------------------------------
-    def copy(self, nbytes: int, direction: str, on_done: Callable[[], None] | None = None,
+    def copy(self, nbytes: int, direction: str, on_done: Callable[..., None] | None = None,
              label: str = "load", urgent: bool = False,
-             on_start: Callable[[float], None] | None = None) -> None:
-        """Queue a copy; ``on_start(duration_s)`` runs when it gets the channel, ``on_done()`` when
-        its bytes have arrived."""
+             on_start: Callable[[float], None] | None = None, tag: Any = _NO_TAG) -> None:
+        """Queue a copy; ``on_start(duration_s)`` runs when it gets the channel, ``on_done()`` (or
+        ``on_done(tag)`` when a tag is given: no closure per copy) when its bytes have arrived."""
         channel = self.channels[direction]
-        (channel.urgent if urgent else channel.background).append((nbytes, on_done, label, on_start))
+        (channel.urgent if urgent else channel.background).append((nbytes, on_done, tag, label, on_start))
         if not channel.busy:
             self._start_next(direction)
 
@@ -91,7 +96,7 @@ class PCIeLink:
         if not queue:
             channel.busy = False
             return
-        nbytes, on_done, label, on_start = queue.popleft()
+        nbytes, on_done, tag, label, on_start = queue.popleft()
         channel.busy = True
         now = self.env.now
         t = self.duration_s(nbytes, direction)
@@ -99,19 +104,23 @@ class PCIeLink:
         if self.timeline is not None:
             self.timeline.append((direction, now, now + t, label))
         self.active[direction] += 1
+        channel.current = (nbytes, t, on_done, tag)
         if on_start is not None:
             on_start(t)
-        self.env.timeout(t).callbacks.append(
-            lambda _event: self._finish(direction, nbytes, t, on_done))
+        self.env.timeout(t).callbacks.append(self._on_end[direction])
 
-    def _finish(self, direction: str, nbytes: int, t: float, on_done: Callable[[], None] | None) -> None:
+    def _finish(self, direction: str) -> None:
+        nbytes, t, on_done, tag = self.channels[direction].current  # type: ignore[misc]
         self.active[direction] -= 1
         self.bytes_moved[direction] += nbytes
         self.busy_s[direction] += t
         self.copies[direction] += 1
         self._start_next(direction)  # the channel passes on before the finished copy is acknowledged
         if on_done is not None:
-            on_done()
+            if tag is _NO_TAG:
+                on_done()
+            else:
+                on_done(tag)
 
     def transfer(
         self, nbytes: int, direction: str, on_done: Callable[[], None] | None = None, label: str = "load",
