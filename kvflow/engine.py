@@ -75,16 +75,15 @@ class Request:
     recomputed_tokens: int = 0
     loaded_bytes: int = 0
     stalled_s: float = 0.0
+    # derived once (the scheduler reads them many times per request)
+    prompt_tokens: int = field(init=False)
+    # (client, agent) key of the workflow hints; None for requests without an agent ("" or the
+    # traces' placeholder "-", e.g. Mooncake)
+    user: tuple[str, str] | None = field(init=False)
 
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def user(self) -> tuple[str, str] | None:
-        """(client, agent) key of the workflow hints; None for requests without an agent ("" or
-        the traces' placeholder "-", e.g. Mooncake)."""
-        return (self.client_id, self.agent_id) if self.agent_id not in NO_AGENT else None
+    def __post_init__(self) -> None:
+        self.prompt_tokens = len(self.tokens)
+        self.user = (self.client_id, self.agent_id) if self.agent_id not in NO_AGENT else None
 
     @property
     def context_tokens(self) -> int:

@@ -31,7 +31,7 @@ TOKEN_TYPECODE = "i"  # C int: 32-bit signed everywhere we run, holds every id i
 
 def stable_hash(*parts: object) -> int:
     """64-bit hash of the parts' reprs, stable across processes and Python versions."""
-    text = "\x1f".join(f"{type(p).__name__}:{p}" for p in parts)
+    text = "\x1f".join([f"{type(p).__name__}:{p}" for p in parts])
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
