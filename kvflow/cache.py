@@ -416,17 +416,19 @@ class KVCacheManager:
         """The backend finished ``op``: flip its nodes to their new tier. A node may have been
         split while its copy ran (a match ending inside it); the op then covers ``op.node`` and
         the ancestors split off above it, ``op.tokens`` in all."""
-        if isinstance(op, Free):
-            return  # nothing to flip: the backend released the memory
+        load = isinstance(op, Load)
+        if not load and not isinstance(op, Offload):
+            return  # a Free: nothing to flip, the backend released the memory
         remaining, node = op.tokens, op.node
+        set_state = self.tree.set_state
         while remaining > 0 and node is not None and node.parent is not None:
-            if isinstance(op, Load):
-                self.tree.set_state(node, gpu=True, inflight=None)
-            elif isinstance(op, Offload):
-                self.tree.set_state(node, cpu=True, inflight=None)
+            if load:
+                set_state(node, gpu=True, inflight=None)
+            else:
+                set_state(node, cpu=True, inflight=None)
             remaining -= len(node.tokens)
             node = node.parent
-        if isinstance(op, Load) and op.prefetch:
+        if load and op.prefetch:  # type: ignore[attr-defined]
             self._prefetch_inflight -= 1
 
     # ----- hints and prefetch -------------------------------------------------------------------

@@ -181,11 +181,18 @@ class Engine:
     def take_ops(self) -> list[Op]:
         return self.cache.take_ops()
 
+    @property
+    def has_ops(self) -> bool:
+        """Ops are queued for the backend (cheaper than ``take_ops`` when, as usual, none are)."""
+        return bool(self.cache._pending)
+
     def complete_op(self, op: Op, now_s: float) -> None:
         self.cache.complete(op)
-        if isinstance(op, Load) and op.prefetch and self.deadlines is not None:
+        if not (isinstance(op, Load) and op.prefetch):
+            return
+        if self.deadlines is not None:
             self.deadlines.dirty = True
-        elif isinstance(op, Load) and op.prefetch and self.config.prefetch:
+        elif self.config.prefetch:
             for client_id in list(self.cache.prefetch_starved):  # a slot is free: oldest waiter first
                 if not self.cache.prefetch_slot_free():
                     break

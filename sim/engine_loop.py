@@ -58,10 +58,9 @@ class EngineLoop:
 
     def start_ops(self) -> None:
         """Launch every op the engine queued; called after anything that may queue ops."""
-        ops = self.engine.take_ops()
-        if not ops:
+        if not self.engine.has_ops:
             return
-        for op in ops:
+        for op in self.engine.take_ops():
             if isinstance(op, Free):
                 self.engine.complete_op(op, self.env.now)
                 continue

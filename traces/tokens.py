@@ -89,10 +89,9 @@ def stream_tokens(n: int, *parts: object) -> list[int]:
     return out
 
 
-def stream_array(n: int, *parts: object, out: array | None = None) -> array:
-    """``stream_tokens`` as a machine-integer array (same ids): no int objects at all. Appended to
-    ``out`` when given."""
-    out = array(TOKEN_TYPECODE) if out is None else out
+def stream_array(n: int, *parts: object) -> array:
+    """``stream_tokens`` as a machine-integer array (same ids): no int objects at all."""
+    out = array(TOKEN_TYPECODE)
     if n <= 0:
         return out
     first, start = _stream_start(parts)
@@ -137,11 +136,23 @@ class TokenSource:
             return stream_tokens(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
         return list(seg.ids or ())
 
-    def extend_array(self, out: array, seg: Segment, inv_id: str, index: int) -> None:
-        """Append the segment's ids to ``out`` (an ``array(TOKEN_TYPECODE)``)."""
+    def write_array(self, view: memoryview, pos: int, seg: Segment, inv_id: str, index: int) -> None:
+        """Write the segment's ids into ``view[pos:pos + seg.n_tokens]`` (a memoryview of an
+        ``array(TOKEN_TYPECODE)`` sized for the whole prompt): plain memory copies, no resizing."""
+        n = seg.n_tokens
+        if n <= 0:
+            return
         if seg.kind == "shared" or seg.kind == "block":
-            out += self._stream_array(seg.kind, seg.key, seg.n_tokens)
+            view[pos:pos + n] = memoryview(self._stream_array(seg.kind, seg.key, n))
         elif seg.kind == "unique":
-            stream_array(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed, out=out)
+            first, start = _stream_start(("unique", inv_id, index, seg.key, self.seed))
+            view[pos] = first
+            pos, rest = pos + 1, n - 1
+            table = memoryview(_table_array)
+            while rest > 0:
+                take = min(rest, TABLE_SIZE - start)
+                view[pos:pos + take] = table[start:start + take]
+                pos, rest, start = pos + take, rest - take, 0
+            table.release()
         else:
-            out += array(TOKEN_TYPECODE, seg.ids or ())
+            view[pos:pos + n] = memoryview(array(TOKEN_TYPECODE, seg.ids or ()))
