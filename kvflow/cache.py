@@ -242,6 +242,7 @@ class KVCacheManager:
         fixed_end = tree.page_floor(min(fixed_tokens, limit)) if user else 0
         prompt_end = tree.page_floor(len(tokens) if prompt_tokens is None else prompt_tokens)
         dynamic_last: RadixNode | None = None  # deepest node of this prompt's dynamic part
+        boundary_node: RadixNode = tree.root  # the node where the fixed prompt ends
         boundary_at = fixed_end
         node, pos = tree.root, 0
         while pos < limit:
@@ -272,6 +273,8 @@ class KVCacheManager:
                 dynamic_last = child
             pos += len(child.tokens)
             node = child
+            if pos == fixed_end:
+                boundary_node = node
         while pos < limit and (node is tree.root or node.gpu):
             boundary = boundary_at if pos < boundary_at else (prompt_end if pos < prompt_end else limit)
             end = min(boundary, limit, pos + tree.page_floor(reserved_tokens))
@@ -283,8 +286,10 @@ class KVCacheManager:
                 dynamic_last = child
             self._join_gpu(child)
             pos, node = end, child
-        if user is not None and 0 < fixed_end <= pos:
-            self._set_boundary(user, tokens, fixed_end)
+            if pos == fixed_end:
+                boundary_node = node
+        if user is not None and 0 < fixed_end <= pos:  # the fixed prompt ends at a node boundary
+            self.tree.user_nodes[user] = boundary_node
         if user is not None and dynamic_last is not None and self._tracks_dynamic:
             self._set_latest_dynamic(user, dynamic_last)
         if reserved_tokens:
@@ -348,14 +353,6 @@ class KVCacheManager:
                 node.dynamic_users.add(user)
                 self.tree.refresh(node)
         self._dynamic_ends[user] = deepest
-
-    def _set_boundary(self, user: User, tokens: list[int], fixed_end: int) -> None:
-        node = self.tree.root
-        pos = 0
-        while pos < fixed_end:
-            node = node.children[self.tree._child_key(tokens, pos)]
-            pos += len(node.tokens)
-        self.tree.user_nodes[user] = node
 
     def _maybe_backup(self, node: RadixNode) -> None:
         """Write-through: back up a node on the GPU once it has been used often enough."""
@@ -436,16 +433,21 @@ class KVCacheManager:
         """New steps-to-execution for a client's agents: re-key the affected fixed-prompt paths."""
         if not getattr(self.policy, "uses_hints", False):
             return
-        users = {(client_id, agent): value for agent, value in steps.items()}
         old = self.policy.steps
         # Only a node whose key *drops* (its agent is now needed later, or no longer known) must be
         # re-filed at once; a key that rises is corrected when its stale heap entry surfaces
         # (RadixTree._top re-files it), which is exact because it surfaces too early, not late.
+        users: dict[User, float | None] = {}
         sooner_evicted = []
-        for user, value in users.items():
-            before = old.get(user)
-            if value is None or before is None or value > before:
+        for agent, value in steps.items():
+            user = (client_id, agent)
+            users[user] = value
+            if value is None:
                 sooner_evicted.append(user)
+            else:
+                before = old.get(user)
+                if before is None or value > before:
+                    sooner_evicted.append(user)
         self.policy.set_hints(users)
         for user in sooner_evicted:
             boundary = self.tree.user_nodes.get(user)

@@ -256,7 +256,7 @@ class Engine:
         if any(n.inflight is not None for n in match.cpu_nodes):
             return "busy"
         cpu_run = match.cpu_nodes if self.config.load_back else []
-        loaded = sum(len(n.tokens) for n in cpu_run)
+        loaded = match.cpu_tokens if cpu_run else 0
         reserve = request.prompt_tokens - match.gpu_tokens - loaded + request.output_tokens
         cache.lock(match.gpu_node)
         granted = cache.alloc_gpu(reserve)
@@ -279,7 +279,7 @@ class Engine:
         request.cached_tokens = request.prefilled_tokens = match.gpu_tokens + loaded
         request.hit_gpu_tokens = match.gpu_tokens
         request.loaded_cpu_tokens = loaded
-        request.loaded_bytes = sum(op.bytes for op in loads)
+        request.loaded_bytes = sum(op.bytes for op in loads) if loads else 0
         request.recomputed_tokens = request.prompt_tokens - request.cached_tokens
         request.reserved_tokens = reserve
         self.prefilling.append(request)
@@ -328,7 +328,7 @@ class Engine:
         tree = self.cache.tree
         end = request.node
         if (end is not None and request.prompt_tokens % tree.page_size == 0
-                and sum(len(n.tokens) for n in end.path_to_root()) == request.prompt_tokens):
+                and tree.depth_tokens(end) == request.prompt_tokens):
             self.cache.extend(end, request.output_ids(), request.reserved_tokens, request.user)
         else:  # the prompt is not (all) in the tree: insert the whole sequence
             self.cache.insert([*request.tokens, *request.output_ids()], request.reserved_tokens,

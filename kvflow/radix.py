@@ -234,6 +234,15 @@ class RadixTree:
                 break
         return MatchResult(gpu_tokens, gpu_node, cpu_nodes, cpu_tokens)
 
+    @staticmethod
+    def depth_tokens(node: RadixNode) -> int:
+        """Tokens on the path from the root to ``node`` (included)."""
+        n = 0
+        while node.parent is not None:
+            n += len(node.tokens)
+            node = node.parent
+        return n
+
     def insert_below(self, node: RadixNode, tokens: list[int]) -> RadixNode:
         """Attach a new leaf holding ``tokens`` (page multiple) under ``node``; state set by caller."""
         child = RadixNode(tokens, node)
