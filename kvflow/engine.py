@@ -48,7 +48,7 @@ class EngineConfig:
             raise ValueError(f"prefetch_mode '{self.prefetch_mode}'; valid: next_step, deadline")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     request_id: str
     client_id: str
