@@ -285,9 +285,10 @@ class RadixTree:
             if not now_g and not now_c:
                 self._detach(node)
                 parent_changed = True
-            if parent_changed and parent.parent is not None:
-                self.refresh(parent)
-        self.refresh(node)
+            if parent_changed and parent.parent is not None and not parent.lock_ref:
+                self.refresh(parent)  # (a locked or in-flight node is never filed: no call)
+        if state is None and not node.lock_ref:
+            self.refresh(node)
 
     def _detach(self, node: RadixNode) -> None:
         assert not node.children, "a node leaves the tree only when it has no children"
