@@ -112,6 +112,16 @@ class TokenSource:
         self.block_tokens = block_tokens
         self._cache: dict[tuple[str, str | int], list[int]] = {}
         self._array_cache: dict[tuple[str, str | int], array] = {}
+        # (invocation, segment index) -> where its unique stream starts: hashed once per trace,
+        # not once per expansion (a sweep expands the same prompts for every policy)
+        self._unique_starts: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def _unique_start(self, seg: Segment, inv_id: str, index: int) -> tuple[int, int]:
+        start = self._unique_starts.get((inv_id, index))
+        if start is None:
+            start = self._unique_starts[(inv_id, index)] = _stream_start(
+                ("unique", inv_id, index, seg.key, self.seed))
+        return start
 
     def _stream(self, kind: str, key: str | int, n: int) -> list[int]:
         cached = self._cache.get((kind, key))
@@ -145,7 +155,7 @@ class TokenSource:
         if seg.kind == "shared" or seg.kind == "block":
             view[pos:pos + n] = memoryview(self._stream_array(seg.kind, seg.key, n))
         elif seg.kind == "unique":
-            first, start = _stream_start(("unique", inv_id, index, seg.key, self.seed))
+            first, start = self._unique_start(seg, inv_id, index)
             view[pos] = first
             pos, rest = pos + 1, n - 1
             table = memoryview(_table_array)
