@@ -392,21 +392,22 @@ class RadixTree:
         return node
 
     def pop_gpu_victim(self) -> RadixNode | None:
-        entry = self._top(True)
-        if entry is None:
-            return None
-        heapq.heappop(self._gpu_heap)
-        entry[3].gpu_filed = None
-        return entry[3]
+        return self._pop(True)
 
     def pop_cpu_victim(self) -> RadixNode | None:
         if not self._cpu_heap_live:
             self._cpu_heap_live = True
             for node in self.walk():
                 self.refresh(node)
-        entry = self._top(False)
+        return self._pop(False)
+
+    def _pop(self, gpu: bool) -> RadixNode | None:
+        entry = self._top(gpu)
         if entry is None:
             return None
-        heapq.heappop(self._cpu_heap)
-        entry[3].cpu_filed = None
-        return entry[3]
+        node = heapq.heappop(self._gpu_heap if gpu else self._cpu_heap)[3]
+        if gpu:
+            node.gpu_filed = None
+        else:
+            node.cpu_filed = None
+        return node

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -124,19 +125,17 @@ class TokenSource:
         return start
 
     def _stream(self, kind: str, key: str | int, n: int) -> list[int]:
-        cached = self._cache.get((kind, key))
-        if cached is None or len(cached) < n:
-            size = max(n, self.block_tokens) if kind == "block" else n
-            cached = stream_tokens(size, kind, key, self.seed)
-            self._cache[(kind, key)] = cached
-        return cached if len(cached) == n else cached[:n]
+        return self._cached(self._cache, stream_tokens, kind, key, n)
 
     def _stream_array(self, kind: str, key: str | int, n: int) -> array:
-        cached = self._array_cache.get((kind, key))
+        return self._cached(self._array_cache, stream_array, kind, key, n)
+
+    def _cached(self, cache: dict, make: Callable[..., Any], kind: str, key: str | int, n: int) -> Any:
+        """The first ``n`` ids of a named stream, from ``cache`` (made by ``make`` if too short)."""
+        cached = cache.get((kind, key))
         if cached is None or len(cached) < n:
             size = max(n, self.block_tokens) if kind == "block" else n
-            cached = stream_array(size, kind, key, self.seed)
-            self._array_cache[(kind, key)] = cached
+            cached = cache[(kind, key)] = make(size, kind, key, self.seed)
         return cached if len(cached) == n else cached[:n]
 
     def segment(self, seg: Segment, inv_id: str, index: int) -> list[int]:
