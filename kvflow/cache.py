@@ -479,13 +479,14 @@ class KVCacheManager:
         self._pending.extend(ops)
         return ops
 
-    def prefetch(self, client_id: str, steps: dict[str, float]) -> list[Load]:
-        """KVFLOW.md 2.5: load next-step agents' fixed prompts that sit in CPU only, up to the
-        concurrency limit, never evicting a node needed as soon as (or sooner than) the target.
-        A client left with candidates when the limit is hit is remembered in ``prefetch_starved``."""
+    def prefetch(self, client_id: str, next_agents: list[str]) -> list[Load]:
+        """KVFLOW.md 2.5: load the fixed prompts of ``next_agents`` (the client's agents one step
+        ahead, in a fixed order) that sit in CPU only, up to the concurrency limit, never evicting
+        a node needed as soon as (or sooner than) the target. A client left with candidates when
+        the limit is hit is remembered in ``prefetch_starved``."""
         ops: list[Load] = []
         self.prefetch_starved.pop(client_id, None)
-        for agent in sorted(a for a, s in steps.items() if s == 1):
+        for agent in next_agents:
             run = self.cpu_run((client_id, agent))
             if not run:
                 continue

@@ -126,6 +126,7 @@ class Engine:
         self.prefilling: list[Request] = []
         self.decoding: list[Request] = []
         self.hints: dict[str, dict[str, float]] = {}
+        self.next_agents: dict[str, list[str]] = {}  # per client: its agents one step ahead, sorted
         self.declared_clients: set[str] = set()
         self.transitions = TransitionModel(self.config.infer_min_observations) if self.config.infer_steps else None
         self.deadlines = DeadlinePrefetcher(self) if self.config.prefetch_mode == "deadline" else None
@@ -161,13 +162,14 @@ class Engine:
     def _apply_hints(self, client_id: str, steps: dict[str, float | None]) -> None:
         known = {a: v for a, v in steps.items() if v is not None}
         self.hints[client_id] = known
+        self.next_agents[client_id] = sorted(a for a, v in known.items() if v == 1)
         self.cache.set_hints(client_id, steps)
         if not (self.config.prefetch and self.config.load_back):
             return
         if self.deadlines is not None:
             self.deadlines.hints_changed(client_id)
         else:
-            self.cache.prefetch(client_id, known)
+            self.cache.prefetch(client_id, self.next_agents[client_id])
 
     def finish_client(self, client_id: str, now_s: float) -> None:
         """A workflow instance ended: with ``release_finished`` its private nodes go first."""
@@ -176,6 +178,7 @@ class Engine:
         agents = {agent for (client, agent) in self.cache.tree.user_nodes if client == client_id}
         agents |= set(self.hints.get(client_id, {}))
         self.hints.pop(client_id, None)
+        self.next_agents.pop(client_id, None)
         self.cache.set_hints(client_id, {agent: INF for agent in agents})
 
     def take_ops(self) -> list[Op]:
@@ -196,7 +199,7 @@ class Engine:
             for client_id in list(self.cache.prefetch_starved):  # a slot is free: oldest waiter first
                 if not self.cache.prefetch_slot_free():
                     break
-                self.cache.prefetch(client_id, self.hints[client_id])
+                self.cache.prefetch(client_id, self.next_agents.get(client_id, []))
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.decoding)
