@@ -385,11 +385,14 @@ class KVCacheManager:
         todo = [n for n in nodes if n.cpu and not n.gpu and n.inflight is None]
         if not todo:
             return []
-        for i, node in enumerate(todo):  # each must hang below the GPU part of its path (or the
-            parent = node.parent         # node loaded before it): a run computed earlier may have
-            if not (parent is self.tree.root or parent.gpu or parent.inflight == "load"  # lost its
-                    or (i and parent is todo[i - 1])):                                  # anchor since
-                return []  # loading it would put KV on the GPU below a node that is not
+        # Each node must hang below the GPU part of its path, or below the node loaded before it:
+        # a run computed earlier (a prefetcher's candidate) may have lost its anchor to an eviction
+        # since, and loading it would put KV on the GPU below a node that is not there.
+        for i, node in enumerate(todo):
+            parent = node.parent
+            if not (parent is self.tree.root or parent.gpu or parent.inflight == "load"
+                    or (i and parent is todo[i - 1])):
+                return []
         anchor = todo[0].parent
         assert anchor is not None
         self.lock(anchor)  # the GPU ancestors must survive the eviction that makes room
