@@ -102,3 +102,23 @@ def test_timeline_shows_prefetch_overlapping_gpu_compute():
     assert prefetches, "kvflow under memory pressure prefetches"
     assert any(s < ge and gs < e for s, e in prefetches for gs, ge in gpu), "no prefetch overlaps compute"
     assert not make_cfg("kvflow", "sequential")["sim"].get("timeline") and not simulate(make_cfg("kvflow", "sequential")).timeline
+
+
+@pytest.mark.parametrize("policy", ["kvflow_cost", "kvflow_gd"])
+def test_invariants_on_the_imported_chatdev_traces(policy):
+    """The real ChatDev logs under memory pressure, with the deadline prefetcher: this run broke GPU
+    prefix-closure (a stale prefetch run loaded below a just-demoted parent) before the fix in
+    KVCacheManager.load; synthetic workloads never hit it."""
+    from conftest import CHATDEV
+    from traces.importers import import_trace
+
+    paths = sorted(str(p) for p in CHATDEV.glob("*.log.gz"))
+    if not paths:
+        pytest.skip(f"shared data not found at {CHATDEV}")
+    trace = import_trace("chatdev", paths, warn=lambda *_: None)
+    clients = len({inv.client_id for inv in trace.invocations})
+    cfg = {"seed": 0, "hardware": conf("hardware", "h100"), "model": conf("model", "llama-3.1-8b"),
+           "workload": {"name": "chatdev"}, "policy": conf("policy", policy),
+           "cache": {"gpu_capacity_tokens": 1024 * clients}, "engine": {}, "sim": {"check_invariants": True}}
+    result = simulate(cfg, trace=trace)  # check_invariants asserts after every iteration
+    assert len(result.rows) == len(trace.invocations)
