@@ -32,7 +32,12 @@ class OraclePolicy:
     def node_next_use(self, node: "RadixNode") -> float:
         if node.next_use is not None:
             return node.next_use
-        return min((self.next_use.get(u, INF) for u in node.users), default=INF)
+        best, table = INF, self.next_use
+        for user in node.users:  # min over the users (a loop: this is on the eviction hot path)
+            value = table.get(user, INF)
+            if value < best:
+                best = value
+        return best
 
     def key(self, node: "RadixNode") -> tuple:
         return (-self.node_next_use(node), node.last_access)
