@@ -271,8 +271,9 @@ class Engine:
             return "no_memory"
         cache.touch_path(match.last_node)  # access times, hit counts, prefetch use, backups
         request.node = match.last_node if loads else match.gpu_node
-        cache.lock(request.node)  # before the unlock: the shared path never looks evictable in between
-        cache.unlock(match.gpu_node)
+        if request.node is not match.gpu_node:  # (the same node: its lock simply stays)
+            cache.lock(request.node)  # before the unlock: the shared path never looks evictable
+            cache.unlock(match.gpu_node)
         it.blocking_loads.extend(loads)
         request.state = "prefill"
         request.admit_s = now_s
@@ -344,8 +345,10 @@ class Engine:
         request.state = "finished"
 
     def _relock(self, request: Request, node: RadixNode | None) -> None:
-        if node is not None:
+        if node is not None and request.node is not None:
+            self.cache.tree.relock(request.node, node)
+        elif node is not None:
             self.cache.lock(node)
-        if request.node is not None:
+        elif request.node is not None:
             self.cache.unlock(request.node)
         request.node = node

@@ -302,6 +302,16 @@ class RadixTree:
             node.lock_ref += 1
             node = node.parent
 
+    def relock(self, old: RadixNode, new: RadixNode) -> None:
+        """``lock(new)`` then ``unlock(old)``, touching only the nodes between them when ``new``
+        lies below ``old`` (a request's path grew: the shared part keeps its count)."""
+        node = new
+        while node is not old and node.parent is not None:
+            node.lock_ref += 1
+            node = node.parent
+        if node is not old:  # not below old: new's whole path is locked now, release old's
+            self.unlock(old)
+
     def unlock(self, node: RadixNode) -> None:
         while node.parent is not None:
             assert node.lock_ref > 0, "unlock without lock"

@@ -133,3 +133,27 @@ def test_a_stale_cpu_run_is_not_loaded_below_a_demoted_parent():
     assert not tail.gpu and tail.inflight is None
     cache.check_invariants()
     assert cache.cpu_run(user) == [parent, tail]  # ...and the fresh run loads the whole path
+
+
+def test_relock_equals_lock_then_unlock():
+    """RadixTree.relock(old, new) leaves every lock count as lock(new); unlock(old) would: for a new
+    node below the old one, on another branch, and for the same node."""
+    from kvflow.policies import make_policy
+    from kvflow.radix import RadixTree
+
+    def build() -> tuple[RadixTree, dict[str, object]]:
+        tree = RadixTree(make_policy("lru"))
+        a = tree.insert_below(tree.root, [1, 2])
+        b = tree.insert_below(a, [3])
+        c = tree.insert_below(b, [4, 5])
+        d = tree.insert_below(a, [9])
+        for n in (a, b, c, d):
+            n.gpu = True
+        return tree, {"a": a, "b": b, "c": c, "d": d}
+
+    for old, new in (("b", "c"), ("c", "d"), ("b", "b"), ("a", "c")):
+        ref, nodes_ref = build()
+        ref.lock(nodes_ref[old]); ref.lock(nodes_ref[new]); ref.unlock(nodes_ref[old])
+        got, nodes = build()
+        got.lock(nodes[old]); got.relock(nodes[old], nodes[new])
+        assert {k: n.lock_ref for k, n in nodes.items()} == {k: n.lock_ref for k, n in nodes_ref.items()}, (old, new)
