@@ -47,10 +47,12 @@ class WorkflowTracker:
         self.frontier: dict[str, dict[str, int]] = defaultdict(dict)  # client -> agent -> ready/running
         self.pending = len(trace.invocations)
         self._last_frontier: dict[str, frozenset[str]] = {}
+        self._changed: set[str] = set()  # clients whose frontier moved since their last hints()
 
     def ready(self, inv: Any) -> None:
         agents = self.frontier[inv.client_id]
         agents[inv.agent_id] = agents.get(inv.agent_id, 0) + 1
+        self._changed.add(inv.client_id)
 
     def finished(self, inv: Any) -> tuple[list[Any], bool]:
         """``inv`` completed: its successors that are now ready, and whether its client is done."""
@@ -58,6 +60,7 @@ class WorkflowTracker:
         agents[inv.agent_id] -= 1
         if agents[inv.agent_id] <= 0:
             del agents[inv.agent_id]
+        self._changed.add(inv.client_id)
         ready = []
         for succ_id in self.dependents[inv.id]:
             self.waiting_on[succ_id] -= 1
@@ -70,6 +73,9 @@ class WorkflowTracker:
     def hints(self, client_id: str) -> dict[str, float] | None:
         """The client's steps-to-execution if its frontier changed since the last call; None when
         unchanged (the engine has them) or when its workflow declares no graph."""
+        if client_id not in self._changed:  # no ready/finished since the last call: unchanged
+            return None
+        self._changed.discard(client_id)
         graph = self.graphs.get(self.workflow_of[client_id])
         if graph is None:
             return None

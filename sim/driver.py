@@ -43,7 +43,6 @@ class WorkflowDriver:
         self.ready_s: dict[str, float] = {}
         self.finish_s: dict[str, float] = {}
         self.all_done = env.event()
-        self._request_ids: dict[int, str] = {}
 
     @property
     def pending(self) -> int:
@@ -86,7 +85,6 @@ class WorkflowDriver:
             app_id=inv.workflow,
         )
         self.requests[inv.id] = req
-        self._request_ids[id(req)] = inv.id
         if self.on_submit is not None:
             self.on_submit(inv)
         self._send_hints(inv.client_id)
@@ -97,7 +95,7 @@ class WorkflowDriver:
         """Called by the engine loop with the requests an iteration finished."""
         clients = set()
         for req in requests:
-            inv = self.tracker.by_id[self._request_ids[id(req)]]
+            inv = self.tracker.by_id[req.request_id]
             self.finish_s[inv.id] = self.env.now
             ready, client_done = self.tracker.finished(inv)
             for succ in ready:
