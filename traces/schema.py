@@ -15,15 +15,6 @@ FORMAT_NAME = "kvflow-trace"
 FORMAT_VERSION = 1
 SEGMENT_KINDS = ("shared", "unique", "tokens", "block")
 DEFAULT_BLOCK_TOKENS = 512
-_ZEROS = [array(TOKEN_TYPECODE)]
-
-
-def _zeros(n: int) -> array:
-    """A fresh zeroed token array of length ``n``: a slice (one memcpy) of a shared zero array
-    grown on demand (``array * n`` copies item by item in Python 3.11)."""
-    if len(_ZEROS[0]) < n:
-        _ZEROS[0] = array(TOKEN_TYPECODE, bytes(array(TOKEN_TYPECODE).itemsize * max(n, 2 * len(_ZEROS[0]))))
-    return _ZEROS[0][:n]
 
 
 class TraceError(ValueError):
@@ -109,12 +100,12 @@ class Trace:
         """``prompt_tokens`` as an ``array(TOKEN_TYPECODE)`` (same ids). The simulator's radix tree slices and
         compares prompts all the time; on machine integers that is a memcpy/memcmp instead of
         reference-count traffic over thousands of int objects."""
-        out = _zeros(sum(seg.n_tokens for seg in inv.segments))  # one allocation, exact size
-        view, pos = memoryview(out), 0
-        for i, seg in enumerate(inv.segments):
-            self._tokens.write_array(view, pos, seg, inv.id, i)
-            pos += seg.n_tokens
-        view.release()  # an array with a live view cannot be resized
+        parts = [self._tokens.segment_array(seg, inv.id, i) for i, seg in enumerate(inv.segments)]
+        if len(parts) < 2:
+            return parts[0][:] if parts else array(TOKEN_TYPECODE)  # a copy: never the cached stream
+        out = parts[0] + parts[1]  # one allocation of the usual fixed + dynamic prompt
+        for part in parts[2:]:
+            out += part
         return out
 
     def fixed_tokens(self, inv: Invocation) -> int:

@@ -145,23 +145,17 @@ class TokenSource:
             return stream_tokens(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
         return list(seg.ids or ())
 
-    def write_array(self, view: memoryview, pos: int, seg: Segment, inv_id: str, index: int) -> None:
-        """Write the segment's ids into ``view[pos:pos + seg.n_tokens]`` (a memoryview of an
-        ``array(TOKEN_TYPECODE)`` sized for the whole prompt): plain memory copies, no resizing."""
-        n = seg.n_tokens
-        if n <= 0:
-            return
+    def segment_array(self, seg: Segment, inv_id: str, index: int) -> array:
+        """``segment`` as an ``array(TOKEN_TYPECODE)``. A shared or block segment returns the cached
+        stream itself when it has the right length: read it, never modify it."""
         if seg.kind == "shared" or seg.kind == "block":
-            view[pos:pos + n] = memoryview(self._stream_array(seg.kind, seg.key, n))
-        elif seg.kind == "unique":
+            return self._stream_array(seg.kind, seg.key, seg.n_tokens)
+        if seg.kind == "unique":
             first, start = self._unique_start(seg, inv_id, index)
-            view[pos] = first
-            pos, rest = pos + 1, n - 1
-            table = memoryview(_table_array)
-            while rest > 0:
-                take = min(rest, TABLE_SIZE - start)
-                view[pos:pos + take] = table[start:start + take]
-                pos, rest, start = pos + take, rest - take, 0
-            table.release()
-        else:
-            view[pos:pos + n] = memoryview(array(TOKEN_TYPECODE, seg.ids or ()))
+            n = seg.n_tokens
+            if n > 0 and 1 <= start and start + n - 1 <= TABLE_SIZE:  # one slice, first id replaced
+                out = _table_array[start - 1:start - 1 + n]
+                out[0] = first
+                return out
+            return stream_array(n, "unique", inv_id, index, seg.key, self.seed)  # wraps around
+        return array(TOKEN_TYPECODE, seg.ids or ())
