@@ -23,8 +23,6 @@ import simpy
 
 from sim.cost_model import DIRECTIONS, CostModel
 
-URGENT, BACKGROUND = 0, 1
-
 # one queued copy: bytes, called when done (with ``tag`` if one is given), the tag, timeline label,
 # called with its duration when it starts
 _Copy = tuple[int, "Callable[..., None] | None", Any, str, "Callable[[float], None] | None"]
@@ -67,7 +65,7 @@ class PCIeLink:
     def duration_s(self, nbytes: int, direction: str) -> float:
         """Time a copy starting now would take, given what the other direction is doing."""
         fast = self._latency_s[direction] + nbytes / self._rate[direction]  # = cost.transfer_time_s
-        other = "d2h" if direction == "h2d" else "h2d"
+        other = self.other(direction)
         overlap_s = self.busy_until[other] - self.env.now
         if not self.bidirectional_penalty or self.active[other] == 0 or overlap_s <= 0:
             return fast

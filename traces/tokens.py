@@ -41,24 +41,15 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _splitmix(z: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser in place (wrapping uint64 arithmetic), masked to token ids."""
-    t = z >> np.uint64(30)
-    z ^= t
-    z *= _MIX1
-    np.right_shift(z, np.uint64(27), out=t)
-    z ^= t
-    z *= _MIX2
-    np.right_shift(z, np.uint64(31), out=t)
-    z ^= t
-    z &= np.uint64(TOKEN_ID_LIMIT - 1)
-    return z
-
-
 def random_tokens(n: int, *parts: object) -> list[int]:
     """``n`` pseudo-random ids in [0, TOKEN_ID_LIMIT): splitmix64 of a counter from the parts' hash."""
     z = np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN + np.uint64(stable_hash(*parts))  # wraps mod 2**64
-    return _splitmix(z).tolist()
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    z ^= z >> np.uint64(31)
+    return (z & np.uint64(TOKEN_ID_LIMIT - 1)).tolist()
 
 
 TABLE_SIZE = 1 << 16
