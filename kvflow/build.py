@@ -56,31 +56,33 @@ def build_engine(
 ) -> Engine:
     """Policy (``eviction``: ``_target_`` + kwargs), cache manager and engine for one run.
     ``free_ops``: whether the backend wants Free ops (it keeps memory per node)."""
-    cache = KVCacheManager(
-        CacheConfig(
-            gpu_capacity_tokens=gpu_tokens,
-            cpu_capacity_tokens=cpu_tokens,
-            page_size=page_size,
-            kv_bytes_per_token=kv_bytes_per_token,
-            write_policy=str(policy_cfg.get("write_policy", "none")) if cpu_tokens else "none",
-            write_through_hits=int(policy_cfg.get("write_through_hits", 1)),
-            max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
-            free_ops=free_ops,
-        ),
-        build_policy(policy_cfg.get("eviction") or {}, gain_s_per_token),
+    cache_config = CacheConfig(
+        gpu_capacity_tokens=gpu_tokens,
+        cpu_capacity_tokens=cpu_tokens,
+        page_size=page_size,
+        kv_bytes_per_token=kv_bytes_per_token,
+        write_policy=str(policy_cfg.get("write_policy", "none")) if cpu_tokens else "none",
+        write_through_hits=int(policy_cfg.get("write_through_hits", 1)),
+        max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
+        free_ops=free_ops,
     )
-    return Engine(
-        cache,
-        EngineConfig(
-            chunk_tokens=int(chunk_tokens),
-            max_running_requests=max_running_requests(max_running, gpu_tokens),
-            load_back=bool(policy_cfg.get("load_back", False)) and cpu_tokens > 0,
-            prefetch=bool(policy_cfg.get("prefetch", False)),
-            status_aware=bool(policy_cfg.get("status_aware", True)),
-            infer_steps=bool(policy_cfg.get("infer_steps", False)),
-            release_finished=bool(policy_cfg.get("release_finished", False)),
-            prefetch_mode=str(policy_cfg.get("prefetch_mode", "next_step")),
-            prefetch_lookahead_steps=int(policy_cfg.get("prefetch_lookahead_steps", 2)),
-            h2d_gbps=h2d_gbps,
-        ),
+    cache = KVCacheManager(cache_config, build_policy(policy_cfg.get("eviction") or {}, gain_s_per_token))
+    running = max_running_requests(max_running, gpu_tokens)
+    return Engine(cache, engine_config(policy_cfg, int(chunk_tokens), running, cpu_tokens > 0, h2d_gbps))
+
+
+def engine_config(policy_cfg: Mapping[str, Any], chunk_tokens: int, max_running: int, has_cpu: bool,
+                  h2d_gbps: float) -> EngineConfig:
+    """The scheduler's and prefetcher's settings from a policy config (load-back needs a CPU tier)."""
+    return EngineConfig(
+        chunk_tokens=chunk_tokens,
+        max_running_requests=max_running,
+        load_back=bool(policy_cfg.get("load_back", False)) and has_cpu,
+        prefetch=bool(policy_cfg.get("prefetch", False)),
+        status_aware=bool(policy_cfg.get("status_aware", True)),
+        infer_steps=bool(policy_cfg.get("infer_steps", False)),
+        release_finished=bool(policy_cfg.get("release_finished", False)),
+        prefetch_mode=str(policy_cfg.get("prefetch_mode", "next_step")),
+        prefetch_lookahead_steps=int(policy_cfg.get("prefetch_lookahead_steps", 2)),
+        h2d_gbps=h2d_gbps,
     )

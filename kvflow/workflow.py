@@ -109,8 +109,8 @@ class OracleFeed:
             counts[inv.client_id] += 1
             self.position[inv.id] = (inv.client_id, idx)
             self.uses[inv.client_id][inv.agent_id].append(idx)
-        cache.policy.set_next_use({(c, a): float(idx[0]) for c, agents in self.uses.items()
-                                   for a, idx in agents.items()})
+        first_uses = {(c, a): float(idx[0]) for c, agents in self.uses.items() for a, idx in agents.items()}
+        cache.policy.set_next_use(first_uses)  # type: ignore[attr-defined]  (a reads_future policy)
 
     def on_submit(self, inv: Any) -> None:
         client, now = self.position[inv.id]
@@ -122,7 +122,7 @@ class OracleFeed:
         # only a next use that moved later lowers a key (evicted sooner): the policy names those
         # users and the cache re-files them at once; a key that rises is re-filed when its stale
         # heap entry surfaces (RadixTree.refresh)
-        self.cache.refresh_users(self.cache.policy.set_next_use(table))
+        self.cache.refresh_users(self.cache.policy.set_next_use(table))  # type: ignore[attr-defined]
 
 
 # ----- per-request and per-workflow records (requests.csv / workflows.csv of both backends) -------
