@@ -6,13 +6,18 @@ the limit is hit waits in ``starved``, oldest first, and is retried when a slot 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kvflow.ops import Load
-from kvflow.prefetch.base import CopyingPrefetcher, cpu_run
+from kvflow.prefetch.base import CopyingPrefetcher, HintsView, cpu_run
+
+if TYPE_CHECKING:
+    from kvflow.cache import KVCacheManager
 
 
 class NextStepPrefetcher(CopyingPrefetcher):
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, cache: "KVCacheManager", hints: HintsView) -> None:
+        super().__init__(cache, hints)
         self.starved: dict[str, None] = {}  # a dict keeps insertion order: oldest waiter first
 
     def next_agents(self, client_id: str) -> list[str]:
@@ -29,6 +34,7 @@ class NextStepPrefetcher(CopyingPrefetcher):
             self.prefetch(client_id)
 
     def prefetch(self, client_id: str) -> list[Load]:
+        """Start the client's next-step loads that fit in the free slots; returns them."""
         ops: list[Load] = []
         self.starved.pop(client_id, None)
         tree = self.cache.tree
