@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvflow.ops import Free, Op
+from kvflow.policies.base import Policy
 from kvflow.radix import RadixNode, RadixTree
 
 if TYPE_CHECKING:
     from kvflow.cache import CacheConfig, CacheStats
-    from kvflow.policies.base import Policy
 
 
 class CpuTier:
@@ -60,11 +60,14 @@ class CpuTier:
 class GpuTier:
     """Device memory: reservations (all or nothing, or partial) and GPU eviction."""
 
-    def __init__(self, config: "CacheConfig", tree: RadixTree, stats: "CacheStats", policy: "Policy",
+    def __init__(self, config: "CacheConfig", tree: RadixTree, stats: "CacheStats", policy: Policy,
                  demote: Callable[[RadixNode], int]) -> None:
         self.config, self.tree, self.stats, self.policy = config, tree, stats, policy
         self.demote = demote  # takes a victim off the GPU, returns its tokens
         self.used_tokens = 0
+        # the base hook is a no-op: skip the call per victim (eviction is hot) unless overridden
+        hook = type(policy).observe_evict
+        self.observe_evict = policy.observe_evict if hook is not Policy.observe_evict else None
 
     @property
     def free_tokens(self) -> int:
@@ -90,14 +93,15 @@ class GpuTier:
         """Free at least ``n_tokens`` GPU tokens if possible; returns tokens freed. With
         ``evict_partial`` a victim longer than needed gives up only its tail pages."""
         freed = 0
-        tree, heap, observe_evict = self.tree, self.tree.gpu_heap, self.policy.observe_evict
+        tree, heap, observe_evict = self.tree, self.tree.gpu_heap, self.observe_evict
         page = tree.page_size
         while freed < n_tokens:
             top = heap.top()
             if top is None or (limit_key is not None and top[0] >= limit_key):
                 break
             node = heap.pop()
-            observe_evict(node, tree.current_tick)
+            if observe_evict is not None:
+                observe_evict(node, tree.current_tick)
             need = tree.page_floor(n_tokens - freed + page - 1) if page > 1 else n_tokens - freed
             if self.config.evict_partial and need < len(node.tokens):
                 tree.split(node, len(node.tokens) - need)
