@@ -13,7 +13,7 @@ from typing import Any
 
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.engine import Engine, EngineConfig
-from kvflow.policies import make_policy
+from kvflow.policies import Policy, load_policy_class, make_policy
 
 SGLANG_CONTEXT_LEN = 131072  # max_position_embeddings of the models in conf/model
 
@@ -24,6 +24,21 @@ def max_running_requests(value: int | None, gpu_tokens: int) -> int:
         return int(value)
     pool = min(max(gpu_tokens * 512 // SGLANG_CONTEXT_LEN, 2048), 4096)
     return max(1, min(gpu_tokens // 2, pool))
+
+
+def build_policy(eviction: Mapping[str, Any], gain_s_per_token: Callable[[], float] | None = None) -> Policy:
+    """The policy an ``eviction`` config names: ``_target_`` (``module.Class``) plus its kwargs, or
+    a ``name`` of ``POLICY_NAMES`` (older configs); LRU when empty. ``gain_from_cost_model: true``
+    passes the backend's seconds saved per cached token as ``gain_s_per_token``."""
+    kwargs = dict(eviction)
+    target, name = kwargs.pop("_target_", None), kwargs.pop("name", None)
+    if kwargs.pop("gain_from_cost_model", False):
+        if gain_s_per_token is None:
+            raise ValueError(f"policy '{target or name}' needs gain_from_cost_model but the backend has no cost model")
+        kwargs["gain_s_per_token"] = gain_s_per_token()
+    if target:
+        return load_policy_class(str(target))(**kwargs)
+    return make_policy(str(name or "lru"), **kwargs)
 
 
 def build_engine(
@@ -39,40 +54,35 @@ def build_engine(
     gain_s_per_token: Callable[[], float] | None = None,
     free_ops: bool = True,
 ) -> Engine:
-    """Policy (``eviction``: name + kwargs), cache manager and engine for one run. ``free_ops``:
-    whether the backend wants Free ops (it keeps memory per node)."""
-    eviction = dict(policy_cfg.get("eviction") or {"name": "lru"})
-    eviction.pop("_target_", None)
-    name = eviction.pop("name")
-    if eviction.pop("gain_from_cost_model", False):
-        if gain_s_per_token is None:
-            raise ValueError(f"policy '{name}' needs gain_from_cost_model but the backend has no cost model")
-        eviction["gain_s_per_token"] = gain_s_per_token()
-    cache = KVCacheManager(
-        CacheConfig(
-            gpu_capacity_tokens=gpu_tokens,
-            cpu_capacity_tokens=cpu_tokens,
-            page_size=page_size,
-            kv_bytes_per_token=kv_bytes_per_token,
-            write_policy=str(policy_cfg.get("write_policy", "none")) if cpu_tokens else "none",
-            write_through_hits=int(policy_cfg.get("write_through_hits", 1)),
-            max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
-            free_ops=free_ops,
-        ),
-        make_policy(name, **eviction),
+    """Policy (``eviction``: ``_target_`` + kwargs), cache manager and engine for one run.
+    ``free_ops``: whether the backend wants Free ops (it keeps memory per node)."""
+    cache_config = CacheConfig(
+        gpu_capacity_tokens=gpu_tokens,
+        cpu_capacity_tokens=cpu_tokens,
+        page_size=page_size,
+        kv_bytes_per_token=kv_bytes_per_token,
+        write_policy=str(policy_cfg.get("write_policy", "none")) if cpu_tokens else "none",
+        write_through_hits=int(policy_cfg.get("write_through_hits", 1)),
+        max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
+        free_ops=free_ops,
     )
-    return Engine(
-        cache,
-        EngineConfig(
-            chunk_tokens=int(chunk_tokens),
-            max_running_requests=max_running_requests(max_running, gpu_tokens),
-            load_back=bool(policy_cfg.get("load_back", False)) and cpu_tokens > 0,
-            prefetch=bool(policy_cfg.get("prefetch", False)),
-            status_aware=bool(policy_cfg.get("status_aware", True)),
-            infer_steps=bool(policy_cfg.get("infer_steps", False)),
-            release_finished=bool(policy_cfg.get("release_finished", False)),
-            prefetch_mode=str(policy_cfg.get("prefetch_mode", "next_step")),
-            prefetch_lookahead_steps=int(policy_cfg.get("prefetch_lookahead_steps", 2)),
-            h2d_gbps=h2d_gbps,
-        ),
+    cache = KVCacheManager(cache_config, build_policy(policy_cfg.get("eviction") or {}, gain_s_per_token))
+    running = max_running_requests(max_running, gpu_tokens)
+    return Engine(cache, engine_config(policy_cfg, int(chunk_tokens), running, cpu_tokens > 0, h2d_gbps))
+
+
+def engine_config(policy_cfg: Mapping[str, Any], chunk_tokens: int, max_running: int, has_cpu: bool,
+                  h2d_gbps: float) -> EngineConfig:
+    """The scheduler's and prefetcher's settings from a policy config (load-back needs a CPU tier)."""
+    return EngineConfig(
+        chunk_tokens=chunk_tokens,
+        max_running_requests=max_running,
+        load_back=bool(policy_cfg.get("load_back", False)) and has_cpu,
+        prefetch=bool(policy_cfg.get("prefetch", False)),
+        status_aware=bool(policy_cfg.get("status_aware", True)),
+        infer_steps=bool(policy_cfg.get("infer_steps", False)),
+        release_finished=bool(policy_cfg.get("release_finished", False)),
+        prefetch_mode=str(policy_cfg.get("prefetch_mode", "next_step")),
+        prefetch_lookahead_steps=int(policy_cfg.get("prefetch_lookahead_steps", 2)),
+        h2d_gbps=h2d_gbps,
     )

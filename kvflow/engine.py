@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from kvflow.cache import KVCacheManager
 from kvflow.ops import Load, Op
-from kvflow.prefetch import DeadlinePrefetcher
+from kvflow.prefetch import Prefetcher, make_prefetcher
 from kvflow.radix import RadixNode
 from kvflow.step_graph import INF
 from kvflow.step_inference import TransitionModel
@@ -125,11 +125,11 @@ class Engine:
         self.waiting: deque[Request] = deque()
         self.prefilling: list[Request] = []
         self.decoding: list[Request] = []
+        # client -> agent -> known steps-to-execution; the prefetcher reads this dict (updated in place)
         self.hints: dict[str, dict[str, float]] = {}
-        self.next_agents: dict[str, list[str]] = {}  # per client: its agents one step ahead, sorted
         self.declared_clients: set[str] = set()
         self.transitions = TransitionModel(self.config.infer_min_observations) if self.config.infer_steps else None
-        self.deadlines = DeadlinePrefetcher(self) if self.config.prefetch_mode == "deadline" else None
+        self.prefetcher: Prefetcher = make_prefetcher(self.config, cache, self.hints)
 
     # ----- inputs ---------------------------------------------------------------------------
     def submit(self, request: Request, now_s: float) -> None:
@@ -143,8 +143,7 @@ class Engine:
         request.arrival_s, request.state = now_s, "waiting"
         self.waiting.append(request)
         self.cache.observe_prompt(request.user, request.tokens, request.fixed_tokens)
-        if self.deadlines is not None:
-            self.deadlines.observe_submit(request.client_id, now_s)
+        self.prefetcher.on_submit(request, now_s)
         if self.transitions is not None and request.user is not None:
             self.transitions.observe(request.app_id, request.client_id, request.agent_id)
             if request.client_id not in self.declared_clients:  # a declared graph wins
@@ -162,14 +161,8 @@ class Engine:
     def _apply_hints(self, client_id: str, steps: dict[str, float | None]) -> None:
         known = {a: v for a, v in steps.items() if v is not None}
         self.hints[client_id] = known
-        self.next_agents[client_id] = sorted(a for a, v in known.items() if v == 1)
         self.cache.set_hints(client_id, steps)
-        if not (self.config.prefetch and self.config.load_back):
-            return
-        if self.deadlines is not None:
-            self.deadlines.hints_changed(client_id)
-        else:
-            self.cache.prefetch(client_id, self.next_agents[client_id])
+        self.prefetcher.on_hints(client_id)
 
     def finish_client(self, client_id: str, now_s: float) -> None:
         """A workflow instance ended: with ``release_finished`` its private nodes go first."""
@@ -178,7 +171,6 @@ class Engine:
         agents = {agent for (client, agent) in self.cache.tree.user_nodes if client == client_id}
         agents |= set(self.hints.get(client_id, {}))
         self.hints.pop(client_id, None)
-        self.next_agents.pop(client_id, None)
         self.cache.set_hints(client_id, {agent: INF for agent in agents})
 
     def take_ops(self) -> list[Op]:
@@ -187,19 +179,12 @@ class Engine:
     @property
     def has_ops(self) -> bool:
         """Ops are queued for the backend (cheaper than ``take_ops`` when, as usual, none are)."""
-        return bool(self.cache._pending)
+        return self.cache.has_pending_ops
 
     def complete_op(self, op: Op, now_s: float) -> None:
+        """The backend finished an async op: its nodes flip tier, and a prefetcher may use the slot."""
         self.cache.complete(op)
-        if not (isinstance(op, Load) and op.prefetch):
-            return
-        if self.deadlines is not None:
-            self.deadlines.dirty = True
-        elif self.config.prefetch:
-            for client_id in list(self.cache.prefetch_starved):  # a slot is free: oldest waiter first
-                if not self.cache.prefetch_slot_free():
-                    break
-                self.cache.prefetch(client_id, self.next_agents.get(client_id, []))
+        self.prefetcher.on_complete(op)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.decoding)
@@ -207,8 +192,7 @@ class Engine:
     # ----- planning -------------------------------------------------------------------------
     def step(self, now_s: float) -> Iteration | None:
         """Plan the next iteration, or None when nothing can run until an op completes."""
-        if self.deadlines is not None and self.deadlines.dirty:
-            self.deadlines.run(now_s)
+        self.prefetcher.before_step(now_s)
         it = Iteration()
         budget = self.config.chunk_tokens
         for request in self.prefilling:
@@ -337,8 +321,7 @@ class Engine:
         else:  # the prompt is not (all) in the tree: insert the whole sequence
             self.cache.insert([*request.tokens, *request.output_ids()], request.reserved_tokens,
                               request.fixed_tokens, request.user, prompt_tokens=request.prompt_tokens)
-        if self.deadlines is not None:
-            self.deadlines.observe_finish(request, now_s)
+        self.prefetcher.on_finish(request, now_s)
         request.reserved_tokens = 0
         self._relock(request, None)
         request.finish_s = now_s

@@ -42,6 +42,13 @@ class Tier(str, Enum):
     OFFLOADING = "offloading"
 
 
+class InFlight(str, Enum):
+    """A copy of a node's KV is running; compare with ``is`` (a str value for readers of old code)."""
+
+    LOAD = "load"  # CPU -> GPU
+    OFFLOAD = "offload"  # GPU -> CPU
+
+
 class KeyPolicy(Protocol):
     def key(self, node: "RadixNode") -> tuple: ...
 
@@ -65,7 +72,7 @@ class RadixNode:
         self.children: dict[Hashable, RadixNode] = {}
         self.gpu = False  # valid KV on the GPU
         self.cpu = False  # valid KV in CPU memory
-        self.inflight: str | None = None  # "load" | "offload" while a copy runs
+        self.inflight: InFlight | None = None  # while a copy runs
         self.lock_ref = 0
         self.last_access = 0
         self.users: set[User] = set()
@@ -94,9 +101,9 @@ class RadixNode:
 
     @property
     def tier(self) -> Tier | None:
-        if self.inflight == "load":
+        if self.inflight is InFlight.LOAD:
             return Tier.LOADING
-        if self.inflight == "offload":
+        if self.inflight is InFlight.OFFLOAD:
             return Tier.OFFLOADING
         if self.gpu and self.cpu:
             return Tier.GPU_CPU
@@ -108,11 +115,11 @@ class RadixNode:
 
     @property
     def on_gpu_or_loading(self) -> bool:
-        return self.gpu or self.inflight == "load"
+        return self.gpu or self.inflight is InFlight.LOAD
 
     @property
     def on_cpu_or_offloading(self) -> bool:
-        return self.cpu or self.inflight == "offload"
+        return self.cpu or self.inflight is InFlight.OFFLOAD
 
     def path_to_root(self) -> Iterator["RadixNode"]:
         node: RadixNode | None = self
@@ -139,6 +146,107 @@ class MatchResult:
         return self.cpu_nodes[-1] if self.cpu_nodes else self.gpu_node
 
 
+class TierHeap:
+    """One tier's eviction candidates: a heap of ``(key, node_id, version, node)`` entries with lazy
+    invalidation. An entry is live only while its version is the node's current one for this tier,
+    the node is evictable from this tier, and its key is the policy's present key for the node; a
+    key that rose without a refresh is re-filed when its entry surfaces, which is exact because it
+    surfaces too early, never too late. ``GpuHeap`` / ``CpuHeap`` name the node fields they use."""
+
+    __slots__ = ("entries", "key_of")
+
+    def __init__(self, key_of: Callable[[RadixNode], tuple]) -> None:
+        self.entries: list[tuple] = []
+        self.key_of = key_of
+
+    def push(self, node: RadixNode, key: tuple) -> None:
+        """File ``node`` under ``key`` (a new version: older entries of the node go stale)."""
+        raise NotImplementedError
+
+    def top(self) -> tuple | None:
+        """The first live entry (stale ones are dropped on the way), or None; nothing is evicted."""
+        raise NotImplementedError
+
+    def pop(self) -> RadixNode:
+        """Take the entry ``top`` just returned (no second validation): its node is the victim."""
+        raise NotImplementedError
+
+
+class GpuHeap(TierHeap):
+    """GPU victims: on the GPU, unlocked, no copy in flight, no child on the GPU."""
+
+    __slots__ = ()
+
+    def push(self, node: RadixNode, key: tuple) -> None:
+        node.gpu_version += 1
+        node.gpu_filed = key
+        heapq.heappush(self.entries, (key, node.node_id, node.gpu_version, node))
+
+    def top(self) -> tuple | None:
+        heap, key_of = self.entries, self.key_of
+        while heap:
+            entry = heap[0]
+            key, node_id, version, node = entry
+            if version != node.gpu_version:
+                heapq.heappop(heap)
+                continue
+            if not (node.gpu and node.inflight is None and node.lock_ref == 0 and node.gpu_children == 0
+                    and node.parent is not None):
+                heapq.heappop(heap)
+                node.gpu_filed = None
+                continue
+            fresh = key_of(node)
+            if fresh != key:  # a key rose without a refresh: re-file it, never trust a stale key
+                heapq.heapreplace(heap, (fresh, node_id, version, node))
+                node.gpu_filed = fresh
+                continue
+            return entry
+        return None
+
+    def pop(self) -> RadixNode:
+        node = heapq.heappop(self.entries)[3]
+        node.gpu_filed = None
+        return node
+
+
+class CpuHeap(TierHeap):
+    """CPU victims: a CPU copy, unlocked, no copy in flight, no child with a CPU copy, and either
+    still on the GPU or a leaf (a CPU-only inner node keeps the path to its CPU children)."""
+
+    __slots__ = ()
+
+    def push(self, node: RadixNode, key: tuple) -> None:
+        node.cpu_version += 1
+        node.cpu_filed = key
+        heapq.heappush(self.entries, (key, node.node_id, node.cpu_version, node))
+
+    def top(self) -> tuple | None:
+        heap, key_of = self.entries, self.key_of
+        while heap:
+            entry = heap[0]
+            key, node_id, version, node = entry
+            if version != node.cpu_version:
+                heapq.heappop(heap)
+                continue
+            if not (node.cpu and node.inflight is None and node.lock_ref == 0 and node.cpu_children == 0
+                    and node.parent is not None and (node.gpu or not node.children)):
+                heapq.heappop(heap)
+                node.cpu_filed = None
+                continue
+            fresh = key_of(node)
+            if fresh != key:
+                heapq.heapreplace(heap, (fresh, node_id, version, node))
+                node.cpu_filed = fresh
+                continue
+            return entry
+        return None
+
+    def pop(self) -> RadixNode:
+        node = heapq.heappop(self.entries)[3]
+        node.cpu_filed = None
+        return node
+
+
 class RadixTree:
     """Prefix tree over token ids; the cache manager owns capacity, the tree owns structure and heaps."""
 
@@ -151,30 +259,56 @@ class RadixTree:
         self.root.gpu = self.root.cpu = True
         self.root.lock_ref = 1
         self._tick = 0
-        self._gpu_heap: list[tuple] = []
-        self._cpu_heap: list[tuple] = []
+        self.gpu_heap = GpuHeap(policy.key)
         # The CPU heap is built on the first CPU eviction (one walk) and kept from then on: many
         # runs never fill the CPU tier, and filing every backup and demotion was wasted work.
-        self._cpu_heap_live = False
+        self._cpu_heap: CpuHeap | None = None
         self.user_nodes: dict[User, RadixNode] = {}
         # Optional observer of splits, called as on_split(head, tail) after ``split``: a backend that
         # keeps data per node (real/: KV tensors) follows the tree with it. The core never sets it.
         self.on_split: Callable[[RadixNode, RadixNode], None] | None = None
 
-    # ----- keys and structure -------------------------------------------------------------
-    def _child_key(self, tokens: list[int], start: int = 0) -> Hashable:
+    # ----- keys, clock and structure ------------------------------------------------------------
+    def child_key(self, tokens: Sequence[int], start: int = 0) -> Hashable:
+        """Key of the child that ``tokens[start:]`` continues into: its first token (or page)."""
         if self.page_size == 1:
             return tokens[start]
         return tuple(tokens[start : start + self.page_size])
+
+    _child_key = child_key  # deprecated alias: kvflow/replay.py still calls it (its owner switches)
 
     def page_floor(self, n_tokens: int) -> int:
         return n_tokens - n_tokens % self.page_size
 
     def tick(self) -> int:
+        """Advance the access clock (one tick per node access) and return the new time."""
         self._tick += 1
         return self._tick
 
-    def _common_len(self, node_tokens: list[int], tokens: list[int], start: int) -> int:
+    @property
+    def current_tick(self) -> int:
+        """The access clock's present time (the last access stamped)."""
+        return self._tick
+
+    def touch_path(self, last: RadixNode) -> list[RadixNode]:
+        """Stamp an access of root..``last`` (root first; a newer access only raises a key, so
+        nothing is re-filed) and count a hit on each; returns the path, ``last`` first."""
+        path = list(last.path_to_root())
+        tick = self._tick
+        for node in reversed(path):
+            tick += 1
+            node.last_access = tick
+            node.hits += 1
+        self._tick = tick
+        return path
+
+    def stamp_path(self, last: RadixNode) -> None:
+        """Stamp an access of root..``last`` without counting hits (a sequence used until now)."""
+        for node in reversed(list(last.path_to_root())):
+            self._tick += 1
+            node.last_access = self._tick
+
+    def common_len(self, node_tokens: Sequence[int], tokens: Sequence[int], start: int) -> int:
         """Length of the common prefix of node_tokens and tokens[start:], page aligned."""
         return self.page_floor(common_prefix_len(node_tokens, tokens, start))
 
@@ -189,10 +323,10 @@ class RadixTree:
         head.users = set(node.users)
         head.dynamic_users = set(node.dynamic_users)
         head.suffix, head.next_use = node.suffix, node.next_use
-        parent.children[self._child_key(head.tokens)] = head
+        parent.children[self.child_key(head.tokens)] = head
         node.tokens = node.tokens[at:]
         node.parent = head
-        head.children[self._child_key(node.tokens)] = node
+        head.children[self.child_key(node.tokens)] = node
         head.gpu_children = 1 if node.on_gpu_or_loading else 0
         head.cpu_children = 1 if node.on_cpu_or_offloading else 0
         if self.on_split is not None:
@@ -201,7 +335,7 @@ class RadixTree:
         return head
 
     # ----- lookups ----------------------------------------------------------------------------
-    def match(self, tokens: list[int], touch: bool = True, max_tokens: int | None = None) -> MatchResult:
+    def match(self, tokens: Sequence[int], touch: bool = True, max_tokens: int | None = None) -> MatchResult:
         """Longest cached prefix of ``tokens`` (page aligned), of at most ``max_tokens`` if given (no
         copy of ``tokens`` needed). Splits a node where the match ends inside it (as SGLang does),
         so the matched part can be locked and timestamped alone."""
@@ -211,7 +345,7 @@ class RadixTree:
         cpu_tokens = 0
         limit = self.page_floor(len(tokens) if max_tokens is None else min(max_tokens, len(tokens)))
         while pos < limit:
-            child = node.children.get(self._child_key(tokens, pos))
+            child = node.children.get(self.child_key(tokens, pos))
             if child is None:
                 break
             common = self.page_floor(common_prefix_len(child.tokens, tokens, pos, limit))
@@ -243,11 +377,11 @@ class RadixTree:
             node = node.parent
         return n
 
-    def insert_below(self, node: RadixNode, tokens: list[int]) -> RadixNode:
+    def insert_below(self, node: RadixNode, tokens: Sequence[int]) -> RadixNode:
         """Attach a new leaf holding ``tokens`` (page multiple) under ``node``; state set by caller."""
-        child = RadixNode(tokens, node)
+        child = RadixNode(tokens, node)  # type: ignore[arg-type]
         child.last_access = self.tick()
-        node.children[self._child_key(tokens)] = child
+        node.children[self.child_key(tokens)] = child
         return child
 
     def walk(self) -> Iterator[RadixNode]:
@@ -258,22 +392,41 @@ class RadixTree:
             yield node
             stack.extend(node.children.values())
 
-    # ----- state changes keep the parent counters and heaps right ------------------------------
-    def set_state(self, node: RadixNode, *, gpu: bool | None = None, cpu: bool | None = None,
-                  inflight: str | None | bool = False) -> None:
-        """Change tier flags of ``node``; ``inflight=False`` means unchanged. The parent is
-        re-filed only when its evictability can change: its count of GPU (or CPU) children
-        crosses zero, or it loses a child."""
+    # ----- tier changes: paired verbs, one state change each ----------------------------------
+    def join_gpu(self, node: RadixNode, backup: bool = False) -> None:
+        """KV of ``node`` was computed on the GPU; with ``backup`` its CPU copy starts at once."""
+        self._transition(node, True, node.cpu, InFlight.OFFLOAD if backup else node.inflight)
+
+    def leave_gpu(self, node: RadixNode) -> None:
+        """The GPU copy of ``node`` is dropped (a CPU copy, if any, stays)."""
+        self._transition(node, False, node.cpu, node.inflight)
+
+    def leave_cpu(self, node: RadixNode) -> None:
+        """The CPU copy of ``node`` is dropped."""
+        self._transition(node, node.gpu, False, node.inflight)
+
+    def begin_offload(self, node: RadixNode, demote: bool = False) -> None:
+        """A GPU -> CPU copy of ``node`` starts; ``demote``: its GPU copy is given up (write-back)."""
+        self._transition(node, node.gpu and not demote, node.cpu, InFlight.OFFLOAD)
+
+    def end_offload(self, node: RadixNode) -> None:
+        self._transition(node, node.gpu, True, None)
+
+    def begin_load(self, node: RadixNode) -> None:
+        """A CPU -> GPU copy of ``node`` starts (its GPU memory was reserved)."""
+        self._transition(node, node.gpu, node.cpu, InFlight.LOAD)
+
+    def end_load(self, node: RadixNode) -> None:
+        self._transition(node, True, node.cpu, None)
+
+    def _transition(self, node: RadixNode, gpu: bool, cpu: bool, inflight: InFlight | None) -> None:
+        """Set the tier state of ``node``. The parent is re-filed only when its evictability can
+        change: its count of GPU (or CPU) children crosses zero, or it loses a child."""
         parent = node.parent
         state = node.inflight
-        was_g, was_c = node.gpu or state == "load", node.cpu or state == "offload"
-        if gpu is not None:
-            node.gpu = gpu
-        if cpu is not None:
-            node.cpu = cpu
-        if inflight is not False:
-            node.inflight = state = inflight  # type: ignore[assignment]
-        now_g, now_c = node.gpu or state == "load", node.cpu or state == "offload"
+        was_g, was_c = node.gpu or state is InFlight.LOAD, node.cpu or state is InFlight.OFFLOAD
+        node.gpu, node.cpu, node.inflight = gpu, cpu, inflight
+        now_g, now_c = gpu or inflight is InFlight.LOAD, cpu or inflight is InFlight.OFFLOAD
         if parent is not None:
             parent_changed = False
             if now_g != was_g:
@@ -287,14 +440,14 @@ class RadixTree:
                 parent_changed = True
             if parent_changed and parent.parent is not None and not parent.lock_ref:
                 self.refresh(parent)  # (a locked or in-flight node is never filed: no call)
-        if state is None and not node.lock_ref:
+        if inflight is None and not node.lock_ref:
             self.refresh(node)
 
     def _detach(self, node: RadixNode) -> None:
         assert not node.children, "a node leaves the tree only when it has no children"
         parent = node.parent
         assert parent is not None
-        del parent.children[self._child_key(node.tokens)]
+        del parent.children[self.child_key(node.tokens)]
         node.parent = None
 
     def lock(self, node: RadixNode) -> None:
@@ -321,103 +474,29 @@ class RadixTree:
             node = node.parent
 
     # ----- eviction heaps -------------------------------------------------------------------
-    def gpu_evictable(self, node: RadixNode) -> bool:
-        return (node.gpu and node.inflight is None and node.lock_ref == 0 and node.gpu_children == 0
-                and node.parent is not None)
-
-    def cpu_evictable(self, node: RadixNode) -> bool:
-        return (node.cpu and node.inflight is None and node.lock_ref == 0 and node.cpu_children == 0
-                and node.parent is not None and (node.gpu or not node.children))
-
     def refresh(self, node: RadixNode) -> None:
         """Re-file ``node`` in the heaps after anything that may *lower* its key or make it
         evictable. A key that only rises (a touch: newer last access) needs no call: its old entry
-        surfaces too early and ``_top`` re-files it, so the victim order is the same."""
+        surfaces too early and ``TierHeap.top`` re-files it, so the victim order is the same."""
         if node.lock_ref or node.inflight is not None or node.parent is None:
             return
         gpu = node.gpu and node.gpu_children == 0
-        cpu = self._cpu_heap_live and node.cpu and node.cpu_children == 0 and (node.gpu or not node.children)
+        cpu_heap = self._cpu_heap
+        cpu = (cpu_heap is not None and node.cpu and node.cpu_children == 0
+               and (node.gpu or not node.children))
         if not (gpu or cpu):
             return
         key = self.policy.key(node)
-        # (key, node_id) orders the heap; node_id breaks ties deterministically without comparing nodes
         if gpu and node.gpu_filed != key:
-            node.gpu_version += 1
-            node.gpu_filed = key
-            heapq.heappush(self._gpu_heap, (key, node.node_id, node.gpu_version, node))
+            self.gpu_heap.push(node, key)
         if cpu and node.cpu_filed != key:
-            node.cpu_version += 1
-            node.cpu_filed = key
-            heapq.heappush(self._cpu_heap, (key, node.node_id, node.cpu_version, node))
+            cpu_heap.push(node, key)  # type: ignore[union-attr]
 
-    def _top(self, gpu: bool) -> tuple | None:
-        """The heap's first entry that is current, evictable and filed under the node's present
-        key: ``(key, node_id, version, node)``; stale entries are dropped on the way."""
-        heap = self._gpu_heap if gpu else self._cpu_heap
-        key_of = self.policy.key
-        while heap:
-            entry = heap[0]
-            key, node_id, version, node = entry
-            if gpu:
-                if version != node.gpu_version:
-                    heapq.heappop(heap)
-                    continue
-                if not (node.gpu and node.inflight is None and node.lock_ref == 0 and node.gpu_children == 0
-                        and node.parent is not None):
-                    heapq.heappop(heap)
-                    node.gpu_filed = None
-                    continue
-            else:
-                if version != node.cpu_version:
-                    heapq.heappop(heap)
-                    continue
-                if not self.cpu_evictable(node):
-                    heapq.heappop(heap)
-                    node.cpu_filed = None
-                    continue
-            fresh = key_of(node)
-            if fresh != key:  # a key rose without a refresh: re-file it, never trust a stale key
-                heapq.heapreplace(heap, (fresh, node_id, version, node))
-                if gpu:
-                    node.gpu_filed = fresh
-                else:
-                    node.cpu_filed = fresh
-                continue
-            return entry
-        return None
-
-    def gpu_top(self) -> tuple | None:
-        """``(key, node_id, version, node)`` of the next GPU victim, or None; nothing is evicted."""
-        return self._top(True)
-
-    def peek_gpu_victim(self) -> RadixNode | None:
-        """Side-effect-free (apart from dropping stale entries) look at the next GPU victim."""
-        entry = self._top(True)
-        return entry[3] if entry is not None else None
-
-    def pop_gpu_top(self) -> RadixNode:
-        """Take the entry ``gpu_top`` just returned (no second validation): its node is the victim."""
-        node = heapq.heappop(self._gpu_heap)[3]
-        node.gpu_filed = None
-        return node
-
-    def pop_gpu_victim(self) -> RadixNode | None:
-        return self._pop(True)
-
-    def pop_cpu_victim(self) -> RadixNode | None:
-        if not self._cpu_heap_live:
-            self._cpu_heap_live = True
+    @property
+    def cpu_heap(self) -> CpuHeap:
+        """The CPU tier's heap, built with one walk on first use (the first CPU eviction)."""
+        if self._cpu_heap is None:
+            self._cpu_heap = CpuHeap(self.policy.key)
             for node in self.walk():
                 self.refresh(node)
-        return self._pop(False)
-
-    def _pop(self, gpu: bool) -> RadixNode | None:
-        entry = self._top(gpu)
-        if entry is None:
-            return None
-        node = heapq.heappop(self._gpu_heap if gpu else self._cpu_heap)[3]
-        if gpu:
-            node.gpu_filed = None
-        else:
-            node.cpu_filed = None
-        return node
+        return self._cpu_heap

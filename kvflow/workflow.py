@@ -12,9 +12,12 @@ from __future__ import annotations
 import bisect
 import re
 from collections import Counter, defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvflow.step_graph import INF, StepGraph
+
+if TYPE_CHECKING:
+    from kvflow.cache import KVCacheManager
 
 _WARMUP_PART = re.compile(r"/warmup[^/]*/")
 
@@ -96,7 +99,7 @@ class OracleFeed:
     however fast each workflow progresses among concurrent ones.
     """
 
-    def __init__(self, trace: Any, cache: Any) -> None:
+    def __init__(self, trace: Any, cache: "KVCacheManager") -> None:
         self.cache = cache
         self.position: dict[str, tuple[str, int]] = {}
         counts: dict[str, int] = defaultdict(int)
@@ -106,8 +109,8 @@ class OracleFeed:
             counts[inv.client_id] += 1
             self.position[inv.id] = (inv.client_id, idx)
             self.uses[inv.client_id][inv.agent_id].append(idx)
-        cache.policy.set_next_use({(c, a): float(idx[0]) for c, agents in self.uses.items()
-                                   for a, idx in agents.items()})
+        first_uses = {(c, a): float(idx[0]) for c, agents in self.uses.items() for a, idx in agents.items()}
+        cache.policy.set_next_use(first_uses)  # type: ignore[attr-defined]  (a reads_future policy)
 
     def on_submit(self, inv: Any) -> None:
         client, now = self.position[inv.id]
@@ -116,17 +119,10 @@ class OracleFeed:
             k = bisect.bisect_right(idx, now)  # first use strictly after the one starting now
             table[(client, agent)] = float(idx[k] - now) if k < len(idx) else INF
         table[(client, inv.agent_id)] = 0.0  # running now
-        policy = self.cache.policy
-        # only a next use that moved later lowers a key (evicted sooner): re-file those at once; a
-        # key that rises is re-filed when its stale heap entry surfaces (RadixTree.refresh)
-        later = [u for u, v in table.items() if v > policy.next_use.get(u, INF)]  # unknown = INF
-        policy.set_next_use(table)
-        tree = self.cache.tree
-        for user in later:
-            boundary = tree.user_nodes.get(user)
-            if boundary is not None and boundary.parent is not None:
-                for node in boundary.path_to_root():
-                    tree.refresh(node)
+        # only a next use that moved later lowers a key (evicted sooner): the policy names those
+        # users and the cache re-files them at once; a key that rises is re-filed when its stale
+        # heap entry surfaces (RadixTree.refresh)
+        self.cache.refresh_users(self.cache.policy.set_next_use(table))  # type: ignore[attr-defined]
 
 
 # ----- per-request and per-workflow records (requests.csv / workflows.csv of both backends) -------

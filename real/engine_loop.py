@@ -193,7 +193,7 @@ class RealEngineLoop:
         node, pos = tree.root, 0
         limit = min(len(tokens), buf.shape[3])
         while pos < limit:
-            child = node.children.get(tree._child_key(tokens, pos))
+            child = node.children.get(tree.child_key(tokens, pos))
             if child is None or child.tokens != tokens[pos:pos + len(child)]:
                 break
             if child.gpu and child.node_id not in self.store.gpu:

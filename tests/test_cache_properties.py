@@ -109,8 +109,7 @@ def test_a_stale_cpu_run_is_not_loaded_below_a_demoted_parent():
     """Regression (found by the chatdev kvflow_gd run with invariant checks): a prefetcher that
     computed an agent's CPU-only run, then started another copy whose eviction demoted the run's
     GPU parent, must not load the run below that parent (GPU residency stays prefix-closed)."""
-    from kvflow.cache import CacheConfig, KVCacheManager
-    from kvflow.policies import make_policy
+    from kvflow.prefetch import cpu_run
 
     cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=100, cpu_capacity_tokens=100,
                                        write_policy="write_through"), make_policy("lru"))
@@ -126,13 +125,13 @@ def test_a_stale_cpu_run_is_not_loaded_below_a_demoted_parent():
     cache.tree.lock(parent)
     assert cache.evict_gpu(10) == 10 and not tail.gpu  # x is CPU-only now, p still on the GPU
     cache.tree.unlock(parent)
-    run = cache.cpu_run(user)
+    run = cpu_run(cache.tree, user)
     assert run == [tail]
     assert cache.evict_gpu(10) == 10 and not parent.gpu  # another copy's room: p is demoted too
     assert cache.load(run, prefetch=True) == []  # the stale run is refused...
     assert not tail.gpu and tail.inflight is None
     cache.check_invariants()
-    assert cache.cpu_run(user) == [parent, tail]  # ...and the fresh run loads the whole path
+    assert cpu_run(cache.tree, user) == [parent, tail]  # ...and the fresh run loads the whole path
 
 
 def test_relock_equals_lock_then_unlock():

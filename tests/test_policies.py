@@ -20,10 +20,11 @@ def put(cache: KVCacheManager, tokens: list[int], fixed: int = 0, user=None):
 
 def order(cache: KVCacheManager) -> list[list[int]]:
     """Evict everything one leaf at a time; returns the evicted leaves' tokens in order."""
-    out = []
-    while (node := cache.tree.pop_gpu_victim()) is not None:
+    out, heap = [], cache.tree.gpu_heap
+    while heap.top() is not None:
+        node = heap.pop()
         out.append(list(node.tokens))
-        cache._demote(node)
+        cache.release_gpu(cache.writes.demote(node))
     return out
 
 
@@ -89,7 +90,7 @@ def test_kvflow_rekeys_when_hints_change():
     put(cache, seq(100), fixed=4, user=("c", "a"))
     put(cache, seq(200), fixed=4, user=("c", "b"))
     cache.set_hints("c", {"a": 1, "b": 3})
-    assert cache.tree.peek_gpu_victim().tokens == seq(200)
+    assert cache.tree.gpu_heap.top()[3].tokens == seq(200)
     cache.set_hints("c", {"a": 3, "b": 1})
     assert order(cache) == [seq(100), seq(200)]
 
@@ -122,5 +123,5 @@ def test_oracle_reads_user_next_use():
 
 
 def test_unknown_policy_lists_valid_names():
-    with pytest.raises(ValueError, match="valid: lru, kvflow, oracle"):
+    with pytest.raises(ValueError, match="valid: lru, kvflow, oracle, kvflow_cost, kvflow_gd"):
         make_policy("fifo")

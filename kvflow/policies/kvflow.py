@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvflow.policies.base import Policy
 from kvflow.step_graph import INF
 
 if TYPE_CHECKING:
@@ -17,20 +18,28 @@ if TYPE_CHECKING:
 SUFFIX, NO_INFO, AGENT = 0, 1, 2
 
 
-class KVFlowPolicy:
+class KVFlowPolicy(Policy):
     name = "kvflow"
     uses_hints = True
 
     def __init__(self) -> None:
         self.steps: dict["User", float] = {}
 
-    def set_hints(self, steps: dict["User", float | None]) -> None:
-        """New steps-to-execution per (client, agent); None forgets a value (no workflow info)."""
+    def set_hints(self, steps: dict["User", float | None]) -> list["User"]:
+        """New steps-to-execution per (client, agent); None forgets a value (no workflow info).
+        Returns the users whose keys may drop (needed later than before, or no longer known);
+        a user needed sooner only rises, which needs no re-filing."""
+        known, dropped = self.steps, []
         for user, value in steps.items():
             if value is None:
-                self.steps.pop(user, None)
+                known.pop(user, None)
+                dropped.append(user)
             else:
-                self.steps[user] = value
+                before = known.get(user)
+                if before is None or value > before:
+                    dropped.append(user)
+                known[user] = value
+        return dropped
 
     def node_steps(self, node: "RadixNode") -> float | None:
         """Minimum steps-to-execution over the node's users; None when no user has a hint."""

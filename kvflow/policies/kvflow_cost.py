@@ -29,6 +29,7 @@ REKEY_TOLERANCE = 0.1  # relative change of an agent's estimates that triggers r
 class KVFlowCostPolicy(KVFlowPolicy):
     name = "kvflow_cost"
     tracks_dynamic = True  # the cache tags each agent's latest dynamic prompt for it
+    observes_prompts = True  # it learns how much of a dynamic prompt the next one repeats
 
     def __init__(self, gain_s_per_token: float = 1.0, prior_reuse: float = 0.5, prior_weight: float = 4.0,
                  decay: float = 0.0, aging: bool = False) -> None:

@@ -1,27 +1,22 @@
 """LRU: evict the leaf accessed longest ago (SGLang RadixCache / HiCache default).
 
-The template for a new policy: one class, one ``key`` method, lowest key evicted first. A policy
-never mutates the tree; hints arrive through ``set_hints`` and the cache re-keys affected nodes.
+The template for a new policy: one ``Policy`` subclass, one ``key`` method, lowest key evicted
+first (the contract is ``kvflow.policies.base.Policy``), plus ``conf/policy/<name>.yaml`` with
+``eviction._target_: kvflow.policies.lru.LRUPolicy``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvflow.policies.base import Policy
+
 if TYPE_CHECKING:
-    from kvflow.radix import RadixNode, User
+    from kvflow.radix import RadixNode
 
 
-class LRUPolicy:
+class LRUPolicy(Policy):
     name = "lru"
-    uses_hints = False
 
     def key(self, node: "RadixNode") -> tuple:
         return (node.last_access,)
-
-    def set_hints(self, steps: dict["User", float]) -> None:
-        """LRU ignores workflow hints."""
-
-    def prefetch_limit(self, node: "RadixNode") -> tuple | None:
-        """Victims a prefetch for ``node`` may evict: LRU knows no future, so no bound."""
-        return None

@@ -10,24 +10,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvflow.policies.base import Policy
 from kvflow.step_graph import INF
 
 if TYPE_CHECKING:
     from kvflow.radix import RadixNode, User
 
 
-class OraclePolicy:
+class OraclePolicy(Policy):
     name = "oracle"
-    uses_hints = False
+    reads_future = True  # ignores step hints: the backend feeds next uses read from the trace
 
     def __init__(self) -> None:
         self.next_use: dict["User", float] = {}
 
-    def set_hints(self, steps: dict["User", float]) -> None:
-        """The oracle ignores step hints; it reads the future from the trace."""
-
-    def set_next_use(self, next_use: dict["User", float]) -> None:
-        self.next_use.update(next_use)
+    def set_next_use(self, next_use: dict["User", float]) -> list["User"]:
+        """Returns the users whose next use moved later (their keys drop; unknown counts as never)."""
+        table = self.next_use
+        later = [u for u, v in next_use.items() if v > table.get(u, INF)]
+        table.update(next_use)
+        return later
 
     def node_next_use(self, node: "RadixNode") -> float:
         if node.next_use is not None:

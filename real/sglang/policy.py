@@ -45,10 +45,10 @@ class CorePolicyStrategy(_Base):  # type: ignore[misc,valid-type]
 
     @property
     def uses_hints(self) -> bool:
-        return bool(getattr(self.policy, "uses_hints", False))
+        return self.policy.uses_hints
 
-    def set_hints(self, steps: dict[tuple[str, str], float]) -> None:
-        self.policy.set_hints(steps)
+    def set_hints(self, steps: dict[tuple[str, str], float | None]) -> None:
+        self.policy.set_hints(steps)  # (SGLang rebuilds its heap per evict: no re-filing to do)
 
     def get_priority(self, node: Any) -> tuple:
         return self.policy.key(NodeView(node))

@@ -1,0 +1,72 @@
+"""The contract between the cache manager and an eviction policy: ``Policy``.
+
+Adding a policy = one module with a ``Policy`` subclass + one ``conf/policy/<name>.yaml`` whose
+``eviction._target_`` names the class (``kvflow.policies``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from kvflow.radix import RadixNode, User
+
+
+class Policy:
+    """Ranks radix nodes for eviction; every hook is a no-op here, a subclass overrides what it uses.
+
+    Keys: ``key(node)`` is a tuple, lowest evicted first. The cache files each evictable node in a
+    heap under its key and re-files it only when told the key may have dropped, so the **key-order
+    rule** is: a key may only *rise* without a refresh (a touch: newer ``last_access``, more hits);
+    anything that may *lower* a key must be reported so the cache re-files the node. Hooks report
+    it by returning the users whose keys may have dropped (``set_hints``, ``set_next_use``) or True
+    (``observe_prompt``: re-file the agent's nodes). A key that rose is corrected when its stale
+    entry surfaces, which is exact because it surfaces too early, never too late.
+
+    What a hook may touch: its own state, and the node it is given, *read-only* (``users``,
+    ``dynamic_users``, ``suffix``, ``last_access``, ``hits``, ``next_use``, ``tokens``). A policy
+    never mutates the tree or a node, never walks the tree and never emits ops; the cache does
+    all of that from what the hooks return.
+
+    Declared capabilities (class attributes, read by the cache and the backends instead of probes):
+    ``uses_hints``: steps-to-execution hints change its keys (the cache skips ``set_hints`` else);
+    ``tracks_dynamic``: the cache tags each agent's latest dynamic prompt in ``node.dynamic_users``;
+    ``observes_prompts``: the cache calls ``observe_prompt`` for every tagged prompt;
+    ``reads_future``: the backend must feed it next uses from the trace: such a policy defines
+    ``set_next_use(next_use: dict[User, float]) -> list[User]`` (same contract as ``set_hints``:
+    it returns the users whose keys may have dropped). The base class does not define it yet,
+    because sim/runner.py and real/runner.py still detect the oracle with ``hasattr(policy,
+    "set_next_use")``; once they read ``policy.reads_future`` it moves here as a no-op.
+    """
+
+    name: ClassVar[str] = ""
+    uses_hints: ClassVar[bool] = False
+    tracks_dynamic: ClassVar[bool] = False
+    observes_prompts: ClassVar[bool] = False
+    reads_future: ClassVar[bool] = False
+
+    def key(self, node: "RadixNode") -> tuple:
+        """Eviction rank of ``node``: lowest first (see the key-order rule)."""
+        raise NotImplementedError
+
+    def prefetch_limit(self, node: "RadixNode") -> tuple | None:
+        """A prefetch for ``node`` may evict only victims whose key is below this; None: no bound."""
+        return None
+
+    def set_hints(self, steps: dict["User", float | None]) -> list["User"]:
+        """New steps-to-execution per (client, agent); None forgets a value. Returns the users
+        whose keys may have dropped, for the cache to re-file."""
+        return []
+
+    def observe_prompt(self, agent: str, had_previous: bool, created_tokens: int, reused_tokens: int) -> bool:
+        """A new prompt of ``agent`` (``observes_prompts``); its client's previous prompt of the same
+        agent had ``created_tokens`` dynamic tokens, of which ``reused_tokens`` start the new one.
+        Returns True when the agent's keys may have changed (the cache re-files its nodes)."""
+        return False
+
+    def observe_evict(self, node: "RadixNode", tick: int) -> None:
+        """``node`` is leaving the GPU as a victim at access-clock ``tick``."""
+
+    def worth_keeping(self, node: "RadixNode") -> bool:
+        """Whether a CPU copy of ``node`` is worth making (False: drop it, never back it up)."""
+        return True

@@ -1,0 +1,49 @@
+"""KVFlow's prefetch (KVFLOW.md 2.5): when a client's hints change, load the fixed prompts of its
+agents one step ahead that sit in CPU only (in a fixed order), up to the concurrency limit, never
+evicting a node needed as soon as (or sooner than) the target. A client left with candidates when
+the limit is hit waits in ``starved``, oldest first, and is retried when a slot frees.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvflow.ops import Load
+from kvflow.prefetch.base import CopyingPrefetcher, HintsView, cpu_run
+
+if TYPE_CHECKING:
+    from kvflow.cache import KVCacheManager
+
+
+class NextStepPrefetcher(CopyingPrefetcher):
+    def __init__(self, cache: "KVCacheManager", hints: HintsView) -> None:
+        super().__init__(cache, hints)
+        self.starved: dict[str, None] = {}  # a dict keeps insertion order: oldest waiter first
+
+    def next_agents(self, client_id: str) -> list[str]:
+        """The client's agents one step ahead, sorted."""
+        return sorted(a for a, v in self.hints.get(client_id, {}).items() if v == 1)
+
+    def on_hints(self, client_id: str) -> None:
+        self.prefetch(client_id)
+
+    def slot_freed(self) -> None:
+        for client_id in list(self.starved):
+            if not self.slot_free():
+                break
+            self.prefetch(client_id)
+
+    def prefetch(self, client_id: str) -> list[Load]:
+        """Start the client's next-step loads that fit in the free slots; returns them."""
+        ops: list[Load] = []
+        self.starved.pop(client_id, None)
+        tree = self.cache.tree
+        for agent in self.next_agents(client_id):
+            run = cpu_run(tree, (client_id, agent))
+            if not run:
+                continue
+            if not self.slot_free():
+                self.starved[client_id] = None
+                break
+            ops.extend(self.start((client_id, agent), run))
+        return ops

@@ -1,0 +1,95 @@
+"""User tagging: which (client, agent) users a node serves, which nodes are suffixes, and each
+user's latest dynamic prompt; plus re-filing a user's nodes when the policy says their keys dropped.
+
+A fixed-prompt node records its users in ``node.users`` (``tree.user_nodes[user]`` is where the
+fixed prompt ends); a node past a tagged request's fixed prompt is a ``suffix``. For a policy with
+``tracks_dynamic``, ``node.dynamic_users`` tags the path of each user's latest dynamic prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from kvflow.radix import RadixNode, RadixTree, User, common_prefix_len
+
+if TYPE_CHECKING:
+    from kvflow.policies.base import Policy
+
+
+class UserTags:
+    def __init__(self, tree: RadixTree, policy: "Policy") -> None:
+        self.tree, self.policy = tree, policy
+        self.dynamic_ends: dict[User, RadixNode] = {}  # user -> end of its latest dynamic prompt
+        self.last_prompt: dict[User, tuple[Sequence[int], int]] = {}
+
+    def tag(self, node: RadixNode, start: int, fixed_end: int, prompt_end: int, user: User | None) -> bool:
+        """Record ``user`` on a fixed-prompt node, or mark a later node as a suffix; returns True for
+        a node of the prompt's dynamic part."""
+        if user is None:
+            return False
+        if start < fixed_end:
+            if user not in node.users:
+                node.users.add(user)
+                self.tree.refresh(node)
+            return False
+        if not node.users and not node.suffix:
+            node.suffix = True
+            self.tree.refresh(node)  # its class changed: re-file it in the eviction heaps
+        return start < prompt_end
+
+    def set_latest_dynamic(self, user: User, deepest: RadixNode) -> None:
+        """``user``'s latest dynamic prompt now ends at ``deepest``: tag that path (between the
+        fixed part and ``deepest``) with ``user`` and untag the previous one. Only the latest
+        prompt of an agent is a candidate for reuse by its next turn (a conversation it extends);
+        older versions live on only as the shared prefix of the latest."""
+        new_path: list[RadixNode] = []
+        node: RadixNode | None = deepest
+        while node is not None and node.parent is not None and user not in node.users:
+            new_path.append(node)
+            node = node.parent
+        on_new = {n.node_id for n in new_path}
+        node = self.dynamic_ends.get(user)
+        while node is not None and node.parent is not None and user in node.dynamic_users:
+            if node.node_id not in on_new:
+                node.dynamic_users.discard(user)
+                self.tree.refresh(node)
+            node = node.parent
+        for node in new_path:
+            if user not in node.dynamic_users:
+                node.dynamic_users.add(user)
+                self.tree.refresh(node)
+        self.dynamic_ends[user] = deepest
+
+    def observe_prompt(self, user: User | None, tokens: Sequence[int], fixed_tokens: int) -> None:
+        """Tell a learning policy how much of ``user``'s previous dynamic prompt its new prompt
+        repeats (a conversation it extends), whatever the cache holds."""
+        if user is None or not self.policy.observes_prompts:
+            return
+        previous = self.last_prompt.get(user)
+        self.last_prompt[user] = (tokens, fixed_tokens)
+        if previous is None:
+            changed = self.policy.observe_prompt(user[1], False, 0, 0)
+        else:
+            prev_tokens, prev_fixed = previous
+            common = common_prefix_len(prev_tokens, tokens)
+            changed = self.policy.observe_prompt(user[1], True, max(0, len(prev_tokens) - prev_fixed),
+                                                 max(0, common - prev_fixed))
+        if changed:  # the agent's reuse estimates moved: re-file its nodes (every client's)
+            self._refresh_agent(user[1])
+
+    def _refresh_agent(self, agent: str) -> None:
+        for index in (self.tree.user_nodes, self.dynamic_ends):
+            for (_, a), end in index.items():
+                if a == agent and end.parent is not None:
+                    for node in end.path_to_root():
+                        self.tree.refresh(node)
+
+    def refresh_users(self, users: Iterable[User]) -> None:
+        """Re-file the fixed-prompt path of each user (its key may have dropped)."""
+        user_nodes, refresh = self.tree.user_nodes, self.tree.refresh
+        for user in users:
+            boundary = user_nodes.get(user)
+            if boundary is not None and boundary.parent is not None:
+                for node in boundary.path_to_root():
+                    refresh(node)

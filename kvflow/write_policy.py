@@ -1,0 +1,72 @@
+"""Write policy: when a GPU node gets a CPU copy (HiCache ``write_through`` / ``write_back`` /
+``none``) and where a GPU victim goes (its CPU copy stays, it is written back, or it is dropped).
+
+A copy is an ``Offload`` op queued for the backend; the node is in flight until ``complete``.
+The policy's ``worth_keeping`` can veto a copy (no expected reuse: save PCIe and CPU space).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvflow.ops import Free, Offload, Op
+from kvflow.radix import RadixNode, RadixTree
+from kvflow.tiers import CpuTier
+
+if TYPE_CHECKING:
+    from kvflow.cache import CacheConfig, CacheStats
+    from kvflow.policies.base import Policy
+
+
+class WritePolicy:
+    def __init__(self, config: "CacheConfig", tree: RadixTree, stats: "CacheStats", policy: "Policy",
+                 cpu: CpuTier, ops: list[Op]) -> None:
+        self.config, self.tree, self.stats, self.policy, self.cpu, self.ops = config, tree, stats, policy, cpu, ops
+        self.write_through = config.write_policy == "write_through"
+        self.write_back = config.write_policy == "write_back"
+
+    def join_gpu(self, node: RadixNode) -> None:
+        """A node just computed on the GPU joins the tier, and its write-through backup starts at
+        once if due: one state change (filing it as evictable only to block it again by the
+        backup was a wasted heap entry per new node)."""
+        if self._backup_due(node):
+            self.tree.join_gpu(node, backup=True)
+            self._queue_offload(node, free_gpu_after=False)
+        else:
+            self.tree.join_gpu(node)
+
+    def maybe_backup(self, node: RadixNode) -> None:
+        """Write-through: back up a node on the GPU once it has been used often enough."""
+        if node.gpu and self._backup_due(node):
+            self.tree.begin_offload(node)
+            self._queue_offload(node, free_gpu_after=False)
+
+    def demote(self, node: RadixNode) -> int:
+        """Take GPU victim ``node`` off the GPU: keep its CPU copy, write it back (write-back), or
+        drop it. Returns the GPU tokens it held."""
+        n = len(node.tokens)
+        if node.prefetched:
+            self.stats.prefetch_wasted += 1
+            node.prefetched = False
+        if (not node.cpu and self.write_back and self.policy.worth_keeping(node) and self.cpu.alloc(n)):
+            self.tree.begin_offload(node, demote=True)
+            self._queue_offload(node, free_gpu_after=True)
+        else:
+            self.tree.leave_gpu(node)
+            if self.config.free_ops:
+                self.ops.append(Free(node, n, 0, tier="gpu"))
+        return n
+
+    def _backup_due(self, node: RadixNode) -> bool:
+        """Write-through wants a CPU copy of ``node`` (on the GPU) now, and CPU space was reserved."""
+        if (not self.write_through or node.cpu or node.inflight is not None
+                or node.hits + 1 < self.config.write_through_hits):
+            return False
+        if not self.policy.worth_keeping(node):
+            return False  # the policy expects no reuse: save the PCIe bandwidth and the CPU space
+        return self.cpu.alloc(len(node.tokens))
+
+    def _queue_offload(self, node: RadixNode, free_gpu_after: bool) -> None:
+        nbytes = len(node.tokens) * self.config.kv_bytes_per_token
+        self.stats.d2h_bytes += nbytes
+        self.ops.append(Offload(node, len(node.tokens), nbytes, free_gpu_after=free_gpu_after))
