@@ -162,15 +162,22 @@ def test_interrupted_kvflow_sim_sweep_resumes(tmp_path: Path) -> None:
 
 
 def test_default_main_job_report(tmp_path: Path) -> None:
-    """What ``kvflow-sim`` (no arguments) hooks at its end: ``write_report(run_dir, run_dir / "report")``."""
-    from analysis.report import write_report
-
+    """``kvflow-sim`` (no arguments) writes ``<run dir>/report`` at its end through the Hydra callback
+    ``analysis.callbacks.RunReport`` (the simulator never imports analysis) and says where."""
     run_dir = tmp_path / "run"
     res = kvflow_sim([f"hydra.run.dir={run_dir}", "output.table=false"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    report = write_report(run_dir, run_dir / "report")
+    report = run_dir / "report" / "report.md"
+    assert f"report: {report}" in res.stdout
     text = report.read_text()
     header = next(line for line in text.splitlines() if "hicache latency (s)" in line)
     assert {"sglang", "kvflow"} <= {c.strip() for c in header.split("|")}
     assert (run_dir / "report" / "default_speedup.png").stat().st_size > 5000
     assert len(pd.read_csv(run_dir / "report" / "results.csv")) == len(list(run_dir.glob("*/summary.json")))
+
+
+def test_no_report_when_turned_off(tmp_path: Path) -> None:
+    res = kvflow_sim([f"hydra.run.dir={tmp_path / 'run'}", "output.report=false", "output.table=false",
+                      "policy=sglang"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "report:" not in res.stdout and not (tmp_path / "run" / "report").exists()

@@ -36,7 +36,7 @@ def test_calibrate_then_validate(tmp_path, capsys):
     assert prof["name"] == "cpu_tiny" and "fit_error" in prof["calibration"]
     # the simulator accepts the profile
     from kvflow.model_spec import load_model_spec
-    from sim.cost_model import CostModel
+    from harness.cost_model import CostModel
 
     cost = CostModel.from_config(prof, load_model_spec("tiny"))
     assert cost.prefill_time_s([(64, 256)]) > 0
