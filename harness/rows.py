@@ -12,6 +12,7 @@ from typing import Any
 
 from kvflow.step_graph import INF
 from kvflow.workflow import is_warmup
+from traces.schema import Trace
 
 __all__ = ["ROW_FIELDS", "WORKFLOW_FIELDS", "TIMELINE_FIELDS", "is_warmup", "request_rows", "workflow_rows"]
 
@@ -24,9 +25,9 @@ WORKFLOW_FIELDS = ("client_id", "start_s", "end_s", "latency_s")
 TIMELINE_FIELDS = ("resource", "start_s", "end_s", "label")
 
 
-def request_rows(trace: Any, driver: Any) -> list[dict[str, Any]]:
+def request_rows(trace: Trace, driver: Any) -> list[dict[str, Any]]:
     """One row per invocation in trace order (``ROW_FIELDS``), from a driver's ``requests`` and
-    ``ready_s`` after a run; the same for every backend, so ``kvflow-report`` compares them."""
+    ``ready_s`` after a run (any backend's driver: they share only these two mappings); the same for every backend, so ``kvflow-report`` compares them."""
     rows = []
     for inv in trace.invocations:
         r = driver.requests[inv.id]

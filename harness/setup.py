@@ -19,6 +19,7 @@ from harness.profile import load_model
 from kvflow.build import build_engine
 from kvflow.engine import Engine
 from kvflow.model_spec import ModelSpec
+from traces.schema import Trace
 
 LOG_SUFFIXES = (".log.gz", ".log", ".jsonl", ".jsonl.gz")
 GAIN_CHUNK_TOKENS = 512
@@ -30,12 +31,12 @@ class Setup:
 
     model: ModelSpec
     cost: CostModel
-    trace: Any  # traces.Trace
+    trace: Trace
     gpu_tokens: int
     cpu_tokens: int
 
 
-def build_trace(workload: Mapping[str, Any], seed: int) -> Any:
+def build_trace(workload: Mapping[str, Any], seed: int) -> Trace:
     """A trace file (``workload.trace``), raw logs imported on the fly (``workload.import_format`` +
     ``workload.import_from``: files or folders), or a generated workload (``generator`` + ``params``)."""
     from traces.generators import generate
@@ -53,7 +54,7 @@ def build_trace(workload: Mapping[str, Any], seed: int) -> Any:
         raise SetupError(f"workload {workload.get('name')!r}: {exc}") from None
 
 
-def import_logs(fmt: str, source: str, seed: int) -> Any:
+def import_logs(fmt: str, source: str, seed: int) -> Trace:
     """Import raw logs (comma-separated files or folders) with the ``fmt`` importer of ``traces``."""
     from traces.importers import import_trace
 
@@ -74,7 +75,7 @@ def import_logs(fmt: str, source: str, seed: int) -> Any:
         raise SetupError(str(exc)) from None
 
 
-def capacities(cfg: Mapping[str, Any], cost: CostModel, trace: Any) -> tuple[int, int]:
+def capacities(cfg: Mapping[str, Any], cost: CostModel, trace: Trace) -> tuple[int, int]:
     """(GPU, CPU) KV pool sizes in tokens: ``cache.gpu_capacity_tokens``, else
     ``cache.gpu_tokens_per_client`` x clients, else the profile's pool; CPU: ``cache.cpu_capacity_tokens``
     or ``policy.cpu_capacity_ratio`` x GPU, and 0 when the policy has no CPU tier (ratio <= 0)."""
@@ -90,7 +91,7 @@ def capacities(cfg: Mapping[str, Any], cost: CostModel, trace: Any) -> tuple[int
     return gpu, cpu
 
 
-def check_fits(trace: Any, gpu_tokens: int) -> None:
+def check_fits(trace: Trace, gpu_tokens: int) -> None:
     """Every invocation's prompt + output must fit in the GPU pool, or it could never run."""
     for inv in trace.invocations:
         need = trace.prompt_len(inv) + inv.output_tokens
@@ -111,7 +112,7 @@ def gain_s_per_token(cost: CostModel, context_tokens: int = 2048) -> float:
     return recompute - reload
 
 
-def prepare(cfg: Mapping[str, Any], trace: Any | None = None) -> Setup:
+def prepare(cfg: Mapping[str, Any], trace: Trace | None = None) -> Setup:
     """Model, cost model, trace (``trace`` if given) and capacities of one run, fit-checked."""
     model = load_model(cfg["model"])
     cost = CostModel.from_config(cfg["hardware"], model)

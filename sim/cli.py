@@ -3,7 +3,9 @@
 With no policy selected it runs every policy in ``compare`` on the same trace and prints KVFlow's
 speedup in end-to-end workflow latency; with ``policy=NAME`` it runs one. Each run writes its
 resolved ``config.yaml``, ``requests.csv`` and ``summary.json`` into the Hydra run directory
-(one sub-directory per policy in compare mode). Bad input: one line on stderr, exit code 2.
+(one sub-directory per policy in compare mode) with the run-directory contract's writer
+(``harness.run_dir``); the report of a single run is the Hydra callback ``analysis.callbacks.RunReport``
+(conf/config.yaml), so this module never imports ``analysis``. Bad input: one line on stderr, exit 2.
 """
 
 from __future__ import annotations

@@ -113,13 +113,13 @@ def _resume(cmd: list[str], cwd: Path, sweep: Path, jobs: int) -> subprocess.Com
 
 
 APP = '''
-"""A stand-in Hydra job that resumes exactly as kvflow-sim must (analysis.runs.should_skip)."""
+"""A stand-in Hydra job that resumes exactly as kvflow-sim must (harness.run_dir.should_skip)."""
 import time
 from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-from analysis.runs import should_skip, write_json_atomic
+from harness.run_dir import should_skip, write_json_atomic
 
 @hydra.main(version_base=None, config_path=None, config_name=None)
 def app(cfg):
@@ -152,7 +152,7 @@ def _sim_resumes() -> bool:
     return "force" in (yaml.safe_load((REPO / "conf" / "config.yaml").read_text()) or {})
 
 
-@pytest.mark.skipif(not _sim_resumes(), reason="kvflow-sim does not call analysis.runs.should_skip yet "
+@pytest.mark.skipif(not _sim_resumes(), reason="kvflow-sim does not call harness.run_dir.should_skip yet "
                                                "(conf/config.yaml has no `force` key)")
 def test_interrupted_kvflow_sim_sweep_resumes(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
