@@ -75,6 +75,16 @@ def test_bad_input_is_one_line(capsys):
     assert err.startswith("kvflow-real: error:") and "\n" not in err
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["~hardware.mem_fraction_static"], "hardware 'a10g_paper': missing key 'mem_fraction_static'"),  # was 0.9
+    (["experiment=chatdev", "workload.import_from=/nonexistent"], "no such file or folder"),  # import on the fly
+])
+def test_run_setup_errors_are_the_simulators(args, needle, capsys):
+    assert main(["run", "--device", "cpu", "model=tiny", "policy=kvflow", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kvflow-real: error:") and needle in err and "\n" not in err
+
+
 def test_gpu_check_dry_run(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, RESULTS_DIR=str(tmp_path / "res"), OUT=str(tmp_path / "out"))
     (tmp_path / "out").mkdir()
