@@ -1,7 +1,9 @@
-"""Hydra callbacks for ``kvflow-sim -m`` sweeps, enabled in conf/config.yaml under ``hydra.callbacks``.
+"""Hydra callbacks of ``kvflow-sim``, enabled in conf/config.yaml under ``hydra.callbacks``.
 
-Both run in the launching process only (``on_multirun_start``/``on_multirun_end``) and look at the
-shared sweep dir, so they behave the same with the basic, joblib, Ray and Submitit launchers.
+``RunReport`` writes the report of a single run when its job ends, so the simulator never imports
+``analysis``. The sweep callbacks run in the launching process only (``on_multirun_start``/
+``on_multirun_end``) and look at the shared sweep dir, so they behave the same with the basic,
+joblib, Ray and Submitit launchers.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from tqdm.auto import tqdm
 
 from analysis.progress import count_jobs, enabled, finished_jobs, progress
@@ -79,3 +83,24 @@ class SweepReport(Callback):
             print(f"kvflow-report: error: {exc}", file=sys.stderr)
             return
         print(f"report: {report} (plots and results.csv next to it)")
+
+
+class RunReport(Callback):
+    """After a single (non-sweep) run that completed: ``<run dir>/report`` (report.md, plots,
+    results.csv), and one line saying where; ``output.report=false`` turns it off."""
+
+    def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
+        hydra_cfg = config.hydra
+        if job_return.status != JobStatus.COMPLETED or hydra_cfg.mode != RunMode.RUN:
+            return
+        if not (config.get("output") or {}).get("report", True):
+            return
+        from analysis.report import write_report  # lazy: keeps matplotlib out of start-up
+
+        run_dir = Path(str(hydra_cfg.runtime.output_dir))
+        try:
+            report = write_report(run_dir, run_dir / "report", invocation=f"kvflow-report {run_dir}")
+        except (RunError, OSError) as exc:
+            print(f"kvflow-report: error: {exc}", file=sys.stderr)
+            return
+        print(f"report: {report} (plots and results.csv in {report.parent})")

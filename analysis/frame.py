@@ -1,8 +1,8 @@
 """Runs -> one pandas DataFrame, one row per run: swept parameters + context + every summary metric.
 
-Summaries may be flat (the names in docs/architecture.md, e.g. ``workflow_latency_mean_s``) or
-nested (``workflow_latency_s: {mean, p50, p99}``, as sim/ writes them); both land on the same
-canonical column names so tables and plots never care which backend or version wrote a run.
+Summaries follow the run-directory contract (``harness.run_dir``, docs/architecture.md): flat headline
+keys (``workflow_latency_mean_s``, ...) become columns as they are, nested ``details`` become
+``details_<key>_<sub>`` columns, the same for every backend.
 """
 
 from __future__ import annotations
@@ -14,30 +14,6 @@ import pandas as pd
 
 from analysis.runs import Run
 
-# nested summary path -> canonical column (docs/architecture.md "Run directory format")
-ALIASES = {
-    "workflow_latency_s.mean": "workflow_latency_mean_s",
-    "workflow_latency_s.p50": "workflow_latency_p50_s",
-    "workflow_latency_s.p99": "workflow_latency_p99_s",
-    "request_latency_s.mean": "request_latency_mean_s",
-    "request_latency_s.p50": "request_latency_p50_s",
-    "request_latency_s.p99": "request_latency_p99_s",
-    "ttft_s.mean": "ttft_mean_s",
-    "ttft_s.p50": "ttft_p50_s",
-    "ttft_s.p99": "ttft_p99_s",
-    "throughput_requests_per_s": "throughput_req_s",
-    "hit_rate.gpu": "hit_rate_gpu",
-    "hit_rate.cpu": "hit_rate_cpu",
-    "hit_rate.recomputed": "recompute_rate",
-    "pcie.h2d_bytes": "h2d_bytes",
-    "pcie.d2h_bytes": "d2h_bytes",
-    "pcie.h2d_utilisation": "h2d_utilization",
-    "pcie.d2h_utilisation": "d2h_utilization",
-    "prefetch.issued": "prefetch_issued",
-    "prefetch.used": "prefetch_used",
-    "prefetch.wasted": "prefetch_wasted",
-    "prefetch.late": "prefetch_late",
-}
 # workload knobs worth a column even when not swept: plots pick their x axis from these
 WORKLOAD_FIELDS = ("generator", "fixed_tokens", "dynamic_tokens", "output_tokens", "workflows", "agents", "runs")
 CONTEXT = ("experiment", "policy", "backend", "workload", "hardware", "model", "seed")
@@ -59,9 +35,8 @@ def flatten(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Summary -> canonical flat metric columns."""
-    flat = flatten(summary)
-    return {ALIASES.get(k, k.replace(".", "_")): v for k, v in flat.items()}
+    """Summary -> flat metric columns (dots become underscores)."""
+    return {k.replace(".", "_"): v for k, v in flatten(summary).items()}
 
 
 def experiment_name(run: Run) -> str:

@@ -1,40 +1,16 @@
-"""Progress bars for long runs and sweeps: shown on a terminal, silent in CI and in pipes/logs.
-
-``progress`` wraps tqdm for one long run (the simulator ticks it per finished request);
-``count_jobs``/``finished_jobs`` feed the sweep bar of ``analysis.callbacks.SweepProgress``.
+"""Sweep progress: ``count_jobs``/``finished_jobs`` feed the bar of ``analysis.callbacks.SweepProgress``
+(the bar itself, ``progress``/``enabled``, lives in ``harness.progress``: the simulator uses it too).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from tqdm.auto import tqdm
+from harness.progress import SHOW_AFTER_S, enabled, progress
 
-SHOW_AFTER_S = 1.0  # short runs never flash a bar
-
-
-def enabled(stream: TextIO | None = None) -> bool:
-    """A bar only on an interactive terminal, never when ``CI`` is set (any value but 0/false)."""
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-        return False
-    stream = stream if stream is not None else sys.stderr
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def progress(iterable: Iterable[Any] | None = None, total: int | None = None, desc: str | None = None,
-             unit: str = "it", **kwargs: Any) -> tqdm:
-    """tqdm on stderr that disables itself off-terminal and appears only after ``SHOW_AFTER_S``.
-    Use as an iterable wrapper or, with ``iterable=None``, call ``update(n)`` / ``close()``."""
-    kwargs.setdefault("delay", SHOW_AFTER_S)
-    kwargs.setdefault("leave", False)
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled(), **kwargs)
+__all__ = ["SHOW_AFTER_S", "count_jobs", "enabled", "finished_jobs", "progress"]
 
 
 def count_jobs(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any] | None = None) -> int | None:

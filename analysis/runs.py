@@ -8,9 +8,7 @@ summary is *partial*: reported by name and skipped, never a traceback.
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,14 +16,13 @@ from typing import Any
 import yaml
 
 from analysis import hydra_meta
+from harness.run_dir import (
+    SUMMARY, RunError, is_complete, looks_like_run, read_run_summary, read_summary, should_skip, validate_run_dir,
+    write_json_atomic,
+)
 
-SUMMARY = "summary.json"
-RUN_MARKERS = (".hydra", "config.yaml", "requests.csv")  # a dir holding one of these looks like a run
-CONFIG_KEYS_IGNORED = ("force", "output", "hydra")  # change nothing simulated: no reason to recompute
-
-
-class RunError(ValueError):
-    """A malformed or partial run directory; ``str()`` is the one line shown to the user."""
+__all__ = ["Run", "RunError", "find_run_dirs", "is_complete", "load_run", "load_runs", "read_summary",
+           "should_skip", "validate_run_dir", "write_json_atomic"]
 
 
 @dataclass
@@ -38,72 +35,6 @@ class Run:
     overrides: dict[str, Any] = field(default_factory=dict)  # swept key -> value (typed)
     choices: dict[str, Any] = field(default_factory=dict)  # Hydra config-group choices
     command: str | None = None  # the kvflow-sim command line that produced the run (or its sweep)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via a temp file in the same directory + ``os.replace``: readers (and a resumed
-    sweep) see either the old file or the complete new one, never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """The run's summary, or ``RunError`` saying in one line why it is unusable."""
-    path = Path(run_dir) / SUMMARY
-    if not path.is_file():
-        raise RunError(f"{run_dir}: no {SUMMARY} (run incomplete or interrupted)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path}: unreadable ({exc.__class__.__name__})") from None
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    if not data.get("policy") or not isinstance(data["policy"], str):
-        raise RunError(f"{path}: missing or non-string field 'policy'")
-    return data
-
-
-def is_complete(run_dir: Path) -> bool:
-    """True when ``run_dir/summary.json`` exists and is a valid summary."""
-    try:
-        read_summary(run_dir)
-    except RunError:
-        return False
-    return True
-
-
-def _normalise(config: Mapping[str, Any]) -> Any:
-    plain = {k: v for k, v in config.items() if k not in CONFIG_KEYS_IGNORED}
-    return yaml.safe_load(yaml.safe_dump(plain, sort_keys=True))
-
-
-def should_skip(run_dir: Path, config: Mapping[str, Any] | None = None, force: bool = False) -> bool:
-    """Resume rule for sweeps, keyed by the run directory: skip a run whose summary is complete.
-
-    With ``config`` (the resolved config the run would write as ``config.yaml``), also require the
-    stored ``config.yaml`` to match it (ignoring ``force``/``output``), so a different sweep pointed
-    at the same ``hydra.sweep.dir`` (job dirs are numbered by job index) recomputes instead of
-    silently reusing another setting's results. ``force`` always recomputes.
-    """
-    run_dir = Path(run_dir)
-    if force or not is_complete(run_dir):
-        return False
-    if config is None:
-        return True
-    stored = run_dir / "config.yaml"
-    try:
-        return _normalise(yaml.safe_load(stored.read_text()) or {}) == _normalise(config)
-    except (OSError, yaml.YAMLError, AttributeError):
-        return False
-
-
-def _looks_like_run(d: Path) -> bool:
-    return any((d / m).exists() for m in RUN_MARKERS) or (d / SUMMARY).exists()
 
 
 def find_run_dirs(root: Path, exclude: Iterable[Path] = ()) -> tuple[list[Path], list[Path]]:
@@ -126,7 +57,7 @@ def find_run_dirs(root: Path, exclude: Iterable[Path] = ()) -> tuple[list[Path],
         children = sorted((c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")),
                           key=lambda c: (not c.name.isdigit(), int(c.name) if c.name.isdigit() else 0, c.name))
         found = [walk(c) for c in children]
-        if not any(found) and _looks_like_run(d):
+        if not any(found) and looks_like_run(d):
             partial.append(d)
             return True
         return any(found)
@@ -150,7 +81,7 @@ def _load_config(run_dir: Path) -> dict[str, Any]:
 def load_run(run_dir: Path) -> Run:
     """Load one complete run; ``RunError`` for anything malformed."""
     run_dir = Path(run_dir)
-    summary = read_summary(run_dir)
+    summary = read_run_summary(run_dir)  # the contract's schema (harness.run_dir)
     meta = hydra_meta.read(run_dir)
     overrides = dict(meta.overrides)
     params = summary.get("params")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from sim.runner import build_trace, simulate
+from harness.setup import build_trace
+from sim.runner import simulate
 from sim.runner import load_conf as conf
 
 TARGET_X = 1000  # simulated seconds per wall second (the simulator issue's target)

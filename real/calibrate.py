@@ -7,7 +7,7 @@ Measures, on the real backend's own code paths:
 - H2D / D2H copies of node-sized KV tensors between pinned host memory and the device, alone and
   with the other direction busy (the bidirectional factor).
 Then fits, with non-negative least squares on relative error, the blocks that
-``sim/cost_model.py`` reads from ``hardware.measured`` (docs/cost_model.md):
+``harness/cost_model.py`` reads from ``hardware.measured`` (docs/cost_model.md):
 ``prefill: a + b sum(n) + c sum(n p)``, ``decode: a + b B + c sum(context)``,
 ``h2d/d2h: latency + bytes / gbps``. Bytes are the model's bf16 KV bytes (``ModelSpec``), the unit
 the simulator uses, whatever dtype the measurement ran in. Writes a hardware profile YAML: the
@@ -278,10 +278,13 @@ def loop_overheads(measured: dict[str, dict[str, float]], log_rows: list[tuple[s
 def measure_loop(net: Transformer, result: dict[str, Any], fixed_tokens: int, log: Callable[[str], None] = print) -> None:
     """Run a short sequential workflow on the real engine loop and fold the per-iteration overhead
     into the ``a_s`` terms (the simulator charges one ``a_s`` per prefill iteration / decode step)."""
+    from harness.profile import conf_profile
     from real.runner import RealOptions, run_real
 
     cfg = {
-        "model": net.spec.name, "seed": 0, "hardware": {"name": "calibration", "chunked_prefill_tokens": 1 << 20},
+        "model": net.spec.name, "seed": 0,
+        "hardware": {**conf_profile("h200"), "name": "calibration", "chunked_prefill_tokens": 1 << 20,
+                     "measured": None},  # a complete profile; only the chunk size matters for this run
         "workload": {"name": "calibration", "generator": "sequential",
                      "params": {"agents": 4, "warmup": 1, "runs": 2, "fixed_tokens": fixed_tokens,
                                 "dynamic_tokens": 32, "output_tokens": 16}},

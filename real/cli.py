@@ -75,8 +75,9 @@ def _opts(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kvflow.model_spec import load_model_spec
+    from harness.setup import build_trace
     from real.config import compose
-    from real.runner import build_model, build_trace, run_real
+    from real.runner import build_model, run_real
 
     out = args.out or _default_out("run")
     policies = [p for p in (args.policies or "").split(",") if p]
@@ -108,7 +109,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from kvflow.model_spec import load_model_spec
     from real.calibrate import Grid, calibrate, fit_report, write_profile
-    from real.config import load_profile
+    from harness.profile import load_profile
     from real.runner import build_model
 
     spec = load_model_spec(args.model)

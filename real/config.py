@@ -4,10 +4,11 @@ profile file (e.g. one written by ``kvflow-real calibrate --out``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import yaml
+from harness.profile import load_profile
+
+__all__ = ["compose", "load_profile"]
 
 
 def compose(overrides: list[str] | None = None) -> dict[str, Any]:
@@ -30,14 +31,4 @@ def compose(overrides: list[str] | None = None) -> dict[str, Any]:
     data.pop("hydra", None)
     if profile is not None:
         data["hardware"] = load_profile(profile)
-    return data
-
-
-def load_profile(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{p}: no such hardware profile")
-    data = yaml.safe_load(p.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: a hardware profile must be a mapping")
     return data

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from kvflow.workflow import workflow_rows
-from real.metrics import write_run_dir
-from real.runner import RealOptions, build_trace, run_real
+from harness.rows import workflow_rows
+from harness.run_dir import write_run_dir
+from harness.setup import build_trace
+from real.runner import RealOptions, run_real
 
 TIME_KEYS = ("latency_s", "ttft_s")
 TOKEN_KEYS = ("hit_gpu_tokens", "loaded_cpu_tokens", "recomputed_tokens")
@@ -115,8 +116,8 @@ def validate(cfg: dict[str, Any], out: str | Path, opts: RealOptions | None = No
     real = run_real(cfg, trace, out / "real", opts, overrides=overrides)
     log(f"real: {len(real.rows)} requests, makespan {real.summary['makespan_s']:.3f}s")
     sim = simulate(copy.deepcopy(cfg), trace)
-    sim_summary = dict(sim.summary, backend="sim")
-    write_run_dir(out / "sim", cfg, sim.rows, workflow_rows(sim.rows), sim_summary, overrides=overrides)
+    write_run_dir(out / "sim", sim.summary, sim.rows, sim.workflow_rows, cfg, timeline=sim.timeline,
+                  overrides=list(overrides or []))
     log(f"sim:  {len(sim.rows)} requests, makespan {sim.summary['makespan_s']:.3f}s")
     result = compare(real.rows, sim.rows)
     _write_csv(out / "comparison_requests.csv", result["requests"])

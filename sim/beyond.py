@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sim.runner import SimInputError, build_trace, simulate
+from harness.errors import SetupError
+from harness.setup import build_trace
+from sim.runner import simulate
 from sim.runner import load_conf as conf
 
 POLICIES = ("sglang", "hicache", "kvflow", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "oracle")
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         results = run_all(args.data)
-    except (SimInputError, ValueError, OSError) as exc:
+    except (SetupError, ValueError, OSError) as exc:
         print(f"sim.beyond: error: {exc}", file=sys.stderr)
         return 2
     rates = replay_hit_rates(args.data)

@@ -3,7 +3,9 @@
 With no policy selected it runs every policy in ``compare`` on the same trace and prints KVFlow's
 speedup in end-to-end workflow latency; with ``policy=NAME`` it runs one. Each run writes its
 resolved ``config.yaml``, ``requests.csv`` and ``summary.json`` into the Hydra run directory
-(one sub-directory per policy in compare mode). Bad input: one line on stderr, exit code 2.
+(one sub-directory per policy in compare mode) with the run-directory contract's writer
+(``harness.run_dir``); the report of a single run is the Hydra callback ``analysis.callbacks.RunReport``
+(conf/config.yaml), so this module never imports ``analysis``. Bad input: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -20,26 +22,27 @@ import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from analysis.runs import should_skip
-from sim.report import header, speedups, table, write_atomic, write_run
-from sim.runner import SimInputError, build_trace, simulate
+from harness.errors import SetupError
+from harness.run_dir import should_skip, write_json_atomic, write_run_dir
+from harness.setup import build_trace
+from sim.report import header, speedups, table
+from sim.runner import simulate
 
 try:
     from traces import TraceError
 except ImportError:  # pragma: no cover
     from traces.schema import TraceError
 
-USER_ERRORS = (SimInputError, HydraException, OmegaConfBaseException, TraceError, ValueError, OSError)
+USER_ERRORS = (SetupError, HydraException, OmegaConfBaseException, TraceError, ValueError, OSError)
 
 
 def _policy_config(name: str) -> dict[str, Any]:
     names = sorted(p.name[:-5] for p in (files("conf") / "policy").iterdir() if p.name.endswith(".yaml"))
     if name not in names:
-        raise SimInputError(f"unknown policy {name!r} in compare; valid: {', '.join(names)}")
+        raise SetupError(f"unknown policy {name!r} in compare; valid: {', '.join(names)}")
     return OmegaConf.to_container(OmegaConf.load(str(files("conf") / "policy" / f"{name}.yaml")), resolve=True)
 
 
@@ -50,8 +53,8 @@ def _run_one(cfg: dict[str, Any], run_dir: Path, trace: Any, write_csv: bool) ->
         return json.loads((run_dir / "summary.json").read_text())
     result = simulate(cfg, trace=trace)
     config_yaml = OmegaConf.to_yaml(stored)
-    write_run(run_dir, result.summary, result.rows, result.workflow_rows, config_yaml, requests_csv=write_csv,
-              timeline=result.timeline)
+    write_run_dir(run_dir, result.summary, result.rows, result.workflow_rows, config_yaml, requests_csv=write_csv,
+                  timeline=result.timeline)
     return result.summary
 
 
@@ -82,7 +85,7 @@ def run(cfg: DictConfig, run_dir: Path, experiment: str | None = None,
     if len(summaries) > 1:
         comparison = {"speedup_of_kvflow": speedups(summaries),
                       "workflow_latency_mean_s": {n: s["workflow_latency_mean_s"] for n, s in summaries.items()}}
-        write_atomic(run_dir / "comparison.json", json.dumps(comparison, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(run_dir / "comparison.json", comparison)
     if plain.get("output", {}).get("table", True):
         _print(summaries, run_dir)
     return summaries
@@ -105,12 +108,7 @@ def _app(cfg: DictConfig) -> None:
     try:
         experiment, params = _hydra_meta()
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        run(cfg, run_dir, experiment, params)
-        if cfg.output.get("report", True) and HydraConfig.get().mode == RunMode.RUN:
-            from analysis.report import write_report  # lazy: keeps matplotlib out of start-up
-
-            report = write_report(run_dir, run_dir / "report", invocation=f"kvflow-report {run_dir}")
-            print(f"report: {report} (plots and results.csv in {report.parent})")
+        run(cfg, run_dir, experiment, params)  # the report: analysis.callbacks.RunReport (conf/config.yaml)
     except USER_ERRORS as exc:
         _fail(exc)
 

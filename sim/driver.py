@@ -20,6 +20,10 @@ from kvflow.workflow import WorkflowTracker
 __all__ = ["WorkflowDriver"]
 
 
+def _nothing() -> None:
+    """No engine loop yet (before ``start``)."""
+
+
 class WorkflowDriver:
     """Releases a trace's invocations into an engine as their dependencies complete."""
 
@@ -28,14 +32,13 @@ class WorkflowDriver:
         env: simpy.Environment,
         trace: Any,
         engine: Any,
-        on_engine_input: Callable[[], None],
         hints: bool = True,
         on_submit: Callable[[Any], None] | None = None,
     ) -> None:
         self.env = env
         self.trace = trace
         self.engine = engine
-        self.on_engine_input = on_engine_input  # start queued ops + wake the engine loop
+        self.on_engine_input: Callable[[], None] = _nothing  # set by start(): the engine loop's poke
         self.on_submit = on_submit
         self.tracker = WorkflowTracker(trace, hints)
         self.requests: dict[str, Request] = {}
@@ -48,7 +51,11 @@ class WorkflowDriver:
     def pending(self) -> int:
         return self.tracker.pending
 
-    def start(self) -> None:
+    def start(self, on_engine_input: Callable[[], None]) -> None:
+        """Begin releasing; ``on_engine_input()`` (start queued ops + wake the engine loop) runs after
+        every submit and finish. Given here, not to the constructor: the loop is built after the
+        driver, since the loop reports finished requests to it."""
+        self.on_engine_input = on_engine_input
         if not self.trace.invocations:
             self.all_done.succeed()
         for inv in self.tracker.roots:

@@ -21,7 +21,7 @@ import numpy as np
 import simpy
 
 from kvflow.ops import Free, Load, Offload
-from sim.cost_model import CostModel
+from harness.cost_model import CostModel
 from sim.pcie import PCIeLink
 
 
@@ -35,6 +35,8 @@ class EngineLoop:
         cost: CostModel,
         pcie: PCIeLink,
         on_finished: Callable[[list[Any]], None],
+        timeline: list[tuple[str, float, float, str]] | None = None,
+        after_iteration: Callable[[], None] | None = None,
     ) -> None:
         self.env = env
         self.engine = engine
@@ -48,10 +50,15 @@ class EngineLoop:
         self.decode_steps = 0
         self.blocking_load_wait_s = 0.0
         self.blocking_load_exposed_s = 0.0
-        self.after_iteration: Callable[[], None] | None = None  # e.g. invariant checks in tests
-        self.timeline: list[tuple[str, float, float, str]] | None = None  # set to [] to record
+        self.after_iteration = after_iteration  # e.g. invariant checks in tests
+        self.timeline = timeline  # a list to record GPU iterations into (Gantt plots), or None
 
     # -- outside input -------------------------------------------------------------------------
+    def poke(self) -> None:
+        """New engine input (a submitted request, a finished one): start queued ops, wake the loop."""
+        self.start_ops()
+        self.wake()
+
     def wake(self) -> None:
         if not self._wake.triggered:
             self._wake.succeed()

@@ -21,7 +21,7 @@ from typing import Any
 
 import simpy
 
-from sim.cost_model import DIRECTIONS, CostModel
+from harness.cost_model import DIRECTIONS, CostModel
 
 # one queued copy: bytes, called when done (with ``tag`` if one is given), the tag, timeline label,
 # called with its duration when it starts
@@ -42,7 +42,8 @@ class _Channel:
 class PCIeLink:
     """H2D and D2H channels with byte and busy-time counters (for utilisation)."""
 
-    def __init__(self, env: simpy.Environment, cost: CostModel, bidirectional_penalty: bool = True) -> None:
+    def __init__(self, env: simpy.Environment, cost: CostModel, bidirectional_penalty: bool = True,
+                 timeline: list[tuple[str, float, float, str]] | None = None) -> None:
         self.env = env
         self.cost = cost
         self.bidirectional_penalty = bidirectional_penalty
@@ -52,7 +53,7 @@ class PCIeLink:
         self.busy_s = {d: 0.0 for d in DIRECTIONS}
         self.copies = {d: 0 for d in DIRECTIONS}
         self.busy_until = {d: 0.0 for d in DIRECTIONS}  # end of the copy running in each direction
-        self.timeline: list[tuple[str, float, float, str]] | None = None  # set to [] to record copies
+        self.timeline = timeline  # a list to record copies into (Gantt plots), or None
         # the cost model's constants per direction (latency, full rate), looked up once per run
         self._latency_s = {d: cost.links[d].latency_s for d in DIRECTIONS}
         self._rate = {d: cost.links[d].effective_gbps * 1e9 * 1.0 for d in DIRECTIONS}

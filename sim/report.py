@@ -1,49 +1,11 @@
-"""Run outputs: atomic files in the run directory and the one-screen table."""
+"""The one-screen table kvflow-sim prints (the run directory itself is ``harness.run_dir``'s)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from kvflow.workflow import ROW_FIELDS
-
 GB = 1e9
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file + os.replace so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _csv(rows: list[dict[str, Any]], fields: Sequence[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def write_run(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any]],
-              workflows: list[dict[str, Any]], config_yaml: str, requests_csv: bool = True,
-              timeline: Sequence[tuple[str, float, float, str]] = ()) -> None:
-    """The run directory format of docs/architecture.md: ``config.yaml`` (resolved),
-    ``requests.csv``, ``workflows.csv`` and ``summary.json`` (last: it marks completion)."""
-    write_atomic(run_dir / "config.yaml", config_yaml)
-    if requests_csv:
-        write_atomic(run_dir / "requests.csv", _csv(rows, ROW_FIELDS))
-    write_atomic(run_dir / "workflows.csv", _csv(workflows, ("client_id", "start_s", "end_s", "latency_s")))
-    if timeline:
-        fields = ("resource", "start_s", "end_s", "label")
-        write_atomic(run_dir / "timeline.csv", _csv([dict(zip(fields, r)) for r in timeline], fields))
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def speedups(summaries: dict[str, dict[str, Any]], target: str = "kvflow") -> dict[str, float]:

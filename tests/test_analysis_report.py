@@ -1,7 +1,8 @@
 """kvflow-report on synthetic run directories: table values, paper references, plots, results.md.
 
-``make_sweep`` builds a Hydra-multirun-shaped tree by hand (the layout of docs/architecture.md) so
-these tests pin the report's numbers without running the simulator.
+``make_sweep`` builds a Hydra-multirun-shaped tree with the run-directory contract's writer and
+summarizer (``harness.run_dir``, ``harness.summary``: what every backend writes) so these tests pin
+the report's numbers without running the simulator.
 """
 
 from __future__ import annotations
@@ -17,42 +18,54 @@ from matplotlib import image as mpimg
 
 from analysis.cli import main
 from analysis.report import BEGIN, END, write_report
+from harness.rows import workflow_rows
+from harness.run_dir import validate_run_dir, write_run_dir
+from harness.summary import RunCounters, RunIdentity, summarize
 
 POLICIES = ("hicache", "kvflow")
 
 
-def summary(policy: str, latency_s: float, **extra: Any) -> dict[str, Any]:
-    """A summary shaped like sim/metrics.py writes it (nested sections)."""
-    return {
-        "policy": policy, "workload": "sequential", "hardware": "a10g_paper", "model": "llama-3.1-8b", "seed": 0,
-        "workflows": 1, "requests": 20,
-        "workflow_latency_s": {"mean": latency_s, "p50": latency_s, "p99": latency_s},
-        "hit_rate": {"gpu": 0.9 if policy == "kvflow" else 0.1, "cpu": 0.0 if policy == "kvflow" else 0.8,
-                     "recomputed": 0.1},
-        "pcie": {"h2d_bytes": 2e9 if policy == "kvflow" else 8e9, "d2h_bytes": 4e9,
-                 "h2d_utilisation": 0.1, "d2h_utilisation": 0.05},
-        "prefetch": {"issued": 5, "used": 5, "wasted": 0, "late": 0},
-        "makespan_s": latency_s * 1.5, **extra,
-    }
+def rows(policy: str, latency_s: float) -> list[dict[str, Any]]:
+    """12 requests of one workflow (2 warm-up), spanning ``latency_s``; KVFlow hits 90% on GPU."""
+    kv = policy == "kvflow"
+    out = []
+    for i in range(12):
+        start = 0.0 if i == 2 else 0.01 * i
+        finish = latency_s if i == 11 else start + latency_s / 10 + i * 0.01
+        out.append({"request_id": f"c0/r{i}", "client_id": "c0", "agent_id": f"a{i % 3}", "warmup": i < 2,
+                    "prompt_tokens": 100, "fixed_tokens": 64, "output_tokens": 8, "ready_s": start,
+                    "arrival_s": start, "admit_s": start, "queue_s": 0.0, "first_token_s": start + 0.001,
+                    "finish_s": finish, "ttft_s": 0.001, "latency_s": finish - start,
+                    "hit_gpu_tokens": 90 if kv else 10, "loaded_cpu_tokens": 0 if kv else 80,
+                    "recomputed_tokens": 10, "loaded_bytes": 0, "stalled_s": 0.0})
+    return out
+
+
+def summary(policy: str, latency_s: float, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A summary as every backend writes it: the contract's summarizer over ``rows``."""
+    counted = RunCounters(makespan_s=latency_s * 1.5, h2d_bytes=2_000_000_000 if policy == "kvflow" else 8_000_000_000,
+                          d2h_bytes=4_000_000_000, h2d_busy_s=0.15 * latency_s, d2h_busy_s=0.075 * latency_s,
+                          prefetch_issued=5, prefetch_used=5)
+    cfg = {"policy": {"name": policy}, "hardware": {"name": "a10g_paper"}, "model": {"name": "llama-3.1-8b"},
+           "workload": {"name": "sequential"}, "seed": 0, **(config or {})}
+    r = rows(policy, latency_s)
+    return summarize(RunIdentity.from_config("sim", cfg), counted, r, workflow_rows(r))
 
 
 def make_run(d: Path, policy: str, latency_s: float, task: list[str], config: dict[str, Any] | None = None,
              experiment: str | None = None, timeline: bool = False, hydra_overrides: list[str] | None = None) -> Path:
-    """One job dir: .hydra files, config.yaml, requests.csv, summary.json (optionally timeline.csv)."""
+    """One job dir written by the contract's writer, plus the .hydra files Hydra adds (overrides,
+    choices, the command line)."""
     (d / ".hydra").mkdir(parents=True, exist_ok=True)
     (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(task))
     hydra = {"hydra": {"mode": "MULTIRUN", "job": {"name": "cli"},
                        "overrides": {"hydra": hydra_overrides or [], "task": task},
                        "runtime": {"choices": {"experiment": experiment, "policy": policy}}}}
     (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
-    (d / "config.yaml").write_text(yaml.safe_dump(config or {}))
-    rows = [{"request_id": f"r{i}", "warmup": i < 2, "latency_s": latency_s / 10 + i * 0.01} for i in range(12)]
-    pd.DataFrame(rows).to_csv(d / "requests.csv", index=False)
-    if timeline:
-        t = [("gpu", 0.0, 1.0, "prefill"), ("gpu", 1.0, 1.5, "decode"), ("h2d", 0.2, 0.9, "prefetch"),
-             ("d2h", 0.1, 0.6, "offload"), ("gpu", 1.5, 2.5, "prefill"), ("h2d", 1.6, 2.0, "load")]
-        pd.DataFrame(t, columns=["resource", "start_s", "end_s", "label"]).to_csv(d / "timeline.csv", index=False)
-    (d / "summary.json").write_text(json.dumps(summary(policy, latency_s)))
+    t = [("gpu", 0.0, 1.0, "prefill"), ("gpu", 1.0, 1.5, "decode"), ("h2d", 0.2, 0.9, "prefetch"),
+         ("d2h", 0.1, 0.6, "offload"), ("gpu", 1.5, 2.5, "prefill"), ("h2d", 1.6, 2.0, "load")]
+    r = rows(policy, latency_s)
+    write_run_dir(d, summary(policy, latency_s, config), r, workflow_rows(r), config or {}, timeline=t if timeline else ())
     return d
 
 
@@ -78,6 +91,12 @@ def make_sweep(root: Path, timeline: bool = True) -> Path:
                  [f"policy={policy}", f"workload.params.fixed_tokens={fixed}", "output.table=false"],
                  workload(fixed), timeline=timeline and policy == "kvflow")
     return root
+
+
+def test_synthetic_runs_pass_the_schema_check(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "mr")
+    for i in range(4):
+        assert validate_run_dir(root / str(i))["workflow_latency_mean_s"] in LATENCY.values()
 
 
 def test_table_values_match_summaries(tmp_path: Path) -> None:
@@ -196,10 +215,8 @@ def test_compare_mode_run_dir(tmp_path: Path) -> None:
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
         {"hydra": {"mode": "RUN", "job": {"name": "cli"}, "overrides": {"hydra": ["hydra.mode=RUN"], "task": []}}}))
     for policy, latency in (("sglang", 6.0), ("hicache", 5.0), ("kvflow", 4.0)):
-        d = run / policy
-        d.mkdir()
-        (d / "summary.json").write_text(json.dumps(summary(policy, latency)))
-        (d / "config.yaml").write_text(yaml.safe_dump(workload(4096)))
+        r = rows(policy, latency)
+        write_run_dir(run / policy, summary(policy, latency), r, workflow_rows(r), workload(4096))
     text = write_report(run).read_text()
     assert "| 5 | 0.83x | 1.25x |  |" in text
     assert "```bash\nkvflow-sim\n```" in text
@@ -209,7 +226,7 @@ def test_odd_files_never_raise(tmp_path: Path, capsys: pytest.CaptureFixture[str
     """Bad values inside otherwise complete runs: named on stderr or shown as —, never a traceback."""
     root = make_sweep(tmp_path / "mr", timeline=False)
     s = json.loads((root / "0" / "summary.json").read_text())
-    s["workflow_latency_s"]["mean"] = "fast"  # not a number: no speedup for that setting
+    s["workflow_latency_mean_s"] = "fast"  # not a number: no speedup for that setting
     (root / "0" / "summary.json").write_text(json.dumps(s))
     (root / "1" / "summary.json").write_text(json.dumps({**s, "policy": {"name": "kvflow"}}))
     (root / "2" / "config.yaml").write_text("workload: [unclosed\n")

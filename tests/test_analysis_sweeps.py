@@ -113,13 +113,13 @@ def _resume(cmd: list[str], cwd: Path, sweep: Path, jobs: int) -> subprocess.Com
 
 
 APP = '''
-"""A stand-in Hydra job that resumes exactly as kvflow-sim must (analysis.runs.should_skip)."""
+"""A stand-in Hydra job that resumes exactly as kvflow-sim must (harness.run_dir.should_skip)."""
 import time
 from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-from analysis.runs import should_skip, write_json_atomic
+from harness.run_dir import should_skip, write_json_atomic
 
 @hydra.main(version_base=None, config_path=None, config_name=None)
 def app(cfg):
@@ -152,7 +152,7 @@ def _sim_resumes() -> bool:
     return "force" in (yaml.safe_load((REPO / "conf" / "config.yaml").read_text()) or {})
 
 
-@pytest.mark.skipif(not _sim_resumes(), reason="kvflow-sim does not call analysis.runs.should_skip yet "
+@pytest.mark.skipif(not _sim_resumes(), reason="kvflow-sim does not call harness.run_dir.should_skip yet "
                                                "(conf/config.yaml has no `force` key)")
 def test_interrupted_kvflow_sim_sweep_resumes(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
@@ -162,15 +162,22 @@ def test_interrupted_kvflow_sim_sweep_resumes(tmp_path: Path) -> None:
 
 
 def test_default_main_job_report(tmp_path: Path) -> None:
-    """What ``kvflow-sim`` (no arguments) hooks at its end: ``write_report(run_dir, run_dir / "report")``."""
-    from analysis.report import write_report
-
+    """``kvflow-sim`` (no arguments) writes ``<run dir>/report`` at its end through the Hydra callback
+    ``analysis.callbacks.RunReport`` (the simulator never imports analysis) and says where."""
     run_dir = tmp_path / "run"
     res = kvflow_sim([f"hydra.run.dir={run_dir}", "output.table=false"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    report = write_report(run_dir, run_dir / "report")
+    report = run_dir / "report" / "report.md"
+    assert f"report: {report}" in res.stdout
     text = report.read_text()
     header = next(line for line in text.splitlines() if "hicache latency (s)" in line)
     assert {"sglang", "kvflow"} <= {c.strip() for c in header.split("|")}
     assert (run_dir / "report" / "default_speedup.png").stat().st_size > 5000
     assert len(pd.read_csv(run_dir / "report" / "results.csv")) == len(list(run_dir.glob("*/summary.json")))
+
+
+def test_no_report_when_turned_off(tmp_path: Path) -> None:
+    res = kvflow_sim([f"hydra.run.dir={tmp_path / 'run'}", "output.report=false", "output.table=false",
+                      "policy=sglang"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "report:" not in res.stdout and not (tmp_path / "run" / "report").exists()

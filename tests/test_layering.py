@@ -1,12 +1,71 @@
-"""DESIGN.md layering: kvflow/ is pure Python; sim/ and real/ never import each other."""
+"""DESIGN.md layering, checked on every import (module level or lazy, inside a function):
+kvflow/ is pure Python; sim/ and real/ never import each other; harness/ (shared by the backends)
+and the backends never import analysis/; no module reaches into another object's private attributes."""
 
 from __future__ import annotations
 
-import re
+import ast
+import io
 import subprocess
 import sys
+import tokenize
+from pathlib import Path
 
 from conftest import REPO
+
+FORBIDDEN = {
+    "kvflow": {"sim", "real", "analysis", "harness", "traces", "simpy", "torch"},
+    "harness": {"sim", "real", "analysis"},
+    "sim": {"real", "analysis"},
+    "real": {"sim", "analysis"},
+    "traces": {"sim", "real", "analysis", "harness"},
+}
+# (file, imported package): the only crossings allowed, each with its reason
+IMPORT_EXCEPTIONS = {
+    ("real/validate.py", "sim"),  # kvflow-real validate runs both backends on one trace, lazily
+    ("kvflow/replay.py", "traces"),  # kvflow.replay is moving out of kvflow/ (another change)
+}
+# private attributes of third-party code that have no public equivalent
+PRIVATE_THIRD_PARTY = {"hydra._internal"}
+# in-project private accesses owned by other changes (the core's tree API): remove when fixed there
+PRIVATE_KNOWN = {
+    ("kvflow/replay.py", "tree._child_key"), ("kvflow/engine.py", "cache._pending"),
+    ("kvflow/cache.py", "tree._tick"), ("kvflow/cache.py", "tree._child_key"), ("kvflow/cache.py", "tree._common_len"),
+    ("real/engine_loop.py", "tree._child_key"),
+}
+PACKAGES = ("kvflow", "harness", "sim", "real", "traces", "analysis")
+
+
+def _files(package: str) -> list[Path]:
+    return sorted((REPO / package).rglob("*.py"))
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+def imports_of(path: Path) -> set[str]:
+    """Top-level package of every import in the file, at any depth (lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def private_accesses(path: Path) -> set[str]:
+    """``name._attr`` in code (strings and comments skipped), except on ``self``/``cls``."""
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+              if t.type in (tokenize.NAME, tokenize.OP)]
+    found = set()
+    for left, dot, right in zip(tokens, tokens[1:], tokens[2:]):
+        if (left.type == tokenize.NAME and dot.string == "." and right.type == tokenize.NAME
+                and right.string.startswith("_") and not right.string.startswith("__")
+                and left.string not in ("self", "cls")):
+            found.add(f"{left.string}.{right.string}")
+    return found
 
 
 def test_core_imports_no_simpy_or_torch():
@@ -15,19 +74,32 @@ def test_core_imports_no_simpy_or_torch():
     assert out.strip() == "set()"
 
 
-def _top_level_imports(package: str) -> set[str]:
-    """Packages imported at module level (column 0); lazy imports inside functions are allowed
-    for glue such as real/validate.py, which compares both backends."""
-    found = set()
-    for path in (REPO / package).rglob("*.py"):
-        for line in path.read_text().splitlines():
-            m = re.match(r"(?:from|import)\s+([a-zA-Z_]\w*)", line)
-            if m:
-                found.add(m.group(1))
-    return found
+def test_no_forbidden_import_even_lazy():
+    bad = []
+    for package, forbidden in FORBIDDEN.items():
+        for path in _files(package):
+            for name in sorted(imports_of(path) & forbidden):
+                if (_rel(path), name) not in IMPORT_EXCEPTIONS:
+                    bad.append(f"{_rel(path)} imports {name}")
+    assert not bad, bad
 
 
-def test_backends_do_not_import_each_other():
-    assert "real" not in _top_level_imports("sim")
-    assert "sim" not in _top_level_imports("real")
-    assert not {"sim", "real", "analysis"} & _top_level_imports("kvflow")
+def test_import_check_sees_lazy_imports(tmp_path: Path):
+    (tmp_path / "m.py").write_text("def f():\n    from analysis.report import write_report\n    import sim.x\n")
+    assert imports_of(tmp_path / "m.py") == {"analysis", "sim"}
+
+
+def test_no_private_attribute_across_modules():
+    bad = []
+    for package in PACKAGES:
+        for path in _files(package):
+            for access in sorted(private_accesses(path)):
+                third_party = any(access.startswith(p) for p in PRIVATE_THIRD_PARTY)
+                if not third_party and (_rel(path), access) not in PRIVATE_KNOWN:
+                    bad.append(f"{_rel(path)}: {access}")
+    assert not bad, bad
+
+
+def test_private_check_skips_self_strings_and_comments(tmp_path: Path):
+    (tmp_path / "m.py").write_text('x = self._a + cls._b\n"""obj._c"""\n# obj._d\ny = obj._e.__dict__\n')
+    assert private_accesses(tmp_path / "m.py") == {"obj._e"}

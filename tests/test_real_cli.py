@@ -36,7 +36,7 @@ def test_calibrate_then_validate(tmp_path, capsys):
     assert prof["name"] == "cpu_tiny" and "fit_error" in prof["calibration"]
     # the simulator accepts the profile
     from kvflow.model_spec import load_model_spec
-    from sim.cost_model import CostModel
+    from harness.cost_model import CostModel
 
     cost = CostModel.from_config(prof, load_model_spec("tiny"))
     assert cost.prefill_time_s([(64, 256)]) > 0
@@ -73,6 +73,16 @@ def test_bad_input_is_one_line(capsys):
     assert main(["validate", "--device", "cpu", "model=tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kvflow-real: error:") and "\n" not in err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["~hardware.mem_fraction_static"], "hardware 'a10g_paper': missing key 'mem_fraction_static'"),  # was 0.9
+    (["experiment=chatdev", "workload.import_from=/nonexistent"], "no such file or folder"),  # import on the fly
+])
+def test_run_setup_errors_are_the_simulators(args, needle, capsys):
+    assert main(["run", "--device", "cpu", "model=tiny", "policy=kvflow", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kvflow-real: error:") and needle in err and "\n" not in err
 
 
 def test_gpu_check_dry_run(tmp_path):

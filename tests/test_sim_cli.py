@@ -48,6 +48,7 @@ def test_single_policy_run(tmp_path):
     (["hardware=tpu"], "unknown hardware 'tpu'"),
     (["workload.params.dynamic_tokens=-3"], "dynamic_tokens"),
     (["cache.gpu_capacity_tokens=100"], "can never run"),
+    (["~hardware.pcie_latency_s"], "hardware 'a10g_paper': missing key 'pcie_latency_s'"),  # no silent default
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     p = run(tmp_path, *args)

@@ -4,7 +4,7 @@ import pytest
 import simpy
 
 from kvflow.model_spec import load_model_spec
-from sim.cost_model import CostModel
+from harness.cost_model import CostModel
 from sim.pcie import PCIeLink
 from sim.runner import load_conf
 

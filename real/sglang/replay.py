@@ -6,16 +6,15 @@ finished (a workflow's first one at once), is sent ``delay_s`` later and never b
 every request carries ``steps_to_execution(frontier)`` of its workflow's step graph in
 ``kv_hints`` (none when the workflow has no graph). Requests stream, so TTFT is the first chunk.
 
-Output (docs/architecture.md run-directory format, ``backend="sglang"``): ``requests.csv``,
-``workflows.csv``, ``config.yaml`` and, last and atomically, ``summary.json``. What the server does
-not report stays 0 (queue/admit times, bytes moved, prefetch counters); cache hits come from
+Output: the run-directory contract (``harness.run_dir``, docs/architecture.md; ``backend="sglang"``):
+the same writer, rows and summarizer as the other backends. What the server does not report stays 0
+(queue/admit times, bytes moved, prefetch counters); cache hits come from
 ``meta_info.cached_tokens`` (``cached_tokens_details`` device/host when the server sends them).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import heapq
 import itertools
 import json
@@ -27,20 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.rows import is_warmup, workflow_rows
+from harness.run_dir import write_run_dir
+from harness.summary import RunCounters, RunIdentity, summarize
 from kvflow.step_graph import StepGraph
 from real.sglang.client import SGLangClient, WorkflowSession
-
-WARMUP_MARK = "warmup"
-ROW_FIELDS = (
-    "request_id", "client_id", "agent_id", "warmup", "arrival_s", "admit_s", "first_token_s",
-    "finish_s", "queue_s", "ttft_s", "latency_s", "prompt_tokens", "fixed_tokens", "output_tokens",
-    "hit_gpu_tokens", "loaded_cpu_tokens", "recomputed_tokens", "loaded_bytes", "stalled_s",
-)
-
-
-def is_warmup(inv: Any) -> bool:
-    """Same labelling as the generators/simulator: ``<client>/warmup<k>/...`` is warm-up."""
-    return any(part.startswith(WARMUP_MARK) for part in inv.id.split("/")[1:-1])
 
 
 @dataclass
@@ -74,6 +64,7 @@ class _Replayer:
                 graph = StepGraph.from_dict(wf.graph) if wf is not None and wf.graph else None
                 self.sessions[inv.client_id] = WorkflowSession(inv.client_id, graph)
         self.rows: dict[str, dict[str, Any]] = {}
+        self.ready_s: dict[str, float] = {}
         self.errors: list[str] = []
         self.cond = threading.Condition()
         self.heap: list[tuple[float, int, str]] = []
@@ -86,6 +77,7 @@ class _Replayer:
     def _ready(self, inv: Any) -> None:  # under self.cond
         self.sessions[inv.client_id].running[inv.agent_id] = (
             self.sessions[inv.client_id].running.get(inv.agent_id, 0) + 1)
+        self.ready_s[inv.id] = self.now()
         release_at = max(self.now() + inv.delay_s, inv.arrival_s or 0.0)
         heapq.heappush(self.heap, (release_at, next(self._order), inv.id))
 
@@ -150,7 +142,7 @@ class _Replayer:
         gpu = int(details.get("device", cached - host) or 0)
         return {
             "request_id": inv.id, "client_id": inv.client_id, "agent_id": inv.agent_id,
-            "warmup": is_warmup(inv), "arrival_s": arrival, "admit_s": arrival,
+            "warmup": is_warmup(inv), "ready_s": self.ready_s[inv.id], "arrival_s": arrival, "admit_s": arrival,
             "first_token_s": first - self.t0, "finish_s": last - self.t0, "queue_s": 0.0,
             "ttft_s": first - sent, "latency_s": last - sent, "prompt_tokens": len(tokens),
             "fixed_tokens": fixed, "output_tokens": int(meta.get("completion_tokens", inv.output_tokens)),
@@ -159,78 +151,26 @@ class _Replayer:
         }
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def workflow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    spans: dict[str, list[float]] = {}
-    for r in rows:
-        if r["warmup"]:
-            continue
-        span = spans.setdefault(r["client_id"], [r["arrival_s"], r["finish_s"]])
-        span[0], span[1] = min(span[0], r["arrival_s"]), max(span[1], r["finish_s"])
-    return [{"client_id": c, "start_s": lo, "end_s": hi, "latency_s": hi - lo}
-            for c, (lo, hi) in sorted(spans.items())]
-
-
-def summarize(rows: list[dict[str, Any]], workflows: list[dict[str, Any]], cfg: ReplayConfig,
-              trace: Any, makespan_s: float, wall_s: float) -> dict[str, Any]:
-    measured = [r for r in rows if not r["warmup"]]
-    prompt = sum(r["prompt_tokens"] for r in measured)
-    latencies = [w["latency_s"] for w in workflows]
-
-    def ratio(key: str) -> float:
-        return sum(r[key] for r in measured) / prompt if prompt else 0.0
-
-    return {
-        "backend": "sglang", "policy": cfg.policy, "experiment": cfg.experiment,
-        "workload": str(trace.meta.get("workload", trace.meta.get("name", ""))),
-        "hardware": cfg.hardware, "model": cfg.model, "seed": cfg.seed,
-        "requests": len(rows), "workflows": len(workflows),
-        "workflow_latency_mean_s": sum(latencies) / len(latencies) if latencies else 0.0,
-        "workflow_latency_p50_s": _percentile(latencies, 50),
-        "workflow_latency_p99_s": _percentile(latencies, 99),
-        "makespan_s": makespan_s, "throughput_req_s": len(rows) / makespan_s if makespan_s else 0.0,
-        "hit_rate_gpu": ratio("hit_gpu_tokens"), "hit_rate_cpu": ratio("loaded_cpu_tokens"),
-        "recompute_rate": ratio("recomputed_tokens"),
-        "h2d_bytes": 0, "d2h_bytes": 0, "h2d_utilization": 0.0, "d2h_utilization": 0.0,
-        "prefetch_issued": 0, "prefetch_used": 0, "prefetch_wasted": 0, "prefetch_late": 0,
-        "wall_s": wall_s, "params": dict(cfg.params),
-    }
-
-
-def _write_csv(path: Path, fields: tuple[str, ...] | list[str], rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields))
-        writer.writeheader()
-        writer.writerows(rows)
+def write_replay(out_dir: str | os.PathLike[str], trace: Any, cfg: ReplayConfig, rows: list[dict[str, Any]],
+                 makespan_s: float, wall_s: float) -> dict[str, Any]:
+    """The run directory of a replay (the contract's writer and summarizer); returns the summary.
+    Only the makespan and wall time are counted here: the server reports no copies or prefetches."""
+    workflows = workflow_rows(rows)
+    workload = str(trace.meta.get("workload", trace.meta.get("name", "")))
+    who = RunIdentity("sglang", cfg.policy, cfg.experiment, workload, cfg.hardware, cfg.model, cfg.seed,
+                      dict(cfg.params))
+    summary = summarize(who, RunCounters(makespan_s=makespan_s, wall_s=wall_s), rows, workflows)
+    write_run_dir(Path(out_dir), summary, rows, workflows, {"backend": "sglang", **asdict(cfg)})
+    return summary
 
 
 def replay(trace: Any, out_dir: str | os.PathLike[str], cfg: ReplayConfig) -> dict[str, Any]:
     """Run ``trace`` against the server at ``cfg.base_url``; write the run directory; return the summary."""
-    import yaml
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump({"backend": "sglang", **asdict(cfg)}, sort_keys=True))
     started = time.perf_counter()
     replayer = _Replayer(trace, cfg)
     makespan_s = replayer.run()
     rows = [replayer.rows[inv.id] for inv in trace.invocations]
-    workflows = workflow_rows(rows)
-    _write_csv(out / "requests.csv", ROW_FIELDS, rows)
-    _write_csv(out / "workflows.csv", ("client_id", "start_s", "end_s", "latency_s"), workflows)
-    summary = summarize(rows, workflows, cfg, trace, makespan_s, time.perf_counter() - started)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    os.replace(tmp, out / "summary.json")
-    return summary
+    return write_replay(out_dir, trace, cfg, rows, makespan_s, time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:

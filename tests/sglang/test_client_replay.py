@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.run_dir import validate_run_dir
 from kvflow.step_graph import StepGraph
 from real.sglang.client import SGLangClient, WorkflowSession, openai_kwargs
 from real.sglang.hints import HEADER, WorkflowHint, build_envelope, parse_envelope
@@ -115,6 +116,7 @@ def test_replay_writes_run_directory(server, tmp_path):
     assert [r["request_id"] for r in rows] == [inv.id for inv in trace.invocations]
     assert summary["backend"] == "sglang" and summary["requests"] == len(trace.invocations)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert validate_run_dir(tmp_path) == summary  # the one run-directory contract of every backend
     assert (tmp_path / "workflows.csv").read_text().startswith("client_id,start_s,end_s,latency_s")
     assert summary["workflows"] == 1 and summary["workflow_latency_mean_s"] > 0
     assert 0 < summary["hit_rate_gpu"] < 1  # warm-up cached the fixed prompts

@@ -1,4 +1,5 @@
-"""Iteration and transfer times for the simulator, from a hardware profile and a model shape.
+"""Iteration and transfer times from a hardware profile and a model shape (every backend's setup:
+the simulator runs on it; the real backend plans prefetch deadlines and the gain per token with it).
 
 Two sources of coefficients (docs/cost_model.md):
 - spec-derived (default): a roofline, time = max(FLOPs / (peak x compute_efficiency),
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import SetupError
+from harness.profile import check_hardware
 from kvflow.model_spec import ModelSpec
 
 MIB = 1 << 20
@@ -49,28 +52,29 @@ class CostModel:
 
     @classmethod
     def from_config(cls, hardware: Mapping[str, Any], model: ModelSpec) -> CostModel:
-        """Build from a ``conf/hardware/*.yaml`` mapping; ``measured`` blocks override the spec."""
-        hw = dict(hardware)
-        measured = {k: dict(v) for k, v in dict(hw.get("measured") or {}).items() if v}
-        eff = float(hw.get("pcie_efficiency", 1.0))
+        """Build from a ``conf/hardware/*.yaml`` mapping (every key required, see
+        ``harness.profile``); ``measured`` blocks override the spec."""
+        hw = dict(check_hardware(hardware))
+        measured = {k: dict(v) for k, v in dict(hw["measured"] or {}).items() if v}
+        eff = float(hw["pcie_efficiency"])
         links = {}
         for d in DIRECTIONS:
             m = measured.get(d)
             links[d] = LinkSpec(
-                latency_s=float(m["latency_s"]) if m else float(hw.get("pcie_latency_s", 0.0)),
+                latency_s=float(m["latency_s"]) if m else float(hw["pcie_latency_s"]),
                 effective_gbps=float(m["gbps"]) if m else float(hw[f"pcie_{d}_gbps"]) * eff,
-                busy_factor=float(hw.get(f"bidirectional_{d}_factor", 1.0)),
+                busy_factor=float(hw[f"bidirectional_{d}_factor"]),
             )
-        cap = hw.get("kv_capacity_tokens")
+        cap = hw["kv_capacity_tokens"]
         return cls(
             model=model,
             gpu_memory_bytes=float(hw["gpu_memory_mib"]) * MIB,
             peak_flops=float(hw["peak_bf16_flops"]),
             hbm_bytes_per_s=float(hw["hbm_gbps"]) * 1e9,
-            compute_efficiency=float(hw.get("compute_efficiency", 1.0)),
-            memory_efficiency=float(hw.get("memory_efficiency", 1.0)),
-            iteration_overhead_s=float(hw.get("iteration_overhead_s", 0.0)),
-            mem_fraction_static=float(hw.get("mem_fraction_static", 0.9)),
+            compute_efficiency=float(hw["compute_efficiency"]),
+            memory_efficiency=float(hw["memory_efficiency"]),
+            iteration_overhead_s=float(hw["iteration_overhead_s"]),
+            mem_fraction_static=float(hw["mem_fraction_static"]),
             links=links,
             kv_capacity_tokens=int(cap) if cap is not None else None,
             measured=measured,
@@ -181,7 +185,7 @@ class CostModel:
             return self.kv_capacity_tokens
         free_bytes = self.gpu_memory_bytes * self.mem_fraction_static - self.model.weight_bytes
         if free_bytes <= 0:
-            raise ValueError(
+            raise SetupError(
                 f"model '{self.model.name}' ({self.model.weight_bytes / 1e9:.1f} GB of weights) "
                 f"does not fit in {self.gpu_memory_bytes * self.mem_fraction_static / 1e9:.1f} GB of GPU memory"
             )

@@ -1,0 +1,141 @@
+"""One setup path for every backend (simulator, real, SGLang replay): config in, what a run needs out.
+
+``prepare(cfg)`` reads the model spec and the hardware profile into a ``CostModel``, builds the
+trace (a file, raw logs imported on the fly, or a generator), sizes the GPU and CPU KV pools and
+checks that every invocation fits; ``build_core`` makes the policy, cache manager and engine from
+it with the profile's link rate and gain per token. The backends then only add their clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.cost_model import CostModel
+from harness.errors import SetupError
+from harness.profile import load_model
+from kvflow.build import build_engine
+from kvflow.engine import Engine
+from kvflow.model_spec import ModelSpec
+from traces.schema import Trace
+
+LOG_SUFFIXES = (".log.gz", ".log", ".jsonl", ".jsonl.gz")
+GAIN_CHUNK_TOKENS = 512
+
+
+@dataclass
+class Setup:
+    """What ``prepare`` resolved for one run."""
+
+    model: ModelSpec
+    cost: CostModel
+    trace: Trace
+    gpu_tokens: int
+    cpu_tokens: int
+
+
+def build_trace(workload: Mapping[str, Any], seed: int) -> Trace:
+    """A trace file (``workload.trace``), raw logs imported on the fly (``workload.import_format`` +
+    ``workload.import_from``: files or folders), or a generated workload (``generator`` + ``params``)."""
+    from traces.generators import generate
+    from traces.io import load_trace
+
+    if workload.get("import_format"):
+        return import_logs(str(workload["import_format"]), str(workload.get("import_from") or ""), seed)
+    if workload.get("trace"):
+        return load_trace(str(workload["trace"]))
+    params = dict(workload.get("params") or {})
+    params.setdefault("seed", seed)
+    try:
+        return generate(str(workload["generator"]), **params)
+    except ValueError as exc:
+        raise SetupError(f"workload {workload.get('name')!r}: {exc}") from None
+
+
+def import_logs(fmt: str, source: str, seed: int) -> Trace:
+    """Import raw logs (comma-separated files or folders) with the ``fmt`` importer of ``traces``."""
+    from traces.importers import import_trace
+
+    paths: list[str] = []
+    for part in filter(None, source.split(",")):
+        path = Path(part)
+        if path.is_dir():
+            paths += sorted(str(p) for p in path.iterdir() if p.name.endswith(LOG_SUFFIXES))
+        elif path.exists():
+            paths.append(str(path))
+        else:
+            raise SetupError(f"workload.import_from: no such file or folder: {part}")
+    if not paths:
+        raise SetupError(f"workload.import_from: no {fmt} logs found in {source!r}")
+    try:
+        return import_trace(fmt, paths, seed=seed)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def capacities(cfg: Mapping[str, Any], cost: CostModel, trace: Trace) -> tuple[int, int]:
+    """(GPU, CPU) KV pool sizes in tokens: ``cache.gpu_capacity_tokens``, else
+    ``cache.gpu_tokens_per_client`` x clients, else the profile's pool; CPU: ``cache.cpu_capacity_tokens``
+    or ``policy.cpu_capacity_ratio`` x GPU, and 0 when the policy has no CPU tier (ratio <= 0)."""
+    cache_cfg = cfg.get("cache") or {}
+    gpu = cache_cfg.get("gpu_capacity_tokens")
+    per_client = cache_cfg.get("gpu_tokens_per_client")
+    if gpu is None and per_client:
+        gpu = int(per_client) * len({inv.client_id for inv in trace.invocations})
+    gpu = int(gpu) if gpu is not None else cost.gpu_kv_capacity_tokens()
+    ratio = float((cfg.get("policy") or {}).get("cpu_capacity_ratio", 0.0))
+    cpu = cache_cfg.get("cpu_capacity_tokens")
+    cpu = 0 if ratio <= 0 else (int(cpu) if cpu is not None else int(ratio * gpu))
+    return gpu, cpu
+
+
+def check_fits(trace: Trace, gpu_tokens: int) -> None:
+    """Every invocation's prompt + output must fit in the GPU pool, or it could never run."""
+    for inv in trace.invocations:
+        need = trace.prompt_len(inv) + inv.output_tokens
+        if need > gpu_tokens:
+            raise SetupError(
+                f"invocation {inv.id!r} needs {need} KV tokens (prompt + output) but the GPU KV pool holds "
+                f"{gpu_tokens}: it can never run (raise cache.gpu_capacity_tokens or use a bigger GPU)"
+            )
+
+
+def gain_s_per_token(cost: CostModel, context_tokens: int = 2048) -> float:
+    """Seconds saved per cached token: recomputing it (one token of a prefill chunk at a typical
+    context) minus reloading it over PCIe. Negative when reloading is slower than recomputing.
+    With a measured prefill block this is ``b_s_per_token + c_s_per_token_ctx x context``."""
+    chunk = GAIN_CHUNK_TOKENS
+    recompute = (cost.prefill_time_s([(chunk, context_tokens)]) - cost.prefill_time_s([(1, context_tokens)])) / (chunk - 1)
+    reload = cost.transfer_time_s(cost.model.kv_bytes_per_token * chunk, "h2d") / chunk
+    return recompute - reload
+
+
+def prepare(cfg: Mapping[str, Any], trace: Trace | None = None) -> Setup:
+    """Model, cost model, trace (``trace`` if given) and capacities of one run, fit-checked."""
+    model = load_model(cfg["model"])
+    cost = CostModel.from_config(cfg["hardware"], model)
+    trace = trace if trace is not None else build_trace(cfg["workload"], int(cfg.get("seed", 0)))
+    gpu_tokens, cpu_tokens = capacities(cfg, cost, trace)
+    check_fits(trace, gpu_tokens)
+    return Setup(model, cost, trace, gpu_tokens, cpu_tokens)
+
+
+def chunk_tokens(cfg: Mapping[str, Any]) -> int:
+    """Prefill chunk: ``engine.chunk_tokens``, else the profile's ``chunked_prefill_tokens``."""
+    return int((cfg.get("engine") or {}).get("chunk_tokens") or cfg["hardware"]["chunked_prefill_tokens"])
+
+
+def build_core(cfg: Mapping[str, Any], setup: Setup, free_ops: bool = True) -> Engine:
+    """The policy, cache manager and engine every backend drives (``kvflow.build``); ``free_ops``
+    False for the simulator, which counts tokens and has no memory to free per node."""
+    cost = setup.cost
+    engine_cfg = cfg.get("engine") or {}
+    return build_engine(
+        cfg["policy"], gpu_tokens=setup.gpu_tokens, cpu_tokens=setup.cpu_tokens,
+        kv_bytes_per_token=setup.model.kv_bytes_per_token, chunk_tokens=chunk_tokens(cfg),
+        h2d_gbps=cost.transfer_gbps("h2d"), page_size=int((cfg.get("cache") or {}).get("page_size", 1)),
+        max_running=engine_cfg.get("max_running_requests"), gain_s_per_token=lambda: gain_s_per_token(cost),
+        free_ops=free_ops,
+    )
