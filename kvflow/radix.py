@@ -167,6 +167,8 @@ class RadixTree:
             return tokens[start]
         return tuple(tokens[start : start + self.page_size])
 
+    child_key = _child_key  # public name; merged with the core branch
+
     def page_floor(self, n_tokens: int) -> int:
         return n_tokens - n_tokens % self.page_size
 
