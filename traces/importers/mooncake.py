@@ -78,7 +78,8 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
 
 def is_mooncake_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` looks like Mooncake JSONL rather than a kvflow trace (whose every line has a
-    ``type``); a file that cannot be read says so as ValueError("FILE:LINE: problem")."""
+    ``type`` and none ``hash_ids``), by its first record; anything else is left to the Mooncake
+    reader to report. A file that cannot be read says so as ValueError("FILE:LINE: problem")."""
     for _, obj in json_lines(path):
-        return not (isinstance(obj, dict) and "type" in obj)
+        return not (isinstance(obj, dict) and "type" in obj and "hash_ids" not in obj)
     return True
