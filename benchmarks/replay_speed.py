@@ -1,6 +1,7 @@
 """Benchmark: kvflow-replay (LRU) vs kvcache-simulator's Python backend on the Mooncake trace.
 
-Both runs parse the trace and replay it at the same budget; the best of ``--repeat`` runs counts.
+Both runs parse the trace and replay it at the same budget (ours reads it through the traces
+importer, as ``kvflow-replay`` does); the best of ``--repeat`` interleaved runs counts.
 Usage: python benchmarks/replay_speed.py [--trace PATH] [--budget-gib 64] [--repeat 3]
 """
 
@@ -11,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from kvflow.replay import read_mooncake, replay
+from sim.replay import read_mooncake, replay
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mooncake" / "synthetic_trace.jsonl"
 BLOCK_BYTES = 131072 * 512  # Llama-3.1-8B bf16, 512-token blocks
@@ -39,8 +40,9 @@ def main() -> None:
     parser.add_argument("--budget-gib", type=float, default=64.0)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    ours = min(time_ours(args.trace, args.budget_gib) for _ in range(args.repeat))
-    theirs = min(time_theirs(args.trace, args.budget_gib) for _ in range(args.repeat))
+    runs = [(time_ours(args.trace, args.budget_gib), time_theirs(args.trace, args.budget_gib))
+            for _ in range(args.repeat)]  # interleaved: on a shared machine both see the same load
+    ours, theirs = min(r[0] for r in runs), min(r[1] for r in runs)
     print(f"trace {args.trace.name}, budget {args.budget_gib} GiB, LRU, best of {args.repeat}")
     print(f"kvflow-replay            {ours[0]:.3f} s  hit rate {100 * ours[1]:.3f}%")
     print(f"kvcache-simulator python {theirs[0]:.3f} s  hit rate {100 * theirs[1]:.3f}%")

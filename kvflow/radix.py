@@ -275,7 +275,6 @@ class RadixTree:
             return tokens[start]
         return tuple(tokens[start : start + self.page_size])
 
-    _child_key = child_key  # deprecated alias: kvflow/replay.py still calls it (its owner switches)
 
     def page_floor(self, n_tokens: int) -> int:
         return n_tokens - n_tokens % self.page_size

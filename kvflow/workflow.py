@@ -110,7 +110,7 @@ class OracleFeed:
             self.position[inv.id] = (inv.client_id, idx)
             self.uses[inv.client_id][inv.agent_id].append(idx)
         first_uses = {(c, a): float(idx[0]) for c, agents in self.uses.items() for a, idx in agents.items()}
-        cache.policy.set_next_use(first_uses)  # type: ignore[attr-defined]  (a reads_future policy)
+        cache.policy.set_next_use(first_uses)
 
     def on_submit(self, inv: Any) -> None:
         client, now = self.position[inv.id]
@@ -122,5 +122,5 @@ class OracleFeed:
         # only a next use that moved later lowers a key (evicted sooner): the policy names those
         # users and the cache re-files them at once; a key that rises is re-filed when its stale
         # heap entry surfaces (RadixTree.refresh)
-        self.cache.refresh_users(self.cache.policy.set_next_use(table))  # type: ignore[attr-defined]
+        self.cache.refresh_users(self.cache.policy.set_next_use(table))
 

@@ -97,7 +97,7 @@ def run_real(cfg: Mapping[str, Any], trace: Any | None = None, out: str | Path |
         warm_up(net)
     clock = make_clock()
     executor = CopyExecutor(store, clock, copy_delay_s=opts.copy_delay_s)
-    oracle = engine.cache.policy if hasattr(engine.cache.policy, "set_next_use") else None
+    oracle = engine.cache.policy if engine.cache.policy.reads_future else None
     driver = WallClockDriver(setup.trace, engine, hints=bool(cfg["policy"].get("hints", True)), oracle_policy=oracle)
     loop = RealEngineLoop(engine, net, store, executor, driver, clock, check_invariants=opts.check_invariants)
     try:

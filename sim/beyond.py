@@ -79,10 +79,10 @@ REPLAY_BUDGETS_GIB = {"chatdev": (0.25, 1.0), "mooncake": (16.0, 64.0)}
 
 
 def replay_hit_rates(data: Path) -> dict[str, dict[float, dict[str, float]]]:
-    """Cache-only replay (kvflow.replay, Llama-3.1-8B KV, warm-up 0 for ChatDev, 0.5 for Mooncake):
+    """Cache-only replay (sim.replay, Llama-3.1-8B KV, warm-up 0 for ChatDev, 0.5 for Mooncake):
     hit rates with an exact Belady oracle, which knows every node's next use."""
     from kvflow.model_spec import load_model_spec
-    from kvflow.replay import read_mooncake, replay, requests_from_trace
+    from sim.replay import read_mooncake, replay, requests_from_trace
     from traces.importers import import_trace
 
     kv = load_model_spec("llama-3.1-8b").kv_bytes_per_token

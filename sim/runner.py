@@ -73,7 +73,7 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
     timeline: list[tuple[str, float, float, str]] | None = [] if sim_cfg.get("timeline", False) else None
     pcie = PCIeLink(env, setup.cost, bidirectional_penalty=bool(sim_cfg.get("bidirectional_penalty", True)),
                     timeline=timeline)  # GPU compute and PCIe copies share one list, for Gantt plots
-    feed = OracleFeed(trace, cache) if hasattr(policy, "set_next_use") else None
+    feed = OracleFeed(trace, cache) if policy.reads_future else None
     driver = WorkflowDriver(env, trace, engine, hints=bool(policy_cfg.get("hints", True)),
                             on_submit=feed.on_submit if feed else None)
     bar = progress(total=len(trace.invocations), desc=str(policy_cfg.get("name", "sim")), unit="req")

@@ -23,16 +23,11 @@ FORBIDDEN = {
 # (file, imported package): the only crossings allowed, each with its reason
 IMPORT_EXCEPTIONS = {
     ("real/validate.py", "sim"),  # kvflow-real validate runs both backends on one trace, lazily
-    ("kvflow/replay.py", "traces"),  # kvflow.replay is moving out of kvflow/ (another change)
 }
 # private attributes of third-party code that have no public equivalent
 PRIVATE_THIRD_PARTY = {"hydra._internal"}
-# in-project private accesses owned by other changes (the core's tree API): remove when fixed there
-PRIVATE_KNOWN = {
-    ("kvflow/replay.py", "tree._child_key"), ("kvflow/engine.py", "cache._pending"),
-    ("kvflow/cache.py", "tree._tick"), ("kvflow/cache.py", "tree._child_key"), ("kvflow/cache.py", "tree._common_len"),
-    ("real/engine_loop.py", "tree._child_key"),
-}
+# in-project private accesses across modules: none allowed
+PRIVATE_KNOWN: set[tuple[str, str]] = set()
 PACKAGES = ("kvflow", "harness", "sim", "real", "traces", "analysis")
 
 
@@ -68,8 +63,15 @@ def private_accesses(path: Path) -> set[str]:
     return found
 
 
+def test_cache_only_replay_needs_no_simpy_or_torch():
+    code = "import sys, sim.replay, sim.replay_cli; bad = {'simpy', 'torch', 'real'} & set(sys.modules); print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "set()"
+
+
 def test_core_imports_no_simpy_or_torch():
-    code = "import sys, kvflow, kvflow.replay; bad = {'simpy', 'torch', 'sim', 'real'} & set(sys.modules); print(bad)"
+    code = ("import sys, kvflow, kvflow.build, kvflow.engine; bad = {'simpy', 'torch', 'sim', 'real', 'traces'}"
+            " & set(sys.modules); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "set()"
 

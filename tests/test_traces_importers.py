@@ -142,3 +142,19 @@ def test_openai_sessions(tmp_path: Path) -> None:
     assert a.fixed_segments == b.fixed_segments == 1 and c.fixed_segments == 0
     assert trace.prompt_tokens(b)[: trace.prompt_len(a)] == trace.prompt_tokens(a)  # turns share a prefix
     assert a.output_tokens == estimate_tokens("Day 1: go.") and a.arrival_s == 0.0
+
+
+def test_mooncake_gzip_string_ids_and_block_size(tmp_path: Path) -> None:
+    rows = [{"timestamp": 2, "input_length": 20, "output_length": 3, "hash_ids": ["x", 7]},
+            {"timestamp": 1, "input_length": 16, "hash_ids": ["x"]}]  # output_length is optional
+    p = tmp_path / "renamed.log"  # gzipped, whatever its name says
+    p.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    trace = import_trace("mooncake", [str(p)], block_tokens=16)
+    write_trace(trace, tmp_path / "mc.jsonl")
+    trace = load_trace(tmp_path / "mc.jsonl")
+    assert trace.block_tokens == 16 and [inv.arrival_s for inv in trace.invocations] == [0.001, 0.002]
+    assert [[(s.key, s.n_tokens) for s in inv.segments] for inv in trace.invocations] == [
+        [("x", 16)], [("x", 16), (7, 4)]]
+    assert trace.prompt_tokens(trace.invocations[0]) == trace.prompt_tokens(trace.invocations[1])[:16]
+    with pytest.raises(ValueError, match=r"renamed.log:1: input_length 20 does not fit 2 hash ids"):
+        import_trace("mooncake", [str(p)], block_tokens=8)

@@ -11,7 +11,8 @@ import io
 import json
 import math
 import os
-from typing import Any, Iterator
+import zlib
+from typing import IO, Any, Iterator
 
 from traces.graph import graph_problems
 from traces.schema import (
@@ -29,6 +30,9 @@ WF_KEYS = {"type", "id", "agents", "graph"}
 INV_KEYS = {"type", "id", "client", "workflow", "agent", "step", "segments", "fixed", "output",
             "deps", "arrival", "delay"}
 _LINE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
+GZIP_MAGIC = b"\x1f\x8b"
+#: what reading a missing, unreadable, truncated or corrupt (gzip) file raises
+READ_ERRORS = (OSError, EOFError, zlib.error)
 
 
 class _Bad(Exception):
@@ -107,17 +111,33 @@ def read_trace(path: str | os.PathLike[str], max_errors: int = 20) -> tuple[Trac
             reader.feed(lineno, raw)
         else:
             reader.finish()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        reader.errors.append(TraceError(str(path), reader.last_line + 1, f"cannot read file: {exc}"))
+    except READ_ERRORS as exc:
+        reader.errors.append(TraceError(str(path), reader.last_line + 1, f"cannot read file: {read_problem(exc)}"))
     errors = reader.errors[:max_errors]
     return (None if errors else reader.trace()), errors
 
 
 def _lines(path: str) -> Iterator[tuple[int, bytes]]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with open_bytes(path) as f:
         for lineno, raw in enumerate(f, start=1):
             yield lineno, raw
+
+
+def open_bytes(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open for reading bytes, gunzipping when the file starts with the gzip magic or ends in .gz
+    (a renamed or suffix-less gzip file reads the same; a corrupt one fails in gzip, not in UTF-8)."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == GZIP_MAGIC
+    if gzipped or str(path).endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def read_problem(exc: BaseException) -> str:
+    """One-line reason for a READ_ERRORS exception, without the path (the caller names it)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class _Reader:

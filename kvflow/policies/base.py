@@ -32,11 +32,9 @@ class Policy:
     ``uses_hints``: steps-to-execution hints change its keys (the cache skips ``set_hints`` else);
     ``tracks_dynamic``: the cache tags each agent's latest dynamic prompt in ``node.dynamic_users``;
     ``observes_prompts``: the cache calls ``observe_prompt`` for every tagged prompt;
-    ``reads_future``: the backend must feed it next uses from the trace: such a policy defines
-    ``set_next_use(next_use: dict[User, float]) -> list[User]`` (same contract as ``set_hints``:
-    it returns the users whose keys may have dropped). The base class does not define it yet,
-    because sim/runner.py and real/runner.py still detect the oracle with ``hasattr(policy,
-    "set_next_use")``; once they read ``policy.reads_future`` it moves here as a no-op.
+    ``reads_future``: the backend must feed it next uses read from the trace through
+    ``set_next_use`` (``kvflow.workflow.OracleFeed``); the backends build that feed only for such a
+    policy, so the others pay nothing for it.
     """
 
     name: ClassVar[str] = ""
@@ -56,6 +54,11 @@ class Policy:
     def set_hints(self, steps: dict["User", float | None]) -> list["User"]:
         """New steps-to-execution per (client, agent); None forgets a value. Returns the users
         whose keys may have dropped, for the cache to re-file."""
+        return []
+
+    def set_next_use(self, next_use: dict["User", float]) -> list["User"]:
+        """Next use per (client, agent), in the client's own invocations (``reads_future``
+        policies only). Returns the users whose keys may have dropped, as ``set_hints``."""
         return []
 
     def observe_prompt(self, agent: str, had_previous: bool, created_tokens: int, reused_tokens: int) -> bool:

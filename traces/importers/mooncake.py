@@ -1,47 +1,85 @@
 """Mooncake block-hash JSONL -> trace: one invocation per request, one block segment per hash id.
 
-Equal hash ids mean identical 512-token blocks, so a block segment's tokens are keyed by the id;
-the last block is partial when input_length is not a multiple of 512. No agents, no graph.
+The one reader of Mooncake files (``kvflow-trace import mooncake`` and ``kvflow-replay`` both use
+it). Equal hash ids (integers or strings, as in the published traces and kvcache-simulator) mean
+identical ``block_tokens``-token blocks, so a block segment's tokens are keyed by the id; the last
+block is partial when input_length is not a multiple of the block size. ``timestamp`` (ms) and
+``output_length`` are optional (a cache-only replay needs neither). No agents, no graph.
 """
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from traces.importers.jsonl import json_lines
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Segment, Trace
 
 BLOCK_TOKENS = 512
+_ID_TYPES = {int, str}  # exact types: a bool is not a hash id
 
 
-def _request(obj: Any, where: str) -> tuple[float, int, int, list[int]]:
-    try:
-        ts, n_in, n_out, ids = obj["timestamp"], obj["input_length"], obj["output_length"], obj["hash_ids"]
-    except (KeyError, TypeError):
-        raise ValueError(f"{where}: expected timestamp, input_length, output_length, hash_ids") from None
-    if not (isinstance(ids, list) and ids and all(isinstance(h, int) for h in ids)):
-        raise ValueError(f"{where}: hash_ids must be a non-empty list of integers")
-    if not (isinstance(n_in, int) and BLOCK_TOKENS * (len(ids) - 1) < n_in <= BLOCK_TOKENS * len(ids)):
-        raise ValueError(f"{where}: input_length {n_in!r} does not fit {len(ids)} blocks of {BLOCK_TOKENS}")
-    if not isinstance(n_out, int) or n_out < 0 or not isinstance(ts, (int, float)) or ts < 0:
-        raise ValueError(f"{where}: bad output_length or timestamp")
-    return float(ts), n_in, n_out, ids
+def check_request(obj: Any, where: str,
+                  block_tokens: int = BLOCK_TOKENS) -> tuple[float | None, int, int, list[int | str]]:
+    """(timestamp ms or None, input_length, output_length, hash_ids) of one record, or
+    ValueError("FILE:LINE: problem") naming the first bad field."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object with hash_ids and input_length")
+    ids = obj.get("hash_ids")
+    if not (type(ids) is list and ids and set(map(type, ids)) <= _ID_TYPES):
+        raise ValueError(f"{where}: hash_ids must be a non-empty list of integers or strings")
+    n_in = obj.get("input_length")
+    if type(n_in) is not int or not block_tokens * (len(ids) - 1) < n_in <= block_tokens * len(ids):
+        raise ValueError(f"{where}: input_length {n_in!r} does not fit {len(ids)} hash ids "
+                         f"(blocks of {block_tokens} tokens)")
+    n_out = obj.get("output_length", 0)
+    if type(n_out) is not int or n_out < 0:
+        raise ValueError(f"{where}: output_length {n_out!r} must be a non-negative integer")
+    ts = obj.get("timestamp")
+    if ts is not None and (type(ts) not in (int, float) or not math.isfinite(ts) or ts < 0):
+        raise ValueError(f"{where}: timestamp {ts!r} must be a non-negative number of milliseconds")
+    return (None if ts is None else float(ts)), n_in, n_out, ids
 
 
-def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None) -> Trace:
-    """Import Mooncake traces (several files are concatenated, ids prefixed by the file index)."""
+def read_requests(path: str | os.PathLike[str], block_tokens: int = BLOCK_TOKENS) -> Iterator[Invocation]:
+    """The file's requests in file order, ids ``"0"``, ``"1"``, ...; ValueError("FILE:LINE: problem")."""
+    full: dict[int | str, Segment] = {}  # one shared Segment per hash id: frozen, and most ids repeat
+    for index, (where, obj) in enumerate(json_lines(path)):
+        ts_ms, n_in, n_out, ids = check_request(obj, where, block_tokens)
+        for h in set(ids).difference(full):
+            full[h] = Segment("block", h, block_tokens)
+        segs = list(map(full.__getitem__, ids))
+        last = n_in - block_tokens * (len(ids) - 1)
+        if last != block_tokens:
+            segs[-1] = Segment("block", ids[-1], last)
+        yield Invocation(id=str(index), client_id="-", workflow="", agent_id="-", step=0, segments=segs,
+                         fixed_segments=0, output_tokens=n_out,
+                         arrival_s=None if ts_ms is None else ts_ms / 1000.0)
+
+
+def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None,
+                 block_tokens: int = BLOCK_TOKENS) -> Trace:
+    """Import Mooncake traces (several files are concatenated, ids prefixed by the file index),
+    in arrival order (stable: file order among equal or missing timestamps)."""
+    if type(block_tokens) is not int or block_tokens < 1:
+        raise ValueError(f"block_tokens must be a positive integer, got {block_tokens!r}")
     invocations: list[Invocation] = []
     for f_idx, path in enumerate(paths):
         prefix = f"{f_idx}:" if len(paths) > 1 else ""
-        for where, obj in json_lines(path):
-            ts_ms, n_in, n_out, ids = _request(obj, where)
-            last = n_in - BLOCK_TOKENS * (len(ids) - 1)
-            segs = [Segment("block", h, BLOCK_TOKENS) for h in ids[:-1]] + [Segment("block", ids[-1], last)]
-            invocations.append(Invocation(
-                id=f"{prefix}{len(invocations)}", client_id="-", workflow="", agent_id="-",
-                step=0, segments=segs, fixed_segments=0, output_tokens=n_out,
-                arrival_s=ts_ms / 1000.0))
-    invocations.sort(key=lambda inv: inv.arrival_s or 0.0)  # stable: file order among equal times
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed, "block_tokens": BLOCK_TOKENS,
+        for inv in read_requests(path, block_tokens):
+            inv.id = f"{prefix}{len(invocations)}"
+            invocations.append(inv)
+    invocations.sort(key=lambda inv: inv.arrival_s or 0.0)
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed, "block_tokens": block_tokens,
             "provenance": {"importer": "mooncake", "sources": [os.path.basename(p) for p in paths]}}
     return Trace(meta, {}, invocations)
+
+
+def is_mooncake_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like Mooncake JSONL rather than a kvflow trace (whose every line has a
+    ``type`` and none ``hash_ids``), by its first record; anything else is left to the Mooncake
+    reader to report. A file that cannot be read says so as ValueError("FILE:LINE: problem")."""
+    for _, obj in json_lines(path):
+        return not (isinstance(obj, dict) and "type" in obj and "hash_ids" not in obj)
+    return True
