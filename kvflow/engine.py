@@ -147,10 +147,12 @@ class Engine:
         if self.transitions is not None and request.user is not None:
             self.transitions.observe(request.app_id, request.client_id, request.agent_id)
             if request.client_id not in self.declared_clients:  # a declared graph wins
-                steps = self.transitions.steps_from(request.app_id, request.agent_id)
-                if steps is None:  # not confident: forget this client's hints, rank it by LRU
-                    steps = {agent: None for agent in self.hints.get(request.client_id, {})}
-                self._apply_hints(request.client_id, steps)  # type: ignore[arg-type]
+                inferred = self.transitions.steps_from(request.app_id, request.agent_id)
+                # not confident: forget this client's hints, rank it by LRU
+                steps: dict[str, float | None] = (
+                    dict(inferred) if inferred is not None
+                    else {agent: None for agent in self.hints.get(request.client_id, {})})
+                self._apply_hints(request.client_id, steps)
 
     def set_hints(self, client_id: str, steps: dict[str, float | None], now_s: float) -> None:
         """Declared steps-to-execution for a client (None = unknown), from its workflow's graph:

@@ -67,7 +67,7 @@ def _next_cached(ins: Insertion, known_tokens: int) -> RadixNode | None:
             child = tree.split(child, common)
     if pos < ins.fixed_end < pos + len(child.tokens):
         tree.split(child, ins.fixed_end - pos)
-        child = child.parent  # type: ignore[assignment]
+        child = child.parent
     return child
 
 

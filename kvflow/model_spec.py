@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import yaml
@@ -67,7 +68,7 @@ class ModelSpec:
         return 4 * self.layers * self.heads * self.head_dim
 
 
-def _model_dir():
+def _model_dir() -> Traversable:
     return files("conf") / "model"
 
 

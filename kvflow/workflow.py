@@ -12,17 +12,42 @@ from __future__ import annotations
 import bisect
 import re
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kvflow.step_graph import INF, StepGraph
 
 if TYPE_CHECKING:
     from kvflow.cache import KVCacheManager
 
+
+class InvocationLike(Protocol):
+    """What the core reads of one invocation (``traces.Invocation`` has it; kvflow never imports traces)."""
+
+    id: str
+    client_id: str
+    agent_id: str
+    workflow: str
+    deps: Sequence[str]
+
+
+class WorkflowLike(Protocol):
+    graph: Mapping[str, Any] | None  # StepGraph dict (docs/architecture.md), or None: no graph
+
+
+class TraceLike(Protocol):
+    """What the core reads of a trace: invocations in topological order and workflows by name."""
+
+    @property
+    def invocations(self) -> Sequence[InvocationLike]: ...
+
+    @property
+    def workflows(self) -> Mapping[str, WorkflowLike]: ...
+
 _WARMUP_PART = re.compile(r"/warmup[^/]*/")
 
 
-def is_warmup(inv: Any) -> bool:
+def is_warmup(inv: InvocationLike) -> bool:
     """Generators label warm-up invocations ``<client>/warmup<k>/...``; excluded from latency."""
     return "warmup" in inv.id and _WARMUP_PART.search(inv.id) is not None
 
@@ -30,7 +55,7 @@ def is_warmup(inv: Any) -> bool:
 class WorkflowTracker:
     """Dependencies, frontiers and hints of every workflow instance (client) in a trace."""
 
-    def __init__(self, trace: Any, hints: bool = True) -> None:
+    def __init__(self, trace: TraceLike, hints: bool = True) -> None:
         self.graphs: dict[str, StepGraph | None] = {}
         if hints:
             for name, wf in trace.workflows.items():
@@ -52,12 +77,12 @@ class WorkflowTracker:
         self._last_frontier: dict[str, frozenset[str]] = {}
         self._changed: set[str] = set()  # clients whose frontier moved since their last hints()
 
-    def ready(self, inv: Any) -> None:
+    def ready(self, inv: InvocationLike) -> None:
         agents = self.frontier[inv.client_id]
         agents[inv.agent_id] = agents.get(inv.agent_id, 0) + 1
         self._changed.add(inv.client_id)
 
-    def finished(self, inv: Any) -> tuple[list[Any], bool]:
+    def finished(self, inv: InvocationLike) -> tuple[list[InvocationLike], bool]:
         """``inv`` completed: its successors that are now ready, and whether its client is done."""
         agents = self.frontier[inv.client_id]
         agents[inv.agent_id] -= 1
@@ -99,7 +124,7 @@ class OracleFeed:
     however fast each workflow progresses among concurrent ones.
     """
 
-    def __init__(self, trace: Any, cache: "KVCacheManager") -> None:
+    def __init__(self, trace: TraceLike, cache: "KVCacheManager") -> None:
         self.cache = cache
         self.position: dict[str, tuple[str, int]] = {}
         counts: dict[str, int] = defaultdict(int)
@@ -112,7 +137,7 @@ class OracleFeed:
         first_uses = {(c, a): float(idx[0]) for c, agents in self.uses.items() for a, idx in agents.items()}
         cache.policy.set_next_use(first_uses)
 
-    def on_submit(self, inv: Any) -> None:
+    def on_submit(self, inv: InvocationLike) -> None:
         client, now = self.position[inv.id]
         table = {}
         for agent, idx in self.uses[client].items():
