@@ -76,7 +76,7 @@ def _int(rec: dict[str, Any], key: str, where: str, minimum: int) -> int:
 
 def _hash_ids(rec: dict[str, Any], n_in: int, block: int, where: str) -> list[int]:
     ids = rec.get("hash_ids")
-    if not isinstance(ids, list) or not all(isinstance(h, int) and not isinstance(h, bool) for h in ids):
+    if not isinstance(ids, list) or not set(map(type, ids)) <= {int}:  # C-speed check (bool is not int)
         raise WekaError(f"{where}.hash_ids: expected a list of integers" if "hash_ids" in rec
                         else f"{where}: missing 'hash_ids'")
     if len(ids) != n_in // block:
