@@ -27,23 +27,17 @@ class BlockIds:
     def __init__(self, block_tokens: int) -> None:
         self.block_tokens = block_tokens
         self.ids: dict[tuple[int, Hashable], int] = {}
+        self._runs: dict[tuple[int, Hashable], list[int]] = {}  # (parent, segment) -> ids of its full blocks
 
     def of(self, inv: Invocation) -> list[int]:
         out: list[int] = []
-        parent = 0
-        for pieces in self._blocks(inv):
-            key = (parent, pieces)
-            parent = self.ids.get(key, 0)
-            if not parent:
-                parent = self.ids[key] = len(self.ids) + 1
-            out.append(parent)
-        return out
-
-    def _blocks(self, inv: Invocation) -> Iterator[Hashable]:
-        """One hashable description per block: the pieces of segments it covers."""
-        size, pieces, filled = self.block_tokens, [], 0
+        size, parent, pieces, filled = self.block_tokens, 0, [], 0
         for index, seg in enumerate(inv.segments):
             ident, offset = _identity(inv, index, seg), 0
+            if filled == 0 and seg.kind != "tokens" and seg.n_tokens >= size:
+                run = self._run(parent, ident, seg.n_tokens // size)  # prompts repeat prefixes: reuse
+                out += run
+                parent, offset = run[-1], len(run) * size
             while offset < seg.n_tokens:
                 take = min(size - filled, seg.n_tokens - offset)
                 pieces.append((ident, offset, take) if seg.kind != "tokens"
@@ -51,10 +45,27 @@ class BlockIds:
                 offset += take
                 filled += take
                 if filled == size:
-                    yield pieces[0] if len(pieces) == 1 else tuple(pieces)
+                    parent = self._id(parent, pieces[0] if len(pieces) == 1 else tuple(pieces))
+                    out.append(parent)
                     pieces, filled = [], 0
         if pieces:
-            yield tuple(pieces) + ("partial",)
+            out.append(self._id(parent, tuple(pieces) + ("partial",)))
+        return out
+
+    def _id(self, parent: int, pieces: Hashable) -> int:
+        key = (parent, pieces)
+        found = self.ids.get(key)
+        if found is None:
+            found = self.ids[key] = len(self.ids) + 1
+        return found
+
+    def _run(self, parent: int, ident: Hashable, blocks: int) -> list[int]:
+        """Ids of the first `blocks` full blocks of a block-aligned segment that follows `parent`."""
+        run = self._runs.setdefault((parent, ident), [])
+        size = self.block_tokens
+        while len(run) < blocks:
+            run.append(self._id(run[-1] if run else parent, (ident, len(run) * size, size)))
+        return run[:blocks]
 
 
 def _identity(inv: Invocation, index: int, seg: Segment) -> Hashable:
