@@ -224,3 +224,23 @@ def test_written_trace_round_trips(tmp_path: Path) -> None:
     again = load_trace(out)
     assert [(i.model, i.service_s, i.deps, i.delay_s) for i in again.invocations] == \
         [(i.model, i.service_s, i.deps, round(i.delay_s, 6)) for i in trace.invocations]
+
+
+def test_block_segments_option_is_the_same_workload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--blocks: one block per hash id; same prompts' sharing, ceiling, exported ids and replay."""
+    from traces.export import BlockIds
+    from traces.stats import compute_stats
+
+    paths = _files(WITH_SUBAGENTS[2:])
+    chains, blocks = import_trace("weka", paths), import_trace("weka", paths, blocks=True)
+    assert all(s.kind == "block" for inv in blocks.invocations for s in inv.segments)
+    a, b = compute_stats(chains), compute_stats(blocks)
+    for key in ("ideal_hit_rate", "dep_prefix_share", "prompt_output_ratio", "ideal_hit_rate_per_model"):
+        assert a[key] == pytest.approx(b[key], abs=1e-12), key
+    ids_a, ids_b = BlockIds(64), BlockIds(64)
+    assert [ids_a.of(i) for i in chains.invocations] == [ids_b.of(i) for i in blocks.invocations]
+    out = tmp_path / "blocks.jsonl.gz"
+    assert main(["import", "weka", "--blocks", *paths, "-o", str(out)]) == 0
+    assert main(["validate", str(out)]) == 0
+    assert main(["import", "otel", "--blocks", *paths, "-o", str(out)]) == 2
+    assert "weka importer only" in capsys.readouterr().err

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("inputs", nargs="+")
     i.add_argument("-o", "--output", required=True)
     i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--blocks", action="store_true",
+                   help="weka: one block segment per hash id instead of shared chains (large; for a few sessions)")
     e = sub.add_parser("export", help=f"block-hash records for other tools: {', '.join(EXPORTERS)} "
                        "(mooncake: one JSONL file; weka: a directory of session files)")
     e.add_argument("format", help=f"one of: {', '.join(EXPORTERS)}")
@@ -74,7 +76,10 @@ def _run(args: argparse.Namespace) -> int:
         write_trace(trace, args.output)
         print(f"{args.output}: {len(trace.invocations)} invocations ({args.workload})")
     elif args.cmd == "import":
-        trace = import_trace(args.format, args.inputs, seed=args.seed)
+        if args.blocks and args.format != "weka":
+            raise ValueError(f"--blocks applies to the weka importer only, not {args.format!r}")
+        extra = {"blocks": True} if args.blocks else {}
+        trace = import_trace(args.format, args.inputs, seed=args.seed, **extra)
         write_trace(trace, args.output)
         skipped = trace.meta.get("provenance", {}).get("skipped", [])
         print(f"{args.output}: {len(trace.invocations)} invocations from "

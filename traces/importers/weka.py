@@ -166,6 +166,28 @@ class _Chains:
         return segs + [Segment("unique", "", tail)] if tail else segs
 
 
+class _Blocks(_Chains):
+    """`blocks=True`: one block segment per hash id, keyed "<session>:<id>" (the same Segment
+    object for every use of an id), and the unhashed tail as a block of its own key."""
+
+    def __init__(self, client: str) -> None:
+        super().__init__(client)
+        self.interned: dict[int, Segment] = {}
+        self.calls = 0
+
+    def segments(self, ids: list[int], n_in: int, block: int, where: str) -> list[Segment]:
+        self.path(ids, where)  # the same checks of the ids as for chains
+        get, segs = self.interned.get, []
+        for h in ids:
+            seg = get(h)
+            if seg is None:
+                seg = self.interned[h] = Segment("block", f"{self.client}:{h}", block)
+            segs.append(seg)
+        self.calls += 1
+        tail = n_in - block * len(ids)
+        return segs + [Segment("block", f"{self.client}:tail{self.calls}", tail)] if tail else segs
+
+
 def _common_run(ids: list[int], j: int, blocks: list[int]) -> int:
     """Length of the common run of ids[j:] and blocks[0:] (slice compares run in C)."""
     n = min(len(ids) - j, len(blocks))
@@ -193,9 +215,9 @@ class _Done:
 class _Session:
     """Turns one session's request list (and its sub-agents', recursively) into invocations."""
 
-    def __init__(self, path: str, obj: dict[str, Any], client: str, block: int) -> None:
+    def __init__(self, path: str, obj: dict[str, Any], client: str, block: int, blocks: bool) -> None:
         self.path, self.client, self.block = path, client, block
-        self.chains = _Chains(client)
+        self.chains = _Blocks(client) if blocks else _Chains(client)
         self.invocations: list[Invocation] = []
         self.subagents = 0
         self.thread(obj["requests"], MAIN_AGENT, "requests", 0.0, None)
@@ -276,8 +298,11 @@ def _block_size(obj: dict[str, Any], path: str) -> int:
     return block
 
 
-def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None) -> Trace:
-    """Import session files, one at a time; WekaError (one line) on the first malformed record."""
+def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None,
+                 blocks: bool = False) -> Trace:
+    """Import session files, one at a time; WekaError (one line) on the first malformed record.
+    `blocks`: one block segment per hash id instead of chains (~1,900 segments per call: for a few
+    sessions, e.g. a block-level `kvflow-replay`)."""
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     invocations: list[Invocation] = []
     sources, skipped, clients = [], [], set()
@@ -292,7 +317,7 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
         if client in clients:
             raise WekaError(f"{path}: session.id: {client!r} was already imported from another file")
         clients.add(client)
-        session = _Session(path, obj, client, size)
+        session = _Session(path, obj, client, size, blocks)
         if not session.invocations:
             warn(f"{path}: skipped: the session has no calls")
             skipped.append(os.path.basename(path))
