@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 
+from traces.export import EXPORTERS, export_trace
 from traces.generators import WORKLOADS, generate
 from traces.importers import IMPORTERS, import_trace
 from traces.io import load_trace, write_trace
@@ -30,17 +31,27 @@ class _UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="kvflow-trace", description="KVFlow workload traces: generate, import, validate, stats.")
+    p = _Parser(prog="kvflow-trace",
+                description="KVFlow workload traces: generate, import, export, validate, stats.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help=f"synthetic workload: {', '.join(WORKLOADS)}")
     g.add_argument("workload")
     g.add_argument("params", nargs="*", metavar="key=value")
     g.add_argument("-o", "--output", required=True)
     i = sub.add_parser("import", help=f"import real logs: {', '.join(IMPORTERS)}")
-    i.add_argument("format")
+    i.add_argument("format", help=f"one of: {', '.join(IMPORTERS)}")
     i.add_argument("inputs", nargs="+")
     i.add_argument("-o", "--output", required=True)
     i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--blocks", action="store_true",
+                   help="weka: one block segment per hash id instead of shared chains (large; for a few sessions)")
+    e = sub.add_parser("export", help=f"block-hash records for other tools: {', '.join(EXPORTERS)} "
+                       "(mooncake: one JSONL file; weka: a directory of session files)")
+    e.add_argument("format", help=f"one of: {', '.join(EXPORTERS)}")
+    e.add_argument("file", help="a kvflow trace (.jsonl or .jsonl.gz)")
+    e.add_argument("-o", "--output", required=True)
+    e.add_argument("--block-tokens", type=int, default=None,
+                   help="tokens per hash block (default: the trace's block_tokens)")
     v = sub.add_parser("validate", help="check a trace; one FILE:LINE: problem per error")
     v.add_argument("file")
     s = sub.add_parser("stats", help="workload shape, prefix reuse, ideal hit-rate ceiling, loops")
@@ -65,11 +76,21 @@ def _run(args: argparse.Namespace) -> int:
         write_trace(trace, args.output)
         print(f"{args.output}: {len(trace.invocations)} invocations ({args.workload})")
     elif args.cmd == "import":
-        trace = import_trace(args.format, args.inputs, seed=args.seed)
+        if args.blocks and args.format != "weka":
+            raise ValueError(f"--blocks applies to the weka importer only, not {args.format!r}")
+        extra = {"blocks": True} if args.blocks else {}
+        trace = import_trace(args.format, args.inputs, seed=args.seed, **extra)
         write_trace(trace, args.output)
         skipped = trace.meta.get("provenance", {}).get("skipped", [])
         print(f"{args.output}: {len(trace.invocations)} invocations from "
               f"{len(args.inputs) - len(skipped)} input(s), {len(skipped)} skipped")
+    elif args.cmd == "export":
+        if args.format not in EXPORTERS:
+            raise ValueError(f"unknown export format {args.format!r} (known: {', '.join(EXPORTERS)})")
+        if args.block_tokens is not None and args.block_tokens < 1:
+            raise ValueError(f"--block-tokens must be a positive integer, got {args.block_tokens}")
+        n = export_trace(args.format, load_trace(args.file), args.output, args.block_tokens)
+        print(f"{args.output}: {n} {'record(s)' if args.format == 'mooncake' else 'session(s)'} ({args.format})")
     elif args.cmd == "validate":
         trace, errors = validate_file(args.file)
         for err in errors:

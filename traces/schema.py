@@ -15,6 +15,11 @@ FORMAT_NAME = "kvflow-trace"
 FORMAT_VERSION = 1
 SEGMENT_KINDS = ("shared", "unique", "tokens", "block")
 DEFAULT_BLOCK_TOKENS = 512
+# Header key holding the per-invocation `model` / `service_s` of imported traces. The invocation
+# line format has no such fields yet (its reader rejects unknown fields), so they travel in the
+# header, keyed by client and step: {"models": [name...], "calls": {client: [[step, model index
+# or -1, service_s or null], ...]}}. `Trace` rebuilds it from the invocations on construction.
+INV_EXTRA_KEY = "inv_extra"
 
 
 class TraceError(ValueError):
@@ -56,6 +61,8 @@ class Invocation:
     deps: list[str] = field(default_factory=list)
     arrival_s: float | None = None
     delay_s: float = 0.0
+    model: str = ""  # the model that served the recorded call ("" = unknown / the trace's one model)
+    service_s: float | None = None  # recorded time the provider took to answer (None = not recorded)
 
 
 @dataclass(slots=True)
@@ -79,6 +86,7 @@ class Trace:
         self.meta = meta
         self.workflows = workflows
         self.invocations = invocations
+        _sync_inv_extra(self)
         self._tokens = TokenSource(self.seed, self.block_tokens)
 
     @property
@@ -122,3 +130,39 @@ class Trace:
             f"Trace({len(self.workflows)} workflows, {len(self.invocations)} invocations, "
             f"seed={self.seed})"
         )
+
+
+def _sync_inv_extra(trace: Trace) -> None:
+    """Invocations carrying model/service_s define the header table; otherwise the table (as read
+    from a file) fills them in. So a trace rebuilt from a subset of invocations stays consistent."""
+    invs = trace.invocations
+    if any(inv.model or inv.service_s is not None for inv in invs):
+        trace.meta = {k: v for k, v in trace.meta.items() if k != INV_EXTRA_KEY}
+        trace.meta[INV_EXTRA_KEY] = _extra_table(invs)
+    elif INV_EXTRA_KEY in trace.meta:
+        _apply_extra_table(trace.meta[INV_EXTRA_KEY], invs)
+
+
+def _extra_table(invs: list[Invocation]) -> dict[str, Any]:
+    models: dict[str, int] = {}
+    calls: dict[str, list[list[Any]]] = {}
+    for inv in invs:
+        index = models.setdefault(inv.model, len(models)) if inv.model else -1
+        service = None if inv.service_s is None else round(float(inv.service_s), 6)
+        calls.setdefault(inv.client_id, []).append([inv.step, index, service])
+    return {"models": list(models), "calls": calls}
+
+
+def _apply_extra_table(table: Any, invs: list[Invocation]) -> None:
+    """Fill model/service_s from a header table; ValueError naming the key when it is malformed."""
+    try:
+        models = table["models"]
+        rows = {(client, int(step)): (int(m), s) for client, entries in table["calls"].items()
+                for step, m, s in entries}
+        for inv in invs:
+            m, service = rows.get((inv.client_id, inv.step), (-1, None))
+            inv.model = models[m] if m >= 0 else ""
+            inv.service_s = None if service is None else float(service)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        raise ValueError(f"header.{INV_EXTRA_KEY} is malformed: expected "
+                         '{"models": [...], "calls": {client: [[step, model index, service_s], ...]}}') from None

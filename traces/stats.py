@@ -32,9 +32,11 @@ class _PrefixTrie:
                 out.append(((seg.kind, seg.key), seg.n_tokens))
         return out
 
-    def match_insert(self, inv: Invocation) -> int:
-        """Tokens of `inv`'s prompt that prefix-match an earlier prompt; then remember the prompt."""
-        units, node, matched, matching = self._units(inv), self.root, 0, True
+    def match_insert(self, inv: Invocation, namespace: str = "") -> int:
+        """Tokens of `inv`'s prompt that prefix-match an earlier prompt; then remember the prompt.
+        Prompts only match within one `namespace` (e.g. per model: no KV is shared across models)."""
+        units, matched, matching = self._units(inv), 0, True
+        node = self.root.setdefault(("namespace", namespace), (0, {0: {}}))[1][0] if namespace else self.root
         for unit in units:
             if unit is None:
                 break
@@ -49,6 +51,37 @@ class _PrefixTrie:
             node[key] = (max(max_n, n), children)
             node = children.setdefault(n, {})
         return matched
+
+
+def _common_prefix_tokens(a: Invocation, b: Invocation) -> int:
+    """Tokens at the start of `a`'s prompt that are also the start of `b`'s (segment level)."""
+    common = 0
+    for x, y in zip(a.segments, b.segments):
+        if x.kind == "unique" or (x.kind, x.key, x.ids) != (y.kind, y.key, y.ids):
+            break
+        common += min(x.n_tokens, y.n_tokens)
+        if x.n_tokens != y.n_tokens:
+            break
+    return common
+
+
+def _reuse(trace: Trace, prompt_total: int) -> dict[str, Any]:
+    """Prefix reuse along dependencies, and the per-model ceiling when calls name their model."""
+    by_id = trace.by_id()
+    with_dep = [inv for inv in trace.invocations if inv.deps]
+    out: dict[str, Any] = {
+        "prompt_output_ratio": prompt_total / max(sum(i.output_tokens for i in trace.invocations), 1),
+        "dep_prefix_share": sum(_common_prefix_tokens(i, by_id[i.deps[0]]) for i in with_dep)
+        / max(prompt_total, 1)}
+    if any(inv.model for inv in trace.invocations):
+        trie = _PrefixTrie()
+        hits = sum(trie.match_insert(inv, inv.model or "-") for inv in trace.invocations)
+        out["ideal_hit_rate_per_model"] = hits / max(prompt_total, 1)
+        models: dict[str, int] = {}
+        for inv in trace.invocations:
+            models[inv.model or "-"] = models.get(inv.model or "-", 0) + 1
+        out["calls_per_model"] = dict(sorted(models.items()))
+    return out
 
 
 def _dist(values: list[int]) -> dict[str, float]:
@@ -80,6 +113,7 @@ def compute_stats(trace: Trace) -> dict[str, Any]:
         "prompt_tokens": _dist(prompt),
         "fixed_share": sum(fixed) / total_prompt,
         "ideal_hit_rate": sum(hits) / total_prompt,
+        **_reuse(trace, sum(prompt)),
         "per_agent_fixed": {a: _dist(v) for a, v in sorted(per_agent.items())},
         "per_role_fixed": _per_role(invs, fixed),
         "graphs": {wf.id: _graph_info(wf.graph) for wf in trace.workflows.values()},
@@ -117,6 +151,12 @@ def format_stats(path: str, s: dict[str, Any]) -> str:
              f"  prompt tokens   {d(s['prompt_tokens'])}",
              f"  fixed (declared reusable) share of prompt tokens: {s['fixed_share']:.1%}",
              f"  ideal hit-rate ceiling (infinite cache, longest earlier prefix): {s['ideal_hit_rate']:.1%}",
+             f"  prompt / output tokens: {s['prompt_output_ratio']:.1f}x; prompt tokens that repeat the "
+             f"first dependency's prompt prefix: {s['dep_prefix_share']:.1%}"]
+    if "ideal_hit_rate_per_model" in s:
+        lines.append(f"  ideal hit-rate ceiling with no KV shared across models: {s['ideal_hit_rate_per_model']:.1%}"
+                     f" (calls per model: {', '.join(f'{m} {n}' for m, n in s['calls_per_model'].items())})")
+    lines += [
              "  fixed prompt length per agent (calls; fixed tokens min / mean / max):"]
     for agent, x in s["per_agent_fixed"].items():
         lines.append(f"    {agent or '-'}: {x['n']} calls, fixed {x['min']} / {x['mean']:.0f} / {x['max']}")
