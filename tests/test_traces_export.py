@@ -11,21 +11,14 @@ from traces.cli import main
 from traces.export import BlockIds, export_mooncake, export_weka, schedule
 from traces.importers import import_trace
 
-from conftest import MOONCAKE, REPO, SHARED_DATA
+from conftest import MOONCAKE, SHARED_DATA
 
 SESSIONS = [SHARED_DATA / "weka" / n for n in ("trace_0010.json.gz", "trace_0254.json.gz", "trace_0277.json.gz")]
 
 
 def _replay_module():
-    """Our cache-only replay (moving from kvflow/ to sim/): the first of this checkout's modules."""
-    for name in ("sim.replay", "kvflow.replay"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        if Path(mod.__file__ or "").resolve().is_relative_to(REPO):  # not an installed copy elsewhere
-            return mod
-    pytest.skip("no cache-only replay module in this checkout")
+    """Our cache-only replay backend."""
+    return importlib.import_module("sim.replay")
 
 
 def _their_lru(path: Path, block_tokens: int, budgets_gib: list[float]) -> list[dict]:
@@ -76,7 +69,7 @@ def test_weka_trace_exports_to_mooncake_with_kvcache_simulator_hits(tmp_path: Pa
     assert [r["timestamp"] for r in lines] == sorted(r["timestamp"] for r in lines)
     assert sum(r["input_length"] for r in lines) == sum(trace.prompt_len(i) for i in trace.invocations)
     # 32 GiB = 4,096 blocks of 64 tokens: every prompt (<= 2,533 blocks) fits. With prompts larger
-    # than the cache the two replays part slightly (kvflow.replay keeps a few more blocks: 20,229,568
+    # than the cache the two replays part slightly (sim.replay keeps a few more blocks: 20,229,568
     # vs 20,225,984 hit tokens at 2,048 blocks); that is the replay's rule, not the export's.
     _check_same_hits(out, 64, [32, 64])
 
