@@ -120,6 +120,11 @@ class KVCacheManager:
         """Ops are queued (cheaper than ``take_ops`` when, as usual, none are)."""
         return bool(self._pending)
 
+    @property
+    def pending_ops(self) -> list[Op]:
+        """The queue itself, read-only for callers (the engine's hot ``has_ops`` test)."""
+        return self._pending
+
     def queue_ops(self, ops: Iterable[Op]) -> None:
         """Queue ops started outside a backend's wait (a prefetcher's loads) for ``take_ops``."""
         self._pending.extend(ops)

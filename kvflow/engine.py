@@ -121,6 +121,7 @@ class Iteration:
 class Engine:
     def __init__(self, cache: KVCacheManager, config: EngineConfig | None = None) -> None:
         self.cache = cache
+        self._pending_ops = cache.pending_ops  # the same list object: has_ops reads it directly
         self.config = config or EngineConfig()
         self.waiting: deque[Request] = deque()
         self.prefilling: list[Request] = []
@@ -181,12 +182,14 @@ class Engine:
     @property
     def has_ops(self) -> bool:
         """Ops are queued for the backend (cheaper than ``take_ops`` when, as usual, none are)."""
-        return self.cache.has_pending_ops
+        return bool(self._pending_ops)
 
     def complete_op(self, op: Op, now_s: float) -> None:
-        """The backend finished an async op: its nodes flip tier, and a prefetcher may use the slot."""
+        """The backend finished an async op: its nodes flip tier, and a finished prefetch frees the
+        prefetcher's slot (only prefetch loads concern it: no hook call per backup)."""
         self.cache.complete(op)
-        self.prefetcher.on_complete(op)
+        if type(op) is Load and op.prefetch:
+            self.prefetcher.on_prefetch_done(op)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.decoding)

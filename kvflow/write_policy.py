@@ -13,9 +13,10 @@ from kvflow.ops import Free, Offload, Op
 from kvflow.radix import RadixNode, RadixTree
 from kvflow.tiers import CpuTier
 
+from kvflow.policies.base import Policy
+
 if TYPE_CHECKING:
     from kvflow.cache import CacheConfig, CacheStats
-    from kvflow.policies.base import Policy
 
 
 class WritePolicy:
@@ -24,6 +25,10 @@ class WritePolicy:
         self.config, self.tree, self.stats, self.policy, self.cpu, self.ops = config, tree, stats, policy, cpu, ops
         self.write_through = config.write_policy == "write_through"
         self.write_back = config.write_policy == "write_back"
+        # the policy's veto, or None when it keeps the base rule (keep everything): one call less
+        # per backup on the hot path, as GpuTier does for observe_evict
+        overridden = type(policy).worth_keeping is not Policy.worth_keeping
+        self.worth_keeping = policy.worth_keeping if overridden else None
 
     def join_gpu(self, node: RadixNode) -> None:
         """A node just computed on the GPU joins the tier, and its write-through backup starts at
@@ -48,7 +53,8 @@ class WritePolicy:
         if node.prefetched:
             self.stats.prefetch_wasted += 1
             node.prefetched = False
-        if (not node.cpu and self.write_back and self.policy.worth_keeping(node) and self.cpu.alloc(n)):
+        if (not node.cpu and self.write_back and (self.worth_keeping is None or self.worth_keeping(node))
+                and self.cpu.alloc(n)):
             self.tree.begin_offload(node, demote=True)
             self._queue_offload(node, free_gpu_after=True)
         else:
@@ -62,7 +68,7 @@ class WritePolicy:
         if (not self.write_through or node.cpu or node.inflight is not None
                 or node.hits + 1 < self.config.write_through_hits):
             return False
-        if not self.policy.worth_keeping(node):
+        if self.worth_keeping is not None and not self.worth_keeping(node):
             return False  # the policy expects no reuse: save the PCIe bandwidth and the CPU space
         return self.cpu.alloc(len(node.tokens))
 

@@ -32,8 +32,8 @@ class Prefetcher:
     def on_finish(self, request: "Request", now_s: float) -> None:
         """A request finished (its sequence is in the tree)."""
 
-    def on_complete(self, op: Op) -> None:
-        """The backend finished ``op`` (the cache has already flipped its nodes)."""
+    def on_prefetch_done(self, op: Load) -> None:
+        """The backend finished prefetch load ``op`` (the cache has already flipped its nodes)."""
 
     def before_step(self, now_s: float) -> None:
         """The engine is about to plan an iteration."""
@@ -77,10 +77,9 @@ class CopyingPrefetcher(Prefetcher):
         self.loads_in_flight += len(ops)
         return ops
 
-    def on_complete(self, op: Op) -> None:
-        if isinstance(op, Load) and op.prefetch:
-            self.loads_in_flight -= 1
-            self.slot_freed()
+    def on_prefetch_done(self, op: Load) -> None:
+        self.loads_in_flight -= 1
+        self.slot_freed()
 
     def slot_freed(self) -> None:
         """One of this prefetcher's loads finished."""
