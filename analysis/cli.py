@@ -20,10 +20,17 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kvflow-report", description=__doc__.split("\n\n")[1].replace("\n", " "))
     ap.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run dir or (multi)run root; several allowed")
     ap.add_argument("-o", "--out", type=Path, default=None, help="output dir (default: first DIR/report)")
-    ap.add_argument("--baseline", default="hicache",
-                    help="policy the speedups are over; comma-separated for one table each (default: hicache)")
-    ap.add_argument("--results-md", type=Path, default=None,
-                    help="also write the tables and plots into this markdown file (between generated markers)")
+    ap.add_argument(
+        "--baseline",
+        default="hicache",
+        help="policy the speedups are over; comma-separated for one table each (default: hicache)",
+    )
+    ap.add_argument(
+        "--results-md",
+        type=Path,
+        default=None,
+        help="also write the tables and plots into this markdown file (between generated markers)",
+    )
     return ap
 
 
@@ -31,8 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     words = ["kvflow-report"] + [str(a) for a in (argv if argv is not None else sys.argv[1:])]
     try:
-        report = write_report(args.dirs, args.out, baseline=args.baseline, results_md=args.results_md,
-                              invocation=" ".join(shlex.quote(w) for w in words))
+        report = write_report(
+            args.dirs,
+            args.out,
+            baseline=args.baseline,
+            results_md=args.results_md,
+            invocation=" ".join(shlex.quote(w) for w in words),
+        )
     except (RunError, OSError) as exc:
         print(f"kvflow-report: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -31,10 +31,22 @@ class Reference:
         return f"{self.speedup:.2f}x{suffix}"
 
 
-_A10G = {"generator": "sequential", "hardware": "a10g", "model": "llama-3.1-8b",
-         "fixed_tokens": 8192, "dynamic_tokens": 32, "output_tokens": 32}
-_H100 = {"generator": "sequential", "hardware": "h100", "model": "qwen2.5-32b",
-         "fixed_tokens": 4096, "dynamic_tokens": 32, "output_tokens": 32}
+_A10G = {
+    "generator": "sequential",
+    "hardware": "a10g",
+    "model": "llama-3.1-8b",
+    "fixed_tokens": 8192,
+    "dynamic_tokens": 32,
+    "output_tokens": 32,
+}
+_H100 = {
+    "generator": "sequential",
+    "hardware": "h100",
+    "model": "qwen2.5-32b",
+    "fixed_tokens": 4096,
+    "dynamic_tokens": 32,
+    "output_tokens": 32,
+}
 _H100_ANY = {"generator": "sequential", "hardware": "h100", "model": "qwen2.5-32b"}
 
 REFERENCES: tuple[Reference, ...] = (
@@ -42,16 +54,33 @@ REFERENCES: tuple[Reference, ...] = (
     Reference("single, A10G, Llama-3.1-8B, 8192/32/32", "kvflow", "sglang", 2.91, _A10G),
     Reference("single, H100, Qwen2.5-32B, 4096/32/32", "kvflow", "hicache", 1.24, _H100),
     Reference("single, H100, Qwen2.5-32B, 4096/32/32", "kvflow", "sglang", 1.42, _H100),
-    Reference("single, average at 8192 fixed", "kvflow", "sglang", 1.30,
-              {"generator": "sequential", "fixed_tokens": 8192}, "avg"),
-    Reference("single, average at 4096 fixed", "kvflow", "sglang", 1.22,
-              {"generator": "sequential", "fixed_tokens": 4096}, "avg"),
+    Reference(
+        "single, average at 8192 fixed",
+        "kvflow",
+        "sglang",
+        1.30,
+        {"generator": "sequential", "fixed_tokens": 8192},
+        "avg",
+    ),
+    Reference(
+        "single, average at 4096 fixed",
+        "kvflow",
+        "sglang",
+        1.22,
+        {"generator": "sequential", "fixed_tokens": 4096},
+        "avg",
+    ),
     Reference("ablation on H100: eviction only", "kvflow_evict_only", "hicache", 1.11, _H100_ANY, "ablation"),
     Reference("ablation on H100: eviction + prefetch", "kvflow", "hicache", 1.29, _H100_ANY, "ablation"),
     Reference("concurrency", "kvflow", "hicache", 2.19, {"generator": "concurrent"}, "up to"),
     Reference("concurrency", "kvflow", "sglang", 1.25, {"generator": "concurrent"}, "up to"),
-    Reference("HiCache at 1024 fixed x 64 workflows", "hicache", "sglang", 0.57,
-              {"generator": "concurrent", "fixed_tokens": 1024, "workflows": 64}),
+    Reference(
+        "HiCache at 1024 fixed x 64 workflows",
+        "hicache",
+        "sglang",
+        0.57,
+        {"generator": "concurrent", "fixed_tokens": 1024, "workflows": 64},
+    ),
     Reference("PEER-style", "kvflow", "hicache", 1.08, {"generator": "peer_loop"}),
     Reference("PEER-style", "kvflow", "sglang", 1.12, {"generator": "peer_loop"}),
 )
@@ -73,7 +102,9 @@ def _agrees(key: str, want: Any, have: Any) -> bool:
 def matches(setting: Mapping[str, Any], policy: str, baseline: str) -> list[Reference]:
     """The paper's numbers for ``policy`` over ``baseline`` at this setting (context columns)."""
     return [
-        ref for ref in REFERENCES
-        if ref.policy == policy and ref.baseline == baseline
+        ref
+        for ref in REFERENCES
+        if ref.policy == policy
+        and ref.baseline == baseline
         and all(_agrees(k, v, setting.get(k)) for k, v in ref.match.items())
     ]

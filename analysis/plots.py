@@ -24,15 +24,30 @@ AXIS_LABELS = {
     "output_tokens": "output length per request (tokens)",
     "workflows": "concurrent workflows",
 }
-TIMELINE_COLORS = {"prefill": "tab:blue", "decode": "tab:cyan", "load": "tab:red",
-                   "prefetch": "tab:green", "offload": "tab:orange"}
+TIMELINE_COLORS = {
+    "prefill": "tab:blue",
+    "decode": "tab:cyan",
+    "load": "tab:red",
+    "prefetch": "tab:green",
+    "offload": "tab:orange",
+}
 TIMELINE_ROWS = ("d2h", "h2d", "gpu")  # bottom to top
 TIMELINE_MAX_INTERVALS = 3000  # beyond this the bars blur: show the first window that fits
-POLICY_COLORS = {"sglang": "tab:purple", "hicache": "tab:blue", "kvflow_evict_only": "tab:cyan",
-                 "kvflow": "tab:orange", "oracle": "tab:green"}  # same colour for a policy in every plot
+POLICY_COLORS = {
+    "sglang": "tab:purple",
+    "hicache": "tab:blue",
+    "kvflow_evict_only": "tab:cyan",
+    "kvflow": "tab:orange",
+    "oracle": "tab:green",
+}  # same colour for a policy in every plot
 # markers and dashes too, so policies with identical results (kvflow and oracle) stay visible
-POLICY_STYLES = {"sglang": ("v", ":"), "hicache": ("s", "-."), "kvflow_evict_only": ("^", "--"),
-                 "kvflow": ("o", "-"), "oracle": ("x", (0, (4, 3)))}
+POLICY_STYLES = {
+    "sglang": ("v", ":"),
+    "hicache": ("s", "-."),
+    "kvflow_evict_only": ("^", "--"),
+    "kvflow": ("o", "-"),
+    "oracle": ("x", (0, (4, 3))),
+}
 MAX_PANELS = 9
 MAX_BAR_SETTINGS = 12
 
@@ -92,15 +107,23 @@ def speedup_vs(long: pd.DataFrame, experiment: str, x: str, path: Path) -> Path 
             p = g[g["policy"] == policy].assign(_x=lambda d: pd.to_numeric(d[x]))
             p = p.groupby("_x", as_index=False)["speedup"].mean().sort_values("_x")
             marker, dashes = POLICY_STYLES.get(policy, ("o", "-"))
-            ax.plot(p["_x"], p["speedup"], marker=marker, linestyle=dashes, label=policy,
-                    color=POLICY_COLORS.get(policy), markersize=7, linewidth=1.6)
+            ax.plot(
+                p["_x"],
+                p["speedup"],
+                marker=marker,
+                linestyle=dashes,
+                label=policy,
+                color=POLICY_COLORS.get(policy),
+                markersize=7,
+                linewidth=1.6,
+            )
         _baseline_line(ax, baseline)
         ax.set_xlabel(AXIS_LABELS.get(x, x))
         ax.set_ylabel(f"speedup over {baseline} (x)")
         if facets:
             ax.set_title(label(dict(zip(facets, values))), fontsize=9)
         ax.grid(alpha=0.3)
-    for ax in axes[len(shown):]:
+    for ax in axes[len(shown) :]:
         ax.set_visible(False)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside right upper", fontsize=8, title="policy")
@@ -147,8 +170,11 @@ def _per_policy_means(edf: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame
 
 def hit_rates(edf: pd.DataFrame, experiment: str, path: Path) -> Path | None:
     """Where each policy's prompt tokens came from: GPU hit, CPU load-back, recompute (stacked)."""
-    tiers = {"hit_rate_gpu": ("GPU hit", "tab:green"), "hit_rate_cpu": ("loaded from CPU", "gold"),
-             "recompute_rate": ("recomputed", "tab:red")}
+    tiers = {
+        "hit_rate_gpu": ("GPU hit", "tab:green"),
+        "hit_rate_cpu": ("loaded from CPU", "gold"),
+        "recompute_rate": ("recomputed", "tab:red"),
+    }
     m = _per_policy_means(edf, list(tiers))
     if m.empty or m.shape[1] == 0:
         return None
@@ -200,8 +226,14 @@ def latency_cdf(latencies: Mapping[str, Sequence[float]], title: str, path: Path
         vals = sorted(float(v) for v in latencies[policy])
         if vals:
             right = max(right, vals[-1])
-            ax.step([vals[0]] + vals, [0.0] + [(i + 1) / len(vals) for i in range(len(vals))], where="post",
-                    label=policy, color=POLICY_COLORS.get(policy), linestyle=POLICY_STYLES.get(policy, ("", "-"))[1])
+            ax.step(
+                [vals[0]] + vals,
+                [0.0] + [(i + 1) / len(vals) for i in range(len(vals))],
+                where="post",
+                label=policy,
+                color=POLICY_COLORS.get(policy),
+                linestyle=POLICY_STYLES.get(policy, ("", "-"))[1],
+            )
     ax.set_xlabel("request latency (s, arrival to last token)")
     ax.set_ylabel("fraction of requests")
     ax.set_ylim(0, 1.02)
@@ -240,7 +272,11 @@ def timeline(t: pd.DataFrame, title: str, path: Path) -> Path | None:
     ax.set_yticks(range(len(TIMELINE_ROWS)), ["D2H copy", "H2D copy", "GPU compute"])
     ax.set_xlabel("simulated time (s)")
     ax.set_title(title, fontsize=10)
-    ax.legend(handles=[Patch(color=c, label=lab) for lab, c in seen.items()], fontsize=8,
-              loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(
+        handles=[Patch(color=c, label=lab) for lab, c in seen.items()],
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+    )
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)

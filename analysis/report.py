@@ -56,10 +56,17 @@ def speedup_markdown(long: pd.DataFrame, experiment: str) -> str:
     table, constant = wide(long, experiment)
     vary, policies = table.attrs["params"], [p for p in table.attrs["policies"] if p != baseline]
     header = [plots.short(c) for c in vary] + [f"{baseline} latency (s)"] + policies + [f"paper (vs {baseline})"]
-    rows = [[_fmt(r[c]) for c in vary] + [_fmt(r["baseline_latency_s"])] + [_fmt(r[p], "x") for p in policies]
-            + [r["paper"] or ""] for _, r in table.iterrows()]
-    out = [f"Speedup over **{baseline}** (mean end-to-end workflow latency of {baseline} / the policy's; "
-           f"> 1.00x is faster; — : no run)."]
+    rows = [
+        [_fmt(r[c]) for c in vary]
+        + [_fmt(r["baseline_latency_s"])]
+        + [_fmt(r[p], "x") for p in policies]
+        + [r["paper"] or ""]
+        for _, r in table.iterrows()
+    ]
+    out = [
+        f"Speedup over **{baseline}** (mean end-to-end workflow latency of {baseline} / the policy's; "
+        f"> 1.00x is faster; — : no run)."
+    ]
     if constant:
         out.append("Same in every row: " + ", ".join(f"`{k}={v}`" for k, v in constant.items()) + ".")
     return "\n".join(out) + "\n\n" + md_table(header, rows)
@@ -67,9 +74,16 @@ def speedup_markdown(long: pd.DataFrame, experiment: str) -> str:
 
 def policy_markdown(edf: pd.DataFrame) -> str:
     """Per-policy means of the metrics behind the speedups (why a policy wins, not only that it does)."""
-    cols = {"workflow_latency_mean_s": "workflow latency (s)", "hit_rate_gpu": "GPU hit", "hit_rate_cpu": "CPU load",
-            "recompute_rate": "recomputed", "h2d_bytes": "H2D GB", "d2h_bytes": "D2H GB",
-            "prefetch_issued": "prefetches", "prefetch_used": "prefetch used"}
+    cols = {
+        "workflow_latency_mean_s": "workflow latency (s)",
+        "hit_rate_gpu": "GPU hit",
+        "hit_rate_cpu": "CPU load",
+        "recompute_rate": "recomputed",
+        "h2d_bytes": "H2D GB",
+        "d2h_bytes": "D2H GB",
+        "prefetch_issued": "prefetches",
+        "prefetch_used": "prefetch used",
+    }
     cols = {k: v for k, v in cols.items() if k in edf.columns}
     means = edf.groupby("policy")[list(cols)].mean(numeric_only=True)
     rows = []
@@ -78,8 +92,9 @@ def policy_markdown(edf: pd.DataFrame) -> str:
         cells = []
         for k in cols:
             v = r.get(k, math.nan)
-            cells.append(_fmt(v / 1e9) if k.endswith("_bytes") else f"{v:.1%}" if "rate" in k and not math.isnan(v)
-                         else _fmt(v))
+            cells.append(
+                _fmt(v / 1e9) if k.endswith("_bytes") else f"{v:.1%}" if "rate" in k and not math.isnan(v) else _fmt(v)
+            )
         rows.append([policy, int((edf["policy"] == policy).sum())] + cells)
     return md_table(["policy", "runs"] + list(cols.values()), rows)
 
@@ -132,7 +147,9 @@ def experiment_plots(df: pd.DataFrame, long: pd.DataFrame, exp: str, out: Path, 
     made.append(plots.hit_rates(edf, exp, out / f"{prefix}_hit_rate.png"))
     made.append(plots.pcie_bytes(edf, exp, out / f"{prefix}_pcie_bytes.png"))
     lat, setting = _latencies(edf, problems)
-    made.append(plots.latency_cdf(lat, f"{exp}: per-request latency CDF ({setting})", out / f"{prefix}_latency_cdf.png"))
+    made.append(
+        plots.latency_cdf(lat, f"{exp}: per-request latency CDF ({setting})", out / f"{prefix}_latency_cdf.png")
+    )
     run = _timeline_run(edf)
     if run is not None:
         path = Path(run["run_dir"]) / "timeline.csv"
@@ -146,8 +163,9 @@ def experiment_plots(df: pd.DataFrame, long: pd.DataFrame, exp: str, out: Path, 
     return [p for p in made if p is not None]
 
 
-def experiment_markdown(df: pd.DataFrame, longs: Sequence[pd.DataFrame], exp: str, images: Sequence[Path],
-                        rel_to: Path, level: int = 2) -> str:
+def experiment_markdown(
+    df: pd.DataFrame, longs: Sequence[pd.DataFrame], exp: str, images: Sequence[Path], rel_to: Path, level: int = 2
+) -> str:
     edf = df[df["experiment"] == exp]
     h = "#" * level
     parts = [f"{h} Experiment `{exp}` ({len(edf)} runs)"]
@@ -194,9 +212,14 @@ def _roots(run_dirs_or_root: Path | str | Iterable[Path | str]) -> list[Path]:
     return [Path(p) for p in run_dirs_or_root]
 
 
-def write_report(run_dirs_or_root: Path | str | Iterable[Path | str], out_dir: Path | str | None = None,
-                 baseline: str | Sequence[str] = "hicache", results_md: Path | str | None = None,
-                 invocation: str | None = None, stream: TextIO | None = None) -> Path:
+def write_report(
+    run_dirs_or_root: Path | str | Iterable[Path | str],
+    out_dir: Path | str | None = None,
+    baseline: str | Sequence[str] = "hicache",
+    results_md: Path | str | None = None,
+    invocation: str | None = None,
+    stream: TextIO | None = None,
+) -> Path:
     """Read every complete run under the given dirs and write the report into ``out_dir``
     (default ``<first dir>/report``); returns the path of ``report.md``.
 
@@ -221,8 +244,10 @@ def write_report(run_dirs_or_root: Path | str | Iterable[Path | str], out_dir: P
         print(f"kvflow-report: skipped {p}", file=stream)
     _write_tables(df, longs, out)
     made_by = invocation or f"analysis.report.write_report({', '.join(map(str, roots))})"
-    intro = (f"Generated by `{made_by}` from {len(df)} runs. Paper numbers: {paper.SOURCE}, shown where "
-             "the simulated setting matches the paper's. Per-run values: `results.csv`; speedups: `speedups.csv`.")
+    intro = (
+        f"Generated by `{made_by}` from {len(df)} runs. Paper numbers: {paper.SOURCE}, shown where "
+        "the simulated setting matches the paper's. Per-run values: `results.csv`; speedups: `speedups.csv`."
+    )
     skipped = ("\n\nSkipped (malformed or partial):\n\n" + "\n".join(f"- `{p}`" for p in problems)) if problems else ""
     sections = [experiment_markdown(df, longs, exp, images[exp], out) for exp in images]
     report = out / "report.md"

@@ -17,12 +17,29 @@ import yaml
 
 from analysis import hydra_meta
 from harness.run_dir import (
-    SUMMARY, RunError, is_complete, looks_like_run, read_run_summary, read_summary, should_skip, validate_run_dir,
+    SUMMARY,
+    RunError,
+    is_complete,
+    looks_like_run,
+    read_run_summary,
+    read_summary,
+    should_skip,
+    validate_run_dir,
     write_json_atomic,
 )
 
-__all__ = ["Run", "RunError", "find_run_dirs", "is_complete", "load_run", "load_runs", "read_summary",
-           "should_skip", "validate_run_dir", "write_json_atomic"]
+__all__ = [
+    "Run",
+    "RunError",
+    "find_run_dirs",
+    "is_complete",
+    "load_run",
+    "load_runs",
+    "read_summary",
+    "should_skip",
+    "validate_run_dir",
+    "write_json_atomic",
+]
 
 
 @dataclass
@@ -54,8 +71,10 @@ def find_run_dirs(root: Path, exclude: Iterable[Path] = ()) -> tuple[list[Path],
         if (d / SUMMARY).exists():
             runs.append(d)
             return True
-        children = sorted((c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")),
-                          key=lambda c: (not c.name.isdigit(), int(c.name) if c.name.isdigit() else 0, c.name))
+        children = sorted(
+            (c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")),
+            key=lambda c: (not c.name.isdigit(), int(c.name) if c.name.isdigit() else 0, c.name),
+        )
         found = [walk(c) for c in children]
         if not any(found) and looks_like_run(d):
             partial.append(d)

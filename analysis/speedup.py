@@ -57,12 +57,20 @@ def _rows(exp: str, edf: pd.DataFrame, params: list[str], baseline: str, metric:
         for policy, pg in g.groupby("policy", sort=False):
             lat = float(pg[metric].mean())
             refs = paper.matches({**ctx, **dict(zip(params, values))}, str(policy), baseline)
-            rows.append({
-                "experiment": exp, **dict(zip(params, values)), **ctx, "policy": policy,
-                "latency_s": lat, "baseline": baseline, "baseline_latency_s": base_s,
-                "speedup": base_s / lat if lat > 0 else math.nan, "runs": len(pg),
-                "paper": "; ".join(r.text() for r in refs),
-            })
+            rows.append(
+                {
+                    "experiment": exp,
+                    **dict(zip(params, values)),
+                    **ctx,
+                    "policy": policy,
+                    "latency_s": lat,
+                    "baseline": baseline,
+                    "baseline_latency_s": base_s,
+                    "speedup": base_s / lat if lat > 0 else math.nan,
+                    "runs": len(pg),
+                    "paper": "; ".join(r.text() for r in refs),
+                }
+            )
     return rows
 
 
@@ -84,9 +92,16 @@ def speedups(df: pd.DataFrame, baseline: str = "hicache", metric: str = METRIC) 
     if not out.empty:
         keys = list(dict.fromkeys(p for ps in params_by_exp.values() for p in ps))
         order = {p: i for i, p in enumerate(policy_order(out["policy"].astype(str).tolist()))}
-        out = out.iloc[sorted(range(len(out)), key=lambda i: (
-            out["experiment"].iat[i], [sort_key(out[k].iat[i]) for k in keys], order[str(out["policy"].iat[i])]
-        ))].reset_index(drop=True)
+        out = out.iloc[
+            sorted(
+                range(len(out)),
+                key=lambda i: (
+                    out["experiment"].iat[i],
+                    [sort_key(out[k].iat[i]) for k in keys],
+                    order[str(out["policy"].iat[i])],
+                ),
+            )
+        ].reset_index(drop=True)
     out.attrs["params"] = params_by_exp
     out.attrs["baseline"] = baseline
     return out

@@ -27,10 +27,21 @@ SYSTEMS = {"h100": "h100_sxm", "h200": "h200_sxm"}
 BACKEND_VERSION = "0.5.14"  # the newest SGLang data the package ships
 # Qwen2.5-32B's config.json (REFERENCE_NUMBERS.md section 5 [C1, C4]); the package has no Qwen2.5.
 QWEN25_32B = {
-    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 5120,
-    "intermediate_size": 27648, "num_attention_heads": 40, "num_hidden_layers": 64, "num_key_value_heads": 8,
-    "vocab_size": 152064, "max_position_embeddings": 131072, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-    "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": "bfloat16", "attention_bias": True,
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 5120,
+    "intermediate_size": 27648,
+    "num_attention_heads": 40,
+    "num_hidden_layers": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 152064,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "attention_bias": True,
 }
 MODELS = {"llama-3.1-8b": "meta-llama/Meta-Llama-3.1-8B", "qwen2.5-32b": None}  # None: local config.json
 
@@ -45,8 +56,9 @@ def grid() -> list[dict[str, Any]]:
         for context in (2048, 8192):
             points.append({"kind": "decode", "batch": batch, "context_tokens": context})
     for new, cached, batch, context in ((512, 4096, 64, 2048), (2048, 0, 16, 4096), (256, 8192, 8, 8192)):
-        points.append({"kind": "mixed", "new_tokens": new, "cached_tokens": cached, "batch": batch,
-                       "context_tokens": context})
+        points.append(
+            {"kind": "mixed", "new_tokens": new, "cached_tokens": cached, "batch": batch, "context_tokens": context}
+        )
     return points
 
 
@@ -73,9 +85,18 @@ def _perf_model(model_name: str, system: str, tmp: Path) -> Any:
         name = str(local)
     else:
         name = str(MODELS[model_name])
-    return RustForwardPassPerfModel.from_native({
-        "schema_version": 1, "model_name": name, "system_name": system, "backend": "sglang",
-        "backend_version": BACKEND_VERSION, "tp_size": 1, "pp_size": 1, "extra": {}})
+    return RustForwardPassPerfModel.from_native(
+        {
+            "schema_version": 1,
+            "model_name": name,
+            "system_name": system,
+            "backend": "sglang",
+            "backend_version": BACKEND_VERSION,
+            "tp_size": 1,
+            "pp_size": 1,
+            "extra": {},
+        }
+    )
 
 
 def compute() -> dict[str, Any]:

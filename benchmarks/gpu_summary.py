@@ -31,16 +31,22 @@ def runs_table(res: Path) -> tuple[list[str], dict]:
         if not rows:
             continue
         data[setting.name] = rows
-        lines += [f"### {setting.name} (tokens fixed/32/32, batch 1)", "",
-                  "| policy | workflow latency mean [s] | KVFlow speedup vs this | hit GPU | hit CPU | recompute | "
-                  "prefetch used/issued | H2D GB | D2H GB |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {setting.name} (tokens fixed/32/32, batch 1)",
+            "",
+            "| policy | workflow latency mean [s] | KVFlow speedup vs this | hit GPU | hit CPU | recompute | "
+            "prefetch used/issued | H2D GB | D2H GB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         kv = rows.get("kvflow", {}).get("workflow_latency_mean_s")
         for p, s in rows.items():
             lat = s["workflow_latency_mean_s"]
             speed = f"{lat / kv:.2f}x" if kv else "-"
-            lines.append(f"| {p} | {lat:.3f} | {speed} | {100 * s['hit_rate_gpu']:.1f}% | {100 * s['hit_rate_cpu']:.1f}% "
-                         f"| {100 * s['recompute_rate']:.1f}% | {s['prefetch_used']}/{s['prefetch_issued']} "
-                         f"| {s['h2d_bytes'] / 1e9:.2f} | {s['d2h_bytes'] / 1e9:.2f} |")
+            lines.append(
+                f"| {p} | {lat:.3f} | {speed} | {100 * s['hit_rate_gpu']:.1f}% | {100 * s['hit_rate_cpu']:.1f}% "
+                f"| {100 * s['recompute_rate']:.1f}% | {s['prefetch_used']}/{s['prefetch_issued']} "
+                f"| {s['h2d_bytes'] / 1e9:.2f} | {s['d2h_bytes'] / 1e9:.2f} |"
+            )
         lines.append("")
     return lines, data
 
@@ -56,34 +62,54 @@ def main(argv: list[str] | None = None) -> int:
     if first:
         top = _load(first) or {}
         s = {**top.get("details", {}), "model": top.get("model")}
-        lines += [f"device {s.get('device_name')}, torch {s.get('torch')}, model {s.get('model')}, "
-                  f"dtype {s.get('dtype')}, GPU KV cap {s.get('gpu_capacity_tokens')} tokens, "
-                  f"CPU cap {s.get('cpu_capacity_tokens')} tokens", ""]
+        lines += [
+            f"device {s.get('device_name')}, torch {s.get('torch')}, model {s.get('model')}, "
+            f"dtype {s.get('dtype')}, GPU KV cap {s.get('gpu_capacity_tokens')} tokens, "
+            f"CPU cap {s.get('cpu_capacity_tokens')} tokens",
+            "",
+        ]
     table, data = runs_table(res)
     lines += ["## Runs", ""] + (table or ["(no runs)", ""])
     out: dict = {"runs": data}
     for cal in sorted(res.glob("calibration*/calibration.json")):
         c = _load(cal) or {}
         out[cal.parent.name] = c
-        lines += [f"## {cal.parent.name}", "", f"profile: `{c.get('profile')}`", "",
-                  "| term | coefficients | fit MAPE | max err |", "|---|---|---|---|"]
+        lines += [
+            f"## {cal.parent.name}",
+            "",
+            f"profile: `{c.get('profile')}`",
+            "",
+            "| term | coefficients | fit MAPE | max err |",
+            "|---|---|---|---|",
+        ]
         for term, err in (c.get("fit_error") or {}).items():
             coef = ", ".join(f"{k}={v:.4g}" for k, v in (c.get("measured") or {}).get(term, {}).items())
             lines.append(f"| {term} | {coef} | {100 * err['mape']:.2f}% | {100 * err['max']:.2f}% |")
-        lines += ["", f"bidirectional factors: {c.get('bidirectional')}; engine-loop overhead: {c.get('loop_overhead')}", ""]
+        lines += [
+            "",
+            f"bidirectional factors: {c.get('bidirectional')}; engine-loop overhead: {c.get('loop_overhead')}",
+            "",
+        ]
     val = _load(res / "validate" / "validation.json")
     if val:
         out["validation"] = val
-        lines += ["## Validation (simulator with the calibrated profile vs real)", "",
-                  f"policy {val['policy']}, {val['requests']} requests, makespan real {val['makespan_s_real']:.3f}s "
-                  f"sim {val['makespan_s_sim']:.3f}s", "", "| quantity | MAPE | max rel. error |", "|---|---|---|"]
+        lines += [
+            "## Validation (simulator with the calibrated profile vs real)",
+            "",
+            f"policy {val['policy']}, {val['requests']} requests, makespan real {val['makespan_s_real']:.3f}s "
+            f"sim {val['makespan_s_sim']:.3f}s",
+            "",
+            "| quantity | MAPE | max rel. error |",
+            "|---|---|---|",
+        ]
         for key in ("request_latency_s", "request_ttft_s", "workflow_latency_s"):
             lines.append(f"| {key} | {100 * val[key]['mape']:.2f}% | {100 * val[key]['max_rel_err']:.2f}% |")
         lines.append("")
         for key in ("request_hit_gpu_tokens", "request_loaded_cpu_tokens", "request_recomputed_tokens"):
             v = val[key]
-            lines.append(f"- {key}: exact match {100 * v['exact_match']:.1f}%, total real {v['total_real']} "
-                         f"sim {v['total_sim']}")
+            lines.append(
+                f"- {key}: exact match {100 * v['exact_match']:.1f}%, total real {v['total_real']} sim {v['total_sim']}"
+            )
         lines.append("")
     steps = res / "steps.txt"
     if steps.exists():

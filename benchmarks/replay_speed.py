@@ -29,8 +29,13 @@ def time_theirs(trace: Path, gib: float) -> tuple[float, float]:
     from kvcache_sim.trace import parse_trace_file
 
     start = time.perf_counter()
-    out = run_sweep(parse_trace_file(trace, block_size=512), model_id="llama-3.1-8b", budgets_gib=[gib],
-                    policies=["lru"], backend="python")
+    out = run_sweep(
+        parse_trace_file(trace, block_size=512),
+        model_id="llama-3.1-8b",
+        budgets_gib=[gib],
+        policies=["lru"],
+        backend="python",
+    )
     return time.perf_counter() - start, out["points"][0]["results"]["lru"]["hitRate"]
 
 
@@ -40,8 +45,9 @@ def main() -> None:
     parser.add_argument("--budget-gib", type=float, default=64.0)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    runs = [(time_ours(args.trace, args.budget_gib), time_theirs(args.trace, args.budget_gib))
-            for _ in range(args.repeat)]  # interleaved: on a shared machine both see the same load
+    runs = [
+        (time_ours(args.trace, args.budget_gib), time_theirs(args.trace, args.budget_gib)) for _ in range(args.repeat)
+    ]  # interleaved: on a shared machine both see the same load
     ours, theirs = min(r[0] for r in runs), min(r[1] for r in runs)
     print(f"trace {args.trace.name}, budget {args.budget_gib} GiB, LRU, best of {args.repeat}")
     print(f"kvflow-replay            {ours[0]:.3f} s  hit rate {100 * ours[1]:.3f}%")

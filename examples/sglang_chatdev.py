@@ -34,12 +34,31 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     trace = load_trace(args.trace)
-    cfg = ReplayConfig(args.url, policy=args.policy, model=args.model, concurrency=args.concurrency,
-                       vocab_size=VOCAB_SIZE, experiment="chatdev")
+    cfg = ReplayConfig(
+        args.url,
+        policy=args.policy,
+        model=args.model,
+        concurrency=args.concurrency,
+        vocab_size=VOCAB_SIZE,
+        experiment="chatdev",
+    )
     summary = replay(trace, args.out, cfg)
-    print(json.dumps({k: summary[k] for k in ("requests", "workflows", "workflow_latency_mean_s",
-                                              "workflow_latency_p99_s", "hit_rate_gpu", "makespan_s")},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "requests",
+                    "workflows",
+                    "workflow_latency_mean_s",
+                    "workflow_latency_p99_s",
+                    "hit_rate_gpu",
+                    "makespan_s",
+                )
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

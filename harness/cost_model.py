@@ -151,10 +151,13 @@ class CostModel:
             m = self.model
             flops = batch * m.matmul_flops_per_token + m.attn_flops_per_ctx_token * ctx_sum
             nbytes = m.weight_bytes + m.kv_bytes_per_token * ctx_sum
-            per_step = np.maximum(
-                flops / (self.peak_flops * self.compute_efficiency),
-                nbytes / (self.hbm_bytes_per_s * self.memory_efficiency),
-            ) + self.iteration_overhead_s
+            per_step = (
+                np.maximum(
+                    flops / (self.peak_flops * self.compute_efficiency),
+                    nbytes / (self.hbm_bytes_per_s * self.memory_efficiency),
+                )
+                + self.iteration_overhead_s
+            )
         return np.cumsum(per_step)
 
     def overlapped_load_time_s(self, compute_s: float, load_s: float) -> float:

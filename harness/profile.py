@@ -19,10 +19,23 @@ from harness.errors import SetupError
 from kvflow.model_spec import ModelSpec, load_model_spec
 
 HARDWARE_KEYS = (
-    "name", "gpu_memory_mib", "peak_bf16_flops", "hbm_gbps", "compute_efficiency", "memory_efficiency",
-    "iteration_overhead_s", "pcie_h2d_gbps", "pcie_d2h_gbps", "pcie_efficiency", "pcie_latency_s",
-    "bidirectional_h2d_factor", "bidirectional_d2h_factor", "mem_fraction_static", "chunked_prefill_tokens",
-    "kv_capacity_tokens", "measured",
+    "name",
+    "gpu_memory_mib",
+    "peak_bf16_flops",
+    "hbm_gbps",
+    "compute_efficiency",
+    "memory_efficiency",
+    "iteration_overhead_s",
+    "pcie_h2d_gbps",
+    "pcie_d2h_gbps",
+    "pcie_efficiency",
+    "pcie_latency_s",
+    "bidirectional_h2d_factor",
+    "bidirectional_d2h_factor",
+    "mem_fraction_static",
+    "chunked_prefill_tokens",
+    "kv_capacity_tokens",
+    "measured",
 )
 NULLABLE_KEYS = ("kv_capacity_tokens", "measured")
 MEASURED_KEYS = {

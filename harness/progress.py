@@ -27,8 +27,13 @@ def enabled(stream: TextIO | None = None) -> bool:
         return False
 
 
-def progress(iterable: Iterable[Any] | None = None, total: int | None = None, desc: str | None = None,
-             unit: str = "it", **kwargs: Any) -> tqdm:
+def progress(
+    iterable: Iterable[Any] | None = None,
+    total: int | None = None,
+    desc: str | None = None,
+    unit: str = "it",
+    **kwargs: Any,
+) -> tqdm:
     """tqdm on stderr that disables itself off-terminal and appears only after ``SHOW_AFTER_S``.
     Use as an iterable wrapper or, with ``iterable=None``, call ``update(n)`` / ``close()``."""
     kwargs.setdefault("delay", SHOW_AFTER_S)

@@ -17,9 +17,26 @@ from traces.schema import Trace
 __all__ = ["ROW_FIELDS", "WORKFLOW_FIELDS", "TIMELINE_FIELDS", "is_warmup", "request_rows", "workflow_rows"]
 
 ROW_FIELDS = (
-    "request_id", "client_id", "agent_id", "warmup", "prompt_tokens", "fixed_tokens", "output_tokens",
-    "ready_s", "arrival_s", "admit_s", "queue_s", "first_token_s", "finish_s", "ttft_s", "latency_s",
-    "hit_gpu_tokens", "loaded_cpu_tokens", "recomputed_tokens", "loaded_bytes", "stalled_s",
+    "request_id",
+    "client_id",
+    "agent_id",
+    "warmup",
+    "prompt_tokens",
+    "fixed_tokens",
+    "output_tokens",
+    "ready_s",
+    "arrival_s",
+    "admit_s",
+    "queue_s",
+    "first_token_s",
+    "finish_s",
+    "ttft_s",
+    "latency_s",
+    "hit_gpu_tokens",
+    "loaded_cpu_tokens",
+    "recomputed_tokens",
+    "loaded_bytes",
+    "stalled_s",
 )
 WORKFLOW_FIELDS = ("client_id", "start_s", "end_s", "latency_s")
 TIMELINE_FIELDS = ("resource", "start_s", "end_s", "label")
@@ -31,15 +48,30 @@ def request_rows(trace: Trace, driver: Any) -> list[dict[str, Any]]:
     rows = []
     for inv in trace.invocations:
         r = driver.requests[inv.id]
-        rows.append({
-            "request_id": inv.id, "client_id": inv.client_id, "agent_id": inv.agent_id,
-            "warmup": is_warmup(inv), "prompt_tokens": r.prompt_tokens, "fixed_tokens": r.fixed_tokens,
-            "output_tokens": r.output_tokens, "ready_s": driver.ready_s[inv.id], "arrival_s": r.arrival_s,
-            "admit_s": r.admit_s, "queue_s": r.admit_s - r.arrival_s, "first_token_s": r.first_token_s,
-            "finish_s": r.finish_s, "ttft_s": r.first_token_s - r.arrival_s, "latency_s": r.finish_s - r.arrival_s,
-            "hit_gpu_tokens": r.hit_gpu_tokens, "loaded_cpu_tokens": r.loaded_cpu_tokens,
-            "recomputed_tokens": r.recomputed_tokens, "loaded_bytes": r.loaded_bytes, "stalled_s": r.stalled_s,
-        })
+        rows.append(
+            {
+                "request_id": inv.id,
+                "client_id": inv.client_id,
+                "agent_id": inv.agent_id,
+                "warmup": is_warmup(inv),
+                "prompt_tokens": r.prompt_tokens,
+                "fixed_tokens": r.fixed_tokens,
+                "output_tokens": r.output_tokens,
+                "ready_s": driver.ready_s[inv.id],
+                "arrival_s": r.arrival_s,
+                "admit_s": r.admit_s,
+                "queue_s": r.admit_s - r.arrival_s,
+                "first_token_s": r.first_token_s,
+                "finish_s": r.finish_s,
+                "ttft_s": r.first_token_s - r.arrival_s,
+                "latency_s": r.finish_s - r.arrival_s,
+                "hit_gpu_tokens": r.hit_gpu_tokens,
+                "loaded_cpu_tokens": r.loaded_cpu_tokens,
+                "recomputed_tokens": r.recomputed_tokens,
+                "loaded_bytes": r.loaded_bytes,
+                "stalled_s": r.stalled_s,
+            }
+        )
     return rows
 
 

@@ -63,10 +63,16 @@ def csv_text(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def write_run_dir(run_dir: Path, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-                  workflows: Sequence[Mapping[str, Any]], config: str | Mapping[str, Any],
-                  timeline: Timeline = (), requests_csv: bool = True,
-                  overrides: Sequence[str] | None = None) -> Path:
+def write_run_dir(
+    run_dir: Path,
+    summary: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    workflows: Sequence[Mapping[str, Any]],
+    config: str | Mapping[str, Any],
+    timeline: Timeline = (),
+    requests_csv: bool = True,
+    overrides: Sequence[str] | None = None,
+) -> Path:
     """Write one run: ``config`` (resolved; YAML text or a mapping), the CSVs, ``timeline`` if any,
     ``.hydra/`` when ``overrides`` is given (backends that are not Hydra apps), ``summary.json`` last."""
     run_dir = Path(run_dir)

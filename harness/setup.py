@@ -107,7 +107,9 @@ def gain_s_per_token(cost: CostModel, context_tokens: int = 2048) -> float:
     context) minus reloading it over PCIe. Negative when reloading is slower than recomputing.
     With a measured prefill block this is ``b_s_per_token + c_s_per_token_ctx x context``."""
     chunk = GAIN_CHUNK_TOKENS
-    recompute = (cost.prefill_time_s([(chunk, context_tokens)]) - cost.prefill_time_s([(1, context_tokens)])) / (chunk - 1)
+    recompute = (cost.prefill_time_s([(chunk, context_tokens)]) - cost.prefill_time_s([(1, context_tokens)])) / (
+        chunk - 1
+    )
     reload = cost.transfer_time_s(cost.model.kv_bytes_per_token * chunk, "h2d") / chunk
     return recompute - reload
 
@@ -133,9 +135,14 @@ def build_core(cfg: Mapping[str, Any], setup: Setup, free_ops: bool = True) -> E
     cost = setup.cost
     engine_cfg = cfg.get("engine") or {}
     return build_engine(
-        cfg["policy"], gpu_tokens=setup.gpu_tokens, cpu_tokens=setup.cpu_tokens,
-        kv_bytes_per_token=setup.model.kv_bytes_per_token, chunk_tokens=chunk_tokens(cfg),
-        h2d_gbps=cost.transfer_gbps("h2d"), page_size=int((cfg.get("cache") or {}).get("page_size", 1)),
-        max_running=engine_cfg.get("max_running_requests"), gain_s_per_token=lambda: gain_s_per_token(cost),
+        cfg["policy"],
+        gpu_tokens=setup.gpu_tokens,
+        cpu_tokens=setup.cpu_tokens,
+        kv_bytes_per_token=setup.model.kv_bytes_per_token,
+        chunk_tokens=chunk_tokens(cfg),
+        h2d_gbps=cost.transfer_gbps("h2d"),
+        page_size=int((cfg.get("cache") or {}).get("page_size", 1)),
+        max_running=engine_cfg.get("max_running_requests"),
+        gain_s_per_token=lambda: gain_s_per_token(cost),
         free_ops=free_ops,
     )

@@ -37,9 +37,16 @@ class RunIdentity:
         experiment = cfg.get("experiment_name")
         if experiment is None:
             experiment = _name(cfg.get("experiment"))
-        return cls(backend, _name(cfg.get("policy")), experiment, _name(cfg.get("workload")),
-                   _name(cfg.get("hardware")), _name(cfg.get("model")), int(cfg.get("seed", 0)),
-                   dict(cfg.get("params") or {}) if params is None else dict(params))
+        return cls(
+            backend,
+            _name(cfg.get("policy")),
+            experiment,
+            _name(cfg.get("workload")),
+            _name(cfg.get("hardware")),
+            _name(cfg.get("model")),
+            int(cfg.get("seed", 0)),
+            dict(cfg.get("params") or {}) if params is None else dict(params),
+        )
 
 
 def _name(node: Any) -> Any:
@@ -91,8 +98,9 @@ def _ratio(num: float, den: float) -> float:
     return float(num) / den if den else 0.0
 
 
-def summarize(who: RunIdentity, c: RunCounters, rows: list[dict[str, Any]],
-              workflows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(
+    who: RunIdentity, c: RunCounters, rows: list[dict[str, Any]], workflows: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Every key of the contract (docs/architecture.md "Run directory"): flat headline figures,
     ``params``, and ``details``."""
     if who.backend not in BACKENDS:
@@ -105,8 +113,13 @@ def summarize(who: RunIdentity, c: RunCounters, rows: list[dict[str, Any]],
     recomputed = sum(r["recomputed_tokens"] for r in measured)
     makespan = c.makespan_s
     return {
-        "backend": who.backend, "policy": who.policy, "experiment": who.experiment, "workload": who.workload,
-        "hardware": who.hardware, "model": who.model, "seed": who.seed,
+        "backend": who.backend,
+        "policy": who.policy,
+        "experiment": who.experiment,
+        "workload": who.workload,
+        "hardware": who.hardware,
+        "model": who.model,
+        "seed": who.seed,
         "requests": len(rows),
         "workflows": len(workflows),
         "workflow_latency_mean_s": wf["mean"],
@@ -141,11 +154,15 @@ def _details(c: RunCounters, rows: list[dict[str, Any]], measured: list[dict[str
         "ttft_s": _stats([r["ttft_s"] for r in measured]),
         "queue_s_mean": _stats([r["queue_s"] for r in measured])["mean"],
         "throughput_output_tokens_per_s": _ratio(sum(r["output_tokens"] for r in rows), c.makespan_s),
-        "tokens": {"prompt": prompt, "hit_gpu": sum(r["hit_gpu_tokens"] for r in measured),
-                   "loaded_cpu": sum(r["loaded_cpu_tokens"] for r in measured),
-                   "recomputed": sum(r["recomputed_tokens"] for r in measured)},
+        "tokens": {
+            "prompt": prompt,
+            "hit_gpu": sum(r["hit_gpu_tokens"] for r in measured),
+            "loaded_cpu": sum(r["loaded_cpu_tokens"] for r in measured),
+            "recomputed": sum(r["recomputed_tokens"] for r in measured),
+        },
         "stalled_s_total": sum(r["stalled_s"] for r in measured),
-        "h2d_copies": c.h2d_copies, "d2h_copies": c.d2h_copies,
+        "h2d_copies": c.h2d_copies,
+        "d2h_copies": c.d2h_copies,
         "blocking_load_wait_s": c.blocking_load_wait_s,
         "blocking_load_exposed_s": c.blocking_load_exposed_s,
         "evicted_tokens": {"gpu": c.gpu_evicted_tokens, "cpu": c.cpu_evicted_tokens},
@@ -156,10 +173,33 @@ def _details(c: RunCounters, rows: list[dict[str, Any]], measured: list[dict[str
 
 
 SUMMARY_KEYS = (
-    "backend", "policy", "experiment", "workload", "hardware", "model", "seed", "requests", "workflows",
-    "workflow_latency_mean_s", "workflow_latency_p50_s", "workflow_latency_p99_s", "makespan_s",
-    "throughput_req_s", "hit_rate_gpu", "hit_rate_cpu", "recompute_rate", "h2d_bytes", "d2h_bytes",
-    "h2d_utilization", "d2h_utilization", "prefetch_issued", "prefetch_used", "prefetch_wasted",
-    "prefetch_late", "wall_s", "params", "details",
+    "backend",
+    "policy",
+    "experiment",
+    "workload",
+    "hardware",
+    "model",
+    "seed",
+    "requests",
+    "workflows",
+    "workflow_latency_mean_s",
+    "workflow_latency_p50_s",
+    "workflow_latency_p99_s",
+    "makespan_s",
+    "throughput_req_s",
+    "hit_rate_gpu",
+    "hit_rate_cpu",
+    "recompute_rate",
+    "h2d_bytes",
+    "d2h_bytes",
+    "h2d_utilization",
+    "d2h_utilization",
+    "prefetch_issued",
+    "prefetch_used",
+    "prefetch_wasted",
+    "prefetch_late",
+    "wall_s",
+    "params",
+    "details",
 )
 DETAIL_KEYS = tuple(_details(RunCounters(0.0), [], []))

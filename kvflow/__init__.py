@@ -12,7 +12,25 @@ from kvflow.radix import InFlight, MatchResult, RadixNode, RadixTree, Tier
 from kvflow.step_graph import INF, StepGraph
 
 __all__ = [
-    "CacheConfig", "Engine", "EngineConfig", "Free", "INF", "InFlight", "Iteration", "KVCacheManager", "Load",
-    "MatchResult", "Offload", "Op", "POLICY_NAMES", "Policy", "PrefillChunk", "RadixNode", "RadixTree",
-    "Request", "StepGraph", "Tier", "make_policy",
+    "CacheConfig",
+    "Engine",
+    "EngineConfig",
+    "Free",
+    "INF",
+    "InFlight",
+    "Iteration",
+    "KVCacheManager",
+    "Load",
+    "MatchResult",
+    "Offload",
+    "Op",
+    "POLICY_NAMES",
+    "Policy",
+    "PrefillChunk",
+    "RadixNode",
+    "RadixTree",
+    "Request",
+    "StepGraph",
+    "Tier",
+    "make_policy",
 ]

@@ -71,8 +71,9 @@ def build_engine(
     return Engine(cache, engine_config(policy_cfg, int(chunk_tokens), running, cpu_tokens > 0, h2d_gbps))
 
 
-def engine_config(policy_cfg: Mapping[str, Any], chunk_tokens: int, max_running: int, has_cpu: bool,
-                  h2d_gbps: float) -> EngineConfig:
+def engine_config(
+    policy_cfg: Mapping[str, Any], chunk_tokens: int, max_running: int, has_cpu: bool, h2d_gbps: float
+) -> EngineConfig:
     """The scheduler's and prefetcher's settings from a policy config (load-back needs a CPU tier)."""
     return EngineConfig(
         chunk_tokens=chunk_tokens,

@@ -159,8 +159,15 @@ class KVCacheManager:
     def unlock(self, node: RadixNode) -> None:
         self.tree.unlock(node)
 
-    def insert(self, tokens: Sequence[int], reserved_tokens: int, fixed_tokens: int = 0,
-               user: User | None = None, prompt_tokens: int | None = None, known_tokens: int = 0) -> RadixNode:
+    def insert(
+        self,
+        tokens: Sequence[int],
+        reserved_tokens: int,
+        fixed_tokens: int = 0,
+        user: User | None = None,
+        prompt_tokens: int | None = None,
+        known_tokens: int = 0,
+    ) -> RadixNode:
         """Put ``tokens`` (computed on the GPU) into the tree. ``reserved_tokens`` were allocated by
         the caller with ``alloc_gpu`` for the part not already on the GPU; duplicates are released.
         Nodes up to ``fixed_tokens`` are tagged with ``user``; nodes past it are suffixes, and those
@@ -178,8 +185,9 @@ class KVCacheManager:
             self.release_gpu(ins.reserved)  # tokens another request inserted meanwhile (or partial page)
         return ins.node
 
-    def extend(self, node: RadixNode, tokens: Sequence[int], reserved_tokens: int,
-               user: User | None = None) -> RadixNode:
+    def extend(
+        self, node: RadixNode, tokens: Sequence[int], reserved_tokens: int, user: User | None = None
+    ) -> RadixNode:
         """Append fresh ``tokens`` that no other sequence shares (generated outputs) below ``node``,
         the GPU-resident end of a sequence already in the tree: no walk from the root.
         ``reserved_tokens`` were allocated for them; what is not cached is released."""
@@ -228,8 +236,9 @@ class KVCacheManager:
         root = self.tree.root
         for i, node in enumerate(todo):
             parent = node.parent
-            if not (parent is root or parent.gpu or parent.inflight is InFlight.LOAD  # type: ignore[union-attr]
-                    or (i and parent is todo[i - 1])):
+            if parent is None:
+                return False  # detached since the run was computed
+            if not (parent is root or parent.gpu or parent.inflight is InFlight.LOAD or (i and parent is todo[i - 1])):
                 return False
         return True
 

@@ -136,11 +136,14 @@ class Engine:
     def submit(self, request: Request, now_s: float) -> None:
         need = request.prompt_tokens + request.output_tokens
         if need > self.cache.config.gpu_capacity_tokens:
-            raise ValueError(f"request {request.request_id} needs {need} KV tokens but the GPU holds "
-                             f"{self.cache.config.gpu_capacity_tokens}: it can never run")
+            raise ValueError(
+                f"request {request.request_id} needs {need} KV tokens but the GPU holds "
+                f"{self.cache.config.gpu_capacity_tokens}: it can never run"
+            )
         if request.fixed_tokens > request.prompt_tokens or request.output_tokens < 1:
-            raise ValueError(f"request {request.request_id}: fixed_tokens must be <= prompt length "
-                             f"and output_tokens >= 1")
+            raise ValueError(
+                f"request {request.request_id}: fixed_tokens must be <= prompt length and output_tokens >= 1"
+            )
         request.arrival_s, request.state = now_s, "waiting"
         self.waiting.append(request)
         self.cache.observe_prompt(request.user, request.tokens, request.fixed_tokens)
@@ -151,8 +154,10 @@ class Engine:
                 inferred = self.transitions.steps_from(request.app_id, request.agent_id)
                 # not confident: forget this client's hints, rank it by LRU
                 steps: dict[str, float | None] = (
-                    dict(inferred) if inferred is not None
-                    else {agent: None for agent in self.hints.get(request.client_id, {})})
+                    dict(inferred)
+                    if inferred is not None
+                    else {agent: None for agent in self.hints.get(request.client_id, {})}
+                )
                 self._apply_hints(request.client_id, steps)
 
     def set_hints(self, client_id: str, steps: dict[str, float | None], now_s: float) -> None:
@@ -307,8 +312,9 @@ class Engine:
         output token exists."""
         self.prefilling.remove(request)
         prompt_reserved = request.reserved_tokens - request.output_tokens
-        node = self.cache.insert(request.tokens, prompt_reserved, request.fixed_tokens, request.user,
-                                 known_tokens=request.cached_tokens)  # matched at admission, locked since
+        node = self.cache.insert(
+            request.tokens, prompt_reserved, request.fixed_tokens, request.user, known_tokens=request.cached_tokens
+        )  # matched at admission, locked since
         request.reserved_tokens = request.output_tokens
         self._relock(request, node)
         request.first_token_s = now_s
@@ -320,12 +326,20 @@ class Engine:
         self.decoding.remove(request)
         tree = self.cache.tree
         end = request.node
-        if (end is not None and request.prompt_tokens % tree.page_size == 0
-                and tree.depth_tokens(end) == request.prompt_tokens):
+        if (
+            end is not None
+            and request.prompt_tokens % tree.page_size == 0
+            and tree.depth_tokens(end) == request.prompt_tokens
+        ):
             self.cache.extend(end, request.output_ids(), request.reserved_tokens, request.user)
         else:  # the prompt is not (all) in the tree: insert the whole sequence
-            self.cache.insert([*request.tokens, *request.output_ids()], request.reserved_tokens,
-                              request.fixed_tokens, request.user, prompt_tokens=request.prompt_tokens)
+            self.cache.insert(
+                [*request.tokens, *request.output_ids()],
+                request.reserved_tokens,
+                request.fixed_tokens,
+                request.user,
+                prompt_tokens=request.prompt_tokens,
+            )
         self.prefetcher.on_finish(request, now_s)
         request.reserved_tokens = 0
         self._relock(request, None)

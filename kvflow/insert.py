@@ -17,11 +17,29 @@ class Insertion:
     """Where an insert is (``node`` ends ``tokens[:pos]``), what GPU reservation is left, the node
     where the fixed prompt ends and the deepest node of the prompt's dynamic part."""
 
-    __slots__ = ("tree", "tokens", "user", "limit", "fixed_end", "prompt_end", "reserved", "node", "pos",
-                 "fixed_node", "dynamic_last")
+    __slots__ = (
+        "tree",
+        "tokens",
+        "user",
+        "limit",
+        "fixed_end",
+        "prompt_end",
+        "reserved",
+        "node",
+        "pos",
+        "fixed_node",
+        "dynamic_last",
+    )
 
-    def __init__(self, tree: RadixTree, tokens: Sequence[int], reserved_tokens: int, fixed_tokens: int,
-                 user: User | None, prompt_tokens: int | None) -> None:
+    def __init__(
+        self,
+        tree: RadixTree,
+        tokens: Sequence[int],
+        reserved_tokens: int,
+        fixed_tokens: int,
+        user: User | None,
+        prompt_tokens: int | None,
+    ) -> None:
         self.tree, self.tokens, self.user = tree, tokens, user
         self.limit = tree.page_floor(len(tokens))
         self.fixed_end = tree.page_floor(min(fixed_tokens, self.limit)) if user else 0

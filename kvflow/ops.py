@@ -21,7 +21,7 @@ _op_ids = itertools.count()
 class Op:
     """Base class: one transfer or release of one radix node's KV."""
 
-    node: "RadixNode"
+    node: RadixNode
     tokens: int
     bytes: int
     op_id: int = field(default_factory=_op_ids.__next__)

@@ -50,7 +50,7 @@ class InFlight(str, Enum):
 
 
 class KeyPolicy(Protocol):
-    def key(self, node: "RadixNode") -> tuple: ...
+    def key(self, node: RadixNode) -> tuple: ...
 
 
 _node_ids = itertools.count()
@@ -60,12 +60,30 @@ class RadixNode:
     """One edge of the tree: ``tokens`` plus state. Attributes are public for policies (read-only)."""
 
     __slots__ = (
-        "node_id", "tokens", "parent", "children", "gpu", "cpu", "inflight", "lock_ref",
-        "last_access", "users", "suffix", "next_use", "gpu_children", "cpu_children",
-        "gpu_version", "cpu_version", "hits", "prefetched", "dynamic_users", "gpu_filed", "cpu_filed",
+        "node_id",
+        "tokens",
+        "parent",
+        "children",
+        "gpu",
+        "cpu",
+        "inflight",
+        "lock_ref",
+        "last_access",
+        "users",
+        "suffix",
+        "next_use",
+        "gpu_children",
+        "cpu_children",
+        "gpu_version",
+        "cpu_version",
+        "hits",
+        "prefetched",
+        "dynamic_users",
+        "gpu_filed",
+        "cpu_filed",
     )
 
-    def __init__(self, tokens: list[int], parent: "RadixNode | None") -> None:
+    def __init__(self, tokens: list[int], parent: RadixNode | None) -> None:
         self.node_id = next(_node_ids)
         self.tokens = tokens
         self.parent = parent
@@ -93,7 +111,7 @@ class RadixNode:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def __lt__(self, other: "RadixNode") -> bool:  # deterministic heap tie-break
+    def __lt__(self, other: RadixNode) -> bool:  # deterministic heap tie-break
         return self.node_id < other.node_id
 
     def __repr__(self) -> str:
@@ -121,7 +139,7 @@ class RadixNode:
     def on_cpu_or_offloading(self) -> bool:
         return self.cpu or self.inflight is InFlight.OFFLOAD
 
-    def path_to_root(self) -> Iterator["RadixNode"]:
+    def path_to_root(self) -> Iterator[RadixNode]:
         node: RadixNode | None = self
         while node is not None and node.parent is not None:
             yield node
@@ -190,8 +208,13 @@ class GpuHeap(TierHeap):
             if version != node.gpu_version:
                 heapq.heappop(heap)
                 continue
-            if not (node.gpu and node.inflight is None and node.lock_ref == 0 and node.gpu_children == 0
-                    and node.parent is not None):
+            if not (
+                node.gpu
+                and node.inflight is None
+                and node.lock_ref == 0
+                and node.gpu_children == 0
+                and node.parent is not None
+            ):
                 heapq.heappop(heap)
                 node.gpu_filed = None
                 continue
@@ -228,8 +251,14 @@ class CpuHeap(TierHeap):
             if version != node.cpu_version:
                 heapq.heappop(heap)
                 continue
-            if not (node.cpu and node.inflight is None and node.lock_ref == 0 and node.cpu_children == 0
-                    and node.parent is not None and (node.gpu or not node.children)):
+            if not (
+                node.cpu
+                and node.inflight is None
+                and node.lock_ref == 0
+                and node.cpu_children == 0
+                and node.parent is not None
+                and (node.gpu or not node.children)
+            ):
                 heapq.heappop(heap)
                 node.cpu_filed = None
                 continue
@@ -274,7 +303,6 @@ class RadixTree:
         if self.page_size == 1:
             return tokens[start]
         return tuple(tokens[start : start + self.page_size])
-
 
     def page_floor(self, n_tokens: int) -> int:
         return n_tokens - n_tokens % self.page_size
@@ -481,8 +509,7 @@ class RadixTree:
             return
         gpu = node.gpu and node.gpu_children == 0
         cpu_heap = self._cpu_heap
-        cpu = (cpu_heap is not None and node.cpu and node.cpu_children == 0
-               and (node.gpu or not node.children))
+        cpu = cpu_heap is not None and node.cpu and node.cpu_children == 0 and (node.gpu or not node.children)
         if not (gpu or cpu):
             return
         key = self.policy.key(node)

@@ -49,7 +49,7 @@ class StepGraph:
         return self._preds[agent]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "StepGraph":
+    def from_dict(cls, data: Mapping[str, Any]) -> StepGraph:
         """Build from the dict/YAML format documented in docs/architecture.md."""
         if not isinstance(data, Mapping) or "agents" not in data:
             raise ValueError("step graph: expected a mapping with 'agents' (and 'edges')")

@@ -21,7 +21,9 @@ class TransitionModel:
     min_observations: int = 3
     min_edge_prob: float = 0.1
     horizon: int = 16
-    counts: dict[str, dict[str, Counter[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(Counter)))
+    counts: dict[str, dict[str, Counter[str]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(Counter))
+    )
     last_agent: dict[str, str] = field(default_factory=dict)  # client -> agent of its latest request
     _cache: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class UserTags:
-    def __init__(self, tree: RadixTree, policy: "Policy") -> None:
+    def __init__(self, tree: RadixTree, policy: Policy) -> None:
         self.tree, self.policy = tree, policy
         self.dynamic_ends: dict[User, RadixNode] = {}  # user -> end of its latest dynamic prompt
         self.last_prompt: dict[User, tuple[Sequence[int], int]] = {}
@@ -73,8 +73,9 @@ class UserTags:
         else:
             prev_tokens, prev_fixed = previous
             common = common_prefix_len(prev_tokens, tokens)
-            changed = self.policy.observe_prompt(user[1], True, max(0, len(prev_tokens) - prev_fixed),
-                                                 max(0, common - prev_fixed))
+            changed = self.policy.observe_prompt(
+                user[1], True, max(0, len(prev_tokens) - prev_fixed), max(0, common - prev_fixed)
+            )
         if changed:  # the agent's reuse estimates moved: re-file its nodes (every client's)
             self._refresh_agent(user[1])
 

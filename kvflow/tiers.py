@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class CpuTier:
     """Host memory: reservations for CPU copies, and CPU eviction (the copy is dropped)."""
 
-    def __init__(self, config: "CacheConfig", tree: RadixTree, stats: "CacheStats", ops: list[Op]) -> None:
+    def __init__(self, config: CacheConfig, tree: RadixTree, stats: CacheStats, ops: list[Op]) -> None:
         self.config, self.tree, self.stats, self.ops = config, tree, stats, ops
         self.used_tokens = 0
 
@@ -60,8 +60,14 @@ class CpuTier:
 class GpuTier:
     """Device memory: reservations (all or nothing, or partial) and GPU eviction."""
 
-    def __init__(self, config: "CacheConfig", tree: RadixTree, stats: "CacheStats", policy: Policy,
-                 demote: Callable[[RadixNode], int]) -> None:
+    def __init__(
+        self,
+        config: CacheConfig,
+        tree: RadixTree,
+        stats: CacheStats,
+        policy: Policy,
+        demote: Callable[[RadixNode], int],
+    ) -> None:
         self.config, self.tree, self.stats, self.policy = config, tree, stats, policy
         self.demote = demote  # takes a victim off the GPU, returns its tokens
         self.used_tokens = 0

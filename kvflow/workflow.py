@@ -44,6 +44,7 @@ class TraceLike(Protocol):
     @property
     def workflows(self) -> Mapping[str, WorkflowLike]: ...
 
+
 _WARMUP_PART = re.compile(r"/warmup[^/]*/")
 
 
@@ -124,7 +125,7 @@ class OracleFeed:
     however fast each workflow progresses among concurrent ones.
     """
 
-    def __init__(self, trace: TraceLike, cache: "KVCacheManager") -> None:
+    def __init__(self, trace: TraceLike, cache: KVCacheManager) -> None:
         self.cache = cache
         self.position: dict[str, tuple[str, int]] = {}
         counts: dict[str, int] = defaultdict(int)
@@ -148,4 +149,3 @@ class OracleFeed:
         # users and the cache re-files them at once; a key that rises is re-filed when its stale
         # heap entry surfaces (RadixTree.refresh)
         self.cache.refresh_users(self.cache.policy.set_next_use(table))
-

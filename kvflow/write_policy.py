@@ -10,18 +10,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvflow.ops import Free, Offload, Op
+from kvflow.policies.base import Policy
 from kvflow.radix import RadixNode, RadixTree
 from kvflow.tiers import CpuTier
-
-from kvflow.policies.base import Policy
 
 if TYPE_CHECKING:
     from kvflow.cache import CacheConfig, CacheStats
 
 
 class WritePolicy:
-    def __init__(self, config: "CacheConfig", tree: RadixTree, stats: "CacheStats", policy: "Policy",
-                 cpu: CpuTier, ops: list[Op]) -> None:
+    def __init__(
+        self, config: CacheConfig, tree: RadixTree, stats: CacheStats, policy: Policy, cpu: CpuTier, ops: list[Op]
+    ) -> None:
         self.config, self.tree, self.stats, self.policy, self.cpu, self.ops = config, tree, stats, policy, cpu, ops
         self.write_through = config.write_policy == "write_through"
         self.write_back = config.write_policy == "write_back"
@@ -53,8 +53,12 @@ class WritePolicy:
         if node.prefetched:
             self.stats.prefetch_wasted += 1
             node.prefetched = False
-        if (not node.cpu and self.write_back and (self.worth_keeping is None or self.worth_keeping(node))
-                and self.cpu.alloc(n)):
+        if (
+            not node.cpu
+            and self.write_back
+            and (self.worth_keeping is None or self.worth_keeping(node))
+            and self.cpu.alloc(n)
+        ):
             self.tree.begin_offload(node, demote=True)
             self._queue_offload(node, free_gpu_after=True)
         else:
@@ -65,8 +69,12 @@ class WritePolicy:
 
     def _backup_due(self, node: RadixNode) -> bool:
         """Write-through wants a CPU copy of ``node`` (on the GPU) now, and CPU space was reserved."""
-        if (not self.write_through or node.cpu or node.inflight is not None
-                or node.hits + 1 < self.config.write_through_hits):
+        if (
+            not self.write_through
+            or node.cpu
+            or node.inflight is not None
+            or node.hits + 1 < self.config.write_through_hits
+        ):
             return False
         if self.worth_keeping is not None and not self.worth_keeping(node):
             return False  # the policy expects no reuse: save the PCIe bandwidth and the CPU space

@@ -50,10 +50,14 @@ class Grid:
     def default(cls, device: torch.device, spec: ModelSpec) -> Grid:
         if device.type == "cuda":
             per_mib = max(1, (1 << 20) // spec.kv_bytes_per_token)
-            return cls([128, 512, 2048, 8192], [0, 4096, 8192], [1, 4, 16, 32], [1024, 4096, 8192],
-                       [per_mib * m for m in (1, 8, 64, 256, 1024)])
-        return cls([16, 64, 256, 512], [0, 256, 1024], [1, 2, 4, 8], [64, 512, 2048],
-                   [64, 256, 1024, 4096, 16384])
+            return cls(
+                [128, 512, 2048, 8192],
+                [0, 4096, 8192],
+                [1, 4, 16, 32],
+                [1024, 4096, 8192],
+                [per_mib * m for m in (1, 8, 64, 256, 1024)],
+            )
+        return cls([16, 64, 256, 512], [0, 256, 1024], [1, 2, 4, 8], [64, 512, 2048], [64, 256, 1024, 4096, 16384])
 
 
 @dataclass
@@ -98,7 +102,7 @@ def measure_prefill(net: Transformer, grid: Grid) -> list[dict[str, float]]:
             if p:
                 kv[:, :, :, :p].copy_(prefix[:p].permute(1, 2, 3, 0, 4))  # gather the cached prefix
             net.greedy(net.forward(ids, [Seq(kv, p, n)]))
-            kv[:, :, :, p:p + n].permute(3, 0, 1, 2, 4).contiguous()  # new node's own tensor
+            kv[:, :, :, p : p + n].permute(3, 0, 1, 2, 4).contiguous()  # new node's own tensor
 
         points.append({"new_tokens": n, "context_tokens": p, "time_s": _time(step, net.device, grid.reps)})
     return points
@@ -159,8 +163,9 @@ def measure_copies(net: Transformer, grid: Grid, spec_token_bytes: int) -> dict[
     return out
 
 
-def _measure_bidirectional(copy: Callable[[str, int], None], n: int, device: torch.device,
-                           reps: int) -> list[dict[str, float]]:
+def _measure_bidirectional(
+    copy: Callable[[str, int], None], n: int, device: torch.device, reps: int
+) -> list[dict[str, float]]:
     """Each direction's time alone and while the other direction copies the same size."""
     import threading
 
@@ -229,8 +234,9 @@ def fit_copy(points: list[dict[str, float]]) -> Fit:
 
 
 # ----- driver ---------------------------------------------------------------------------------------
-def calibrate(net: Transformer, grid: Grid, log: Callable[[str], None] = print,
-              loop_fixed_tokens: int | None = None) -> dict[str, Any]:
+def calibrate(
+    net: Transformer, grid: Grid, log: Callable[[str], None] = print, loop_fixed_tokens: int | None = None
+) -> dict[str, Any]:
     """Measure and fit; returns {'measured': {...}, 'fits': {...}, 'bidirectional': {...}}."""
     spec_token_bytes = net.spec.kv_bytes_per_token
     t0 = time.perf_counter()
@@ -243,19 +249,29 @@ def calibrate(net: Transformer, grid: Grid, log: Callable[[str], None] = print,
     copies = measure_copies(net, grid, spec_token_bytes)
     links = {d: fit_copy(copies[d]) for d in ("h2d", "d2h")}
     log(f"copies: {sum(len(f.points) for f in links.values())} points in {time.perf_counter() - t2:.1f}s")
-    factors = {f"bidirectional_{r['direction']}_factor": round(min(1.0, r["alone_s"] / r["contended_s"]), 3)
-               for r in copies["bidirectional"] if r["contended_s"] > 0}
+    factors = {
+        f"bidirectional_{r['direction']}_factor": round(min(1.0, r["alone_s"] / r["contended_s"]), 3)
+        for r in copies["bidirectional"]
+        if r["contended_s"] > 0
+    }
     if net.device.type != "cuda":
         factors = {"bidirectional_h2d_factor": 1.0, "bidirectional_d2h_factor": 1.0}
     fits = {"prefill": pre, "decode": dec, **links}
     measured = {k: {n: float(v) for n, v in f.coef.items()} for k, f in fits.items()}
-    result = {"measured": measured, "fits": fits, "bidirectional": factors, "raw_bidirectional": copies["bidirectional"]}
+    result = {
+        "measured": measured,
+        "fits": fits,
+        "bidirectional": factors,
+        "raw_bidirectional": copies["bidirectional"],
+    }
     if loop_fixed_tokens:
         measure_loop(net, result, loop_fixed_tokens, log)
     return result
 
 
-def loop_overheads(measured: dict[str, dict[str, float]], log_rows: list[tuple[str, list, int, float]]) -> dict[str, float]:
+def loop_overheads(
+    measured: dict[str, dict[str, float]], log_rows: list[tuple[str, list, int, float]]
+) -> dict[str, float]:
     """Time the engine loop spends per prefill iteration / per decode step beyond what the
     fitted compute terms predict (scheduling, KV gathers and fills, sampling, bookkeeping)."""
     pre, dec = measured["prefill"], measured["decode"]
@@ -266,28 +282,49 @@ def loop_overheads(measured: dict[str, dict[str, float]], log_rows: list[tuple[s
             r_pre.append(seconds - pred)
         elif steps:
             b = len(shape)
-            pred = sum(dec["a_s"] + dec["b_s_per_seq"] * b + dec["c_s_per_ctx_token"] * (sum(shape) + b * k)
-                       for k in range(steps))
+            pred = sum(
+                dec["a_s"] + dec["b_s_per_seq"] * b + dec["c_s_per_ctx_token"] * (sum(shape) + b * k)
+                for k in range(steps)
+            )
             r_dec.append((seconds - pred) / steps)
     # lower quartile, not mean: interference from other processes only ever adds time
-    return {"prefill_s": max(0.0, float(np.percentile(r_pre, 25))) if r_pre else 0.0,
-            "decode_step_s": max(0.0, float(np.percentile(r_dec, 25))) if r_dec else 0.0,
-            "prefill_iterations": len(r_pre), "decode_iterations": len(r_dec)}
+    return {
+        "prefill_s": max(0.0, float(np.percentile(r_pre, 25))) if r_pre else 0.0,
+        "decode_step_s": max(0.0, float(np.percentile(r_dec, 25))) if r_dec else 0.0,
+        "prefill_iterations": len(r_pre),
+        "decode_iterations": len(r_dec),
+    }
 
 
-def measure_loop(net: Transformer, result: dict[str, Any], fixed_tokens: int, log: Callable[[str], None] = print) -> None:
+def measure_loop(
+    net: Transformer, result: dict[str, Any], fixed_tokens: int, log: Callable[[str], None] = print
+) -> None:
     """Run a short sequential workflow on the real engine loop and fold the per-iteration overhead
     into the ``a_s`` terms (the simulator charges one ``a_s`` per prefill iteration / decode step)."""
     from harness.profile import conf_profile
     from real.runner import RealOptions, run_real
 
     cfg = {
-        "model": net.spec.name, "seed": 0,
-        "hardware": {**conf_profile("h200"), "name": "calibration", "chunked_prefill_tokens": 1 << 20,
-                     "measured": None},  # a complete profile; only the chunk size matters for this run
-        "workload": {"name": "calibration", "generator": "sequential",
-                     "params": {"agents": 4, "warmup": 1, "runs": 2, "fixed_tokens": fixed_tokens,
-                                "dynamic_tokens": 32, "output_tokens": 16}},
+        "model": net.spec.name,
+        "seed": 0,
+        "hardware": {
+            **conf_profile("h200"),
+            "name": "calibration",
+            "chunked_prefill_tokens": 1 << 20,
+            "measured": None,
+        },  # a complete profile; only the chunk size matters for this run
+        "workload": {
+            "name": "calibration",
+            "generator": "sequential",
+            "params": {
+                "agents": 4,
+                "warmup": 1,
+                "runs": 2,
+                "fixed_tokens": fixed_tokens,
+                "dynamic_tokens": 32,
+                "output_tokens": 16,
+            },
+        },
         "policy": {"name": "sglang", "eviction": {"name": "lru"}, "cpu_capacity_ratio": 0.0, "hints": False},
         "cache": {"gpu_capacity_tokens": 8 * (fixed_tokens + 64)},
         "engine": {"max_running_requests": 1},
@@ -301,9 +338,11 @@ def measure_loop(net: Transformer, result: dict[str, Any], fixed_tokens: int, lo
     result["measured"]["prefill"]["a_s"] += over["prefill_s"]
     result["measured"]["decode"]["a_s"] += over["decode_step_s"]
     result["loop_overhead"] = over
-    log(f"engine loop: 2 x {len(res.loop.iteration_log)} iterations in {time.perf_counter() - t0:.1f}s; overhead "
+    log(
+        f"engine loop: 2 x {len(res.loop.iteration_log)} iterations in {time.perf_counter() - t0:.1f}s; overhead "
         f"{1e3 * over['prefill_s']:.3f} ms/prefill iteration, {1e3 * over['decode_step_s']:.3f} ms/decode step "
-        f"(added to a_s)")
+        f"(added to a_s)"
+    )
 
 
 def fit_report(fits: dict[str, Fit]) -> str:
@@ -314,8 +353,9 @@ def fit_report(fits: dict[str, Fit]) -> str:
     return "\n".join(lines)
 
 
-def write_profile(path: Path, base: dict[str, Any], name: str, result: dict[str, Any], net: Transformer,
-                  grid: Grid) -> Path:
+def write_profile(
+    path: Path, base: dict[str, Any], name: str, result: dict[str, Any], net: Transformer, grid: Grid
+) -> Path:
     """Base profile + measured block + calibration metadata, as YAML that ``kvflow-sim`` reads."""
     prof = dict(base)
     device_name = torch.cuda.get_device_name(net.device) if net.device.type == "cuda" else "cpu"
@@ -325,18 +365,24 @@ def write_profile(path: Path, base: dict[str, Any], name: str, result: dict[str,
     prof["measured"] = result["measured"]
     prof["calibration"] = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "device": device_name, "torch": torch.__version__, "dtype": str(net.dtype).replace("torch.", ""),
-        "model": net.spec.name, "base_profile": base.get("name"), "reps": grid.reps,
+        "device": device_name,
+        "torch": torch.__version__,
+        "dtype": str(net.dtype).replace("torch.", ""),
+        "model": net.spec.name,
+        "base_profile": base.get("name"),
+        "reps": grid.reps,
         "bytes_unit": f"ModelSpec.kv_bytes_per_token = {net.spec.kv_bytes_per_token} per token",
         "fit_error": {k: {"mape": round(f.mape, 5), "max": round(f.max_err, 5)} for k, f in result["fits"].items()},
         "points": {k: f.points for k, f in result["fits"].items()},
         "bidirectional_points": result["raw_bidirectional"],
         "loop_overhead": result.get("loop_overhead"),
     }
-    header = (f"# Hardware profile measured by `kvflow-real calibrate` on {device_name} "
-              f"(model {net.spec.name}, {prof['calibration']['date']}).\n"
-              f"# Spec fields come from the base profile '{base.get('name')}'; `measured` overrides the\n"
-              f"# spec-derived cost model (docs/cost_model.md). Use: kvflow-sim hardware={name}\n")
+    header = (
+        f"# Hardware profile measured by `kvflow-real calibrate` on {device_name} "
+        f"(model {net.spec.name}, {prof['calibration']['date']}).\n"
+        f"# Spec fields come from the base profile '{base.get('name')}'; `measured` overrides the\n"
+        f"# spec-derived cost model (docs/cost_model.md). Use: kvflow-sim hardware={name}\n"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + yaml.safe_dump(_plain(prof), sort_keys=False))
     return path

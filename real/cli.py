@@ -41,9 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the workload on the real backend")
     _backend_args(run)
-    run.add_argument("--policies", default=None,
-                     help=f"comma list, one run dir each under --out (e.g. {','.join(POLICIES)}); "
-                          "default: the policy= override (or kvflow)")
+    run.add_argument(
+        "--policies",
+        default=None,
+        help=f"comma list, one run dir each under --out (e.g. {','.join(POLICIES)}); "
+        "default: the policy= override (or kvflow)",
+    )
     run.add_argument("overrides", nargs="*")
 
     cal = sub.add_parser("calibrate", help="measure prefill/decode/PCIe and write a hardware profile")
@@ -51,12 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--model", default="llama-3.1-8b", help="conf/model name (tiny for CPU)")
     cal.add_argument("--base", default="h200", help="hardware profile whose spec fields are kept (name or path)")
     cal.add_argument("--name", default=None, help="profile name (default <base>_<model>_measured)")
-    cal.add_argument("--profile-out", type=Path, default=None,
-                     help="YAML path (default conf/hardware/<name>.yaml, so kvflow-sim hardware=<name> finds it)")
+    cal.add_argument(
+        "--profile-out",
+        type=Path,
+        default=None,
+        help="YAML path (default conf/hardware/<name>.yaml, so kvflow-sim hardware=<name> finds it)",
+    )
     cal.add_argument("--reps", type=int, default=3)
-    cal.add_argument("--loop-fixed-tokens", type=int, default=None,
-                     help="fixed prompt of the short engine-loop run whose per-iteration overhead is added "
-                          "to a_s (default 4096 on GPU, 256 on CPU; 0 disables)")
+    cal.add_argument(
+        "--loop-fixed-tokens",
+        type=int,
+        default=None,
+        help="fixed prompt of the short engine-loop run whose per-iteration overhead is added "
+        "to a_s (default 4096 on GPU, 256 on CPU; 0 disables)",
+    )
     for flag in ("prefill-new", "prefill-ctx", "decode-batch", "decode-ctx", "copy-tokens"):
         cal.add_argument(f"--{flag}", default=None, help="comma list overriding the default grid")
 
@@ -69,13 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _opts(args: argparse.Namespace):
     from real.runner import RealOptions
 
-    return RealOptions(device=args.device, dtype=args.dtype, weights=args.weights, weight_seed=args.weight_seed,
-                       check_invariants=args.check_invariants)
+    return RealOptions(
+        device=args.device,
+        dtype=args.dtype,
+        weights=args.weights,
+        weight_seed=args.weight_seed,
+        check_invariants=args.check_invariants,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kvflow.model_spec import load_model_spec
     from harness.setup import build_trace
+    from kvflow.model_spec import load_model_spec
     from real.config import compose
     from real.runner import build_model, run_real
 
@@ -94,9 +110,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir = out / policy if len(policies) > 1 else out
         res = run_real(cfg, trace, run_dir, opts, net=net, overrides=overrides)
         s = res.summary
-        print(f"{policy:<18} workflow latency {s['workflow_latency_mean_s']:.4f}s  makespan {s['makespan_s']:.3f}s  "
-              f"hit gpu {100 * s['hit_rate_gpu']:.1f}% cpu {100 * s['hit_rate_cpu']:.1f}%  "
-              f"recompute {100 * s['recompute_rate']:.1f}%  -> {run_dir}", flush=True)
+        print(
+            f"{policy:<18} workflow latency {s['workflow_latency_mean_s']:.4f}s  makespan {s['makespan_s']:.3f}s  "
+            f"hit gpu {100 * s['hit_rate_gpu']:.1f}% cpu {100 * s['hit_rate_cpu']:.1f}%  "
+            f"recompute {100 * s['recompute_rate']:.1f}%  -> {run_dir}",
+            flush=True,
+        )
     return 0
 
 
@@ -107,9 +126,9 @@ def _ints(text: str | None) -> list[int] | None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
+    from harness.profile import load_profile
     from kvflow.model_spec import load_model_spec
     from real.calibrate import Grid, calibrate, fit_report, write_profile
-    from harness.profile import load_profile
     from real.runner import build_model
 
     spec = load_model_spec(args.model)
@@ -120,7 +139,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         value = _ints(getattr(args, attr))
         if value:
             setattr(grid, attr, value)
-    base_path = Path(args.base) if args.base.endswith((".yaml", ".yml")) else Path(str(files("conf") / "hardware" / f"{args.base}.yaml"))
+    base_path = (
+        Path(args.base)
+        if args.base.endswith((".yaml", ".yml"))
+        else Path(str(files("conf") / "hardware" / f"{args.base}.yaml"))
+    )
     base = load_profile(base_path)
     name = args.name or f"{base.get('name', 'custom')}_{spec.name}_measured".replace(".", "")
     path = args.profile_out or Path(str(files("conf") / "hardware" / f"{name}.yaml"))
@@ -136,10 +159,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"profile written: {path}  (kvflow-sim hardware={name} when under conf/hardware/)")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "calibration.json").write_text(json.dumps(
-            {"profile": str(path), "measured": result["measured"],
-             "fit_error": {k: {"mape": f.mape, "max": f.max_err} for k, f in result["fits"].items()},
-             "bidirectional": result["bidirectional"], "loop_overhead": result.get("loop_overhead")}, indent=2))
+        (args.out / "calibration.json").write_text(
+            json.dumps(
+                {
+                    "profile": str(path),
+                    "measured": result["measured"],
+                    "fit_error": {k: {"mape": f.mape, "max": f.max_err} for k, f in result["fits"].items()},
+                    "bidirectional": result["bidirectional"],
+                    "loop_overhead": result.get("loop_overhead"),
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

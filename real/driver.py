@@ -38,8 +38,14 @@ class RealRequest(Request):
 class WallClockDriver:
     """Submits invocations into ``engine`` when their time comes; ``on_finished`` advances workflows."""
 
-    def __init__(self, trace: Any, engine: Any, hints: bool = True, oracle_policy: Any = None,
-                 on_submit: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        trace: Any,
+        engine: Any,
+        hints: bool = True,
+        oracle_policy: Any = None,
+        on_submit: Callable[[Any], None] | None = None,
+    ) -> None:
         self.trace = trace
         self.engine = engine
         self.on_submit = on_submit
@@ -85,9 +91,15 @@ class WallClockDriver:
         self._push(max(now_s + inv.delay_s, inv.arrival_s or 0.0), "release", inv.id)
 
     def _release(self, inv: Any, now_s: float) -> None:
-        req = RealRequest(request_id=inv.id, client_id=inv.client_id, agent_id=inv.agent_id, app_id=inv.workflow,
-                          tokens=self.trace.prompt_tokens(inv), fixed_tokens=self.trace.fixed_tokens(inv),
-                          output_tokens=inv.output_tokens)
+        req = RealRequest(
+            request_id=inv.id,
+            client_id=inv.client_id,
+            agent_id=inv.agent_id,
+            app_id=inv.workflow,
+            tokens=self.trace.prompt_tokens(inv),
+            fixed_tokens=self.trace.fixed_tokens(inv),
+            output_tokens=inv.output_tokens,
+        )
         self.requests[inv.id] = req
         self._inv_of[id(req)] = inv.id
         if self.oracle is not None:

@@ -27,8 +27,16 @@ class Stalled(RuntimeError):
 
 
 class RealEngineLoop:
-    def __init__(self, engine: Any, model: Transformer, store: KVStore, executor: CopyExecutor,
-                 driver: WallClockDriver, clock: Any, check_invariants: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        model: Transformer,
+        store: KVStore,
+        executor: CopyExecutor,
+        driver: WallClockDriver,
+        clock: Any,
+        check_invariants: bool = False,
+    ) -> None:
         self.engine = engine
         self.model = model
         self.store = store
@@ -103,8 +111,10 @@ class RealEngineLoop:
     def _idle(self) -> None:
         nxt = self.driver.next_event_s()
         if nxt is None and not self.executor.in_flight():
-            raise Stalled(f"stalled at t={self.clock():.3f}s with {self.driver.pending} invocations unfinished "
-                          f"(nothing runnable, no copy in flight, no arrival due)")
+            raise Stalled(
+                f"stalled at t={self.clock():.3f}s with {self.driver.pending} invocations unfinished "
+                f"(nothing runnable, no copy in flight, no arrival due)"
+            )
         wait = 0.05 if nxt is None else max(0.0, nxt - self.clock())
         self.executor.wait_any(min(wait, 0.05))
 
@@ -140,7 +150,7 @@ class RealEngineLoop:
                 path = list(r.node.path_to_root())[::-1] if r.node is not None else []
                 got = self.store.gather(path, r.kv)
                 assert got == r.cached_tokens == chunk.context_tokens, (got, r.cached_tokens, chunk.context_tokens)
-            ids.extend(r.tokens[chunk.context_tokens:chunk.context_tokens + chunk.new_tokens])
+            ids.extend(r.tokens[chunk.context_tokens : chunk.context_tokens + chunk.new_tokens])
             seqs.append(Seq(r.kv, chunk.context_tokens, chunk.new_tokens))
         tokens = self.model.greedy(self.model.forward(ids, seqs))
         for chunk, tok in zip(it.prefill, tokens):
@@ -194,7 +204,7 @@ class RealEngineLoop:
         limit = min(len(tokens), buf.shape[3])
         while pos < limit:
             child = node.children.get(tree.child_key(tokens, pos))
-            if child is None or child.tokens != tokens[pos:pos + len(child)]:
+            if child is None or child.tokens != tokens[pos : pos + len(child)]:
                 break
             if child.gpu and child.node_id not in self.store.gpu:
                 self.store.fill_gpu(child, buf, pos)

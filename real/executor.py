@@ -111,7 +111,7 @@ class CopyExecutor:
         """Ops whose copy has completed since the last poll (each direction completes in order).
         Blocking loads are retired but not returned: ``Engine.finish`` completes those."""
         done: list[Op] = []
-        for direction, queue in self.pending.items():
+        for _direction, queue in self.pending.items():
             while queue and queue[0].done():
                 op = self._retire(queue.popleft())
                 if op.op_id not in self.blocking:

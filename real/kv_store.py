@@ -82,7 +82,7 @@ class CpuPool:
         return CpuSlot(len(self.arenas) - 1, 0, n)
 
     def view(self, slot: CpuSlot) -> torch.Tensor:
-        return self.arenas[slot.arena].data[slot.offset:slot.offset + slot.tokens]
+        return self.arenas[slot.arena].data[slot.offset : slot.offset + slot.tokens]
 
     def release(self, slot: CpuSlot) -> None:
         self.arenas[slot.arena].release(slot.offset, slot.tokens)
@@ -96,8 +96,15 @@ class CpuPool:
 class KVStore:
     """GPU and CPU copies of each radix node's KV, keyed by ``node_id``."""
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype,
-                 cpu_arena_tokens: int = 65536) -> None:
+    def __init__(
+        self,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        cpu_arena_tokens: int = 65536,
+    ) -> None:
         self.token_shape = (layers, 2, kv_heads, head_dim)
         self.device = device
         self.dtype = dtype
@@ -134,7 +141,7 @@ class KVStore:
         """Copy positions ``start..start+len(node)`` of a request's working buffer
         ``(layers, 2, kv_heads, capacity, head_dim)`` into the node's own tensor."""
         t = self.new_gpu(node)
-        t.copy_(buf[:, :, :, start:start + len(node)].permute(3, 0, 1, 2, 4))
+        t.copy_(buf[:, :, :, start : start + len(node)].permute(3, 0, 1, 2, 4))
 
     def gather(self, nodes: list[RadixNode], buf: torch.Tensor) -> int:
         """Write the nodes' KV (a root-to-leaf run) into a working buffer from position 0."""
@@ -142,7 +149,7 @@ class KVStore:
         for node in nodes:
             t = self.gpu[node.node_id]
             assert t.shape[0] == len(node), (node, t.shape)
-            buf[:, :, :, pos:pos + len(node)].copy_(t.permute(1, 2, 3, 0, 4))
+            buf[:, :, :, pos : pos + len(node)].copy_(t.permute(1, 2, 3, 0, 4))
             pos += len(node)
         return pos
 

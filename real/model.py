@@ -39,8 +39,14 @@ def pick_dtype(device: torch.device, name: str | None = None) -> torch.dtype:
     """``auto``: bf16 on a GPU, float32 on CPU."""
     if name in (None, "", "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-            "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[name]
+    return {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }[name]
 
 
 @dataclass
@@ -55,21 +61,34 @@ class Seq:
 def _layer_names(i: int) -> dict[str, str]:
     p = f"model.layers.{i}."
     return {
-        "attn_norm": p + "input_layernorm.weight", "mlp_norm": p + "post_attention_layernorm.weight",
-        "q": p + "self_attn.q_proj.weight", "k": p + "self_attn.k_proj.weight",
-        "v": p + "self_attn.v_proj.weight", "o": p + "self_attn.o_proj.weight",
-        "q_bias": p + "self_attn.q_proj.bias", "k_bias": p + "self_attn.k_proj.bias",
+        "attn_norm": p + "input_layernorm.weight",
+        "mlp_norm": p + "post_attention_layernorm.weight",
+        "q": p + "self_attn.q_proj.weight",
+        "k": p + "self_attn.k_proj.weight",
+        "v": p + "self_attn.v_proj.weight",
+        "o": p + "self_attn.o_proj.weight",
+        "q_bias": p + "self_attn.q_proj.bias",
+        "k_bias": p + "self_attn.k_proj.bias",
         "v_bias": p + "self_attn.v_proj.bias",
-        "gate": p + "mlp.gate_proj.weight", "up": p + "mlp.up_proj.weight", "down": p + "mlp.down_proj.weight",
+        "gate": p + "mlp.gate_proj.weight",
+        "up": p + "mlp.up_proj.weight",
+        "down": p + "mlp.down_proj.weight",
     }
 
 
 class Transformer:
     """Inference-only decoder; weights live in ``self.w`` under their Hugging Face names."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                 seed: int = 0, qkv_bias: bool | None = None, rope_theta: float | None = None,
-                 norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+        qkv_bias: bool | None = None,
+        rope_theta: float | None = None,
+        norm_eps: float = 1e-5,
+    ) -> None:
         self.spec = spec
         self.device = torch.device(device)
         self.dtype = dtype or pick_dtype(self.device)
@@ -81,21 +100,34 @@ class Transformer:
         self.w: dict[str, torch.Tensor] = {}
         self._init_random(seed)
         half = spec.head_dim // 2
-        self.inv_freq = 1.0 / (self.rope_theta ** (torch.arange(0, half, device=self.device,
-                                                                dtype=torch.float32) / half))
+        self.inv_freq = 1.0 / (
+            self.rope_theta ** (torch.arange(0, half, device=self.device, dtype=torch.float32) / half)
+        )
         self._lower_right_ok = causal_lower_right is not None
 
     # ----- weights --------------------------------------------------------------------------------
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         s = self.spec
         q_w, kv_w = s.heads * s.head_dim, s.kv_heads * s.head_dim
-        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (s.vocab, s.hidden),
-                                              "model.norm.weight": (s.hidden,), "lm_head.weight": (s.vocab, s.hidden)}
+        shapes: dict[str, tuple[int, ...]] = {
+            "model.embed_tokens.weight": (s.vocab, s.hidden),
+            "model.norm.weight": (s.hidden,),
+            "lm_head.weight": (s.vocab, s.hidden),
+        }
         for names in self.layer_names:
-            shapes.update({names["attn_norm"]: (s.hidden,), names["mlp_norm"]: (s.hidden,),
-                           names["q"]: (q_w, s.hidden), names["k"]: (kv_w, s.hidden), names["v"]: (kv_w, s.hidden),
-                           names["o"]: (s.hidden, q_w), names["gate"]: (s.intermediate, s.hidden),
-                           names["up"]: (s.intermediate, s.hidden), names["down"]: (s.hidden, s.intermediate)})
+            shapes.update(
+                {
+                    names["attn_norm"]: (s.hidden,),
+                    names["mlp_norm"]: (s.hidden,),
+                    names["q"]: (q_w, s.hidden),
+                    names["k"]: (kv_w, s.hidden),
+                    names["v"]: (kv_w, s.hidden),
+                    names["o"]: (s.hidden, q_w),
+                    names["gate"]: (s.intermediate, s.hidden),
+                    names["up"]: (s.intermediate, s.hidden),
+                    names["down"]: (s.hidden, s.intermediate),
+                }
+            )
             if self.qkv_bias:
                 shapes.update({names["q_bias"]: (q_w,), names["k_bias"]: (kv_w,), names["v_bias"]: (kv_w,)})
         return shapes
@@ -130,8 +162,9 @@ class Transformer:
                 if name not in self.w:
                     continue
                 if tuple(tensor.shape) != tuple(self.w[name].shape):
-                    raise ValueError(f"{f}: {name} has shape {tuple(tensor.shape)}, model expects "
-                                     f"{tuple(self.w[name].shape)}")
+                    raise ValueError(
+                        f"{f}: {name} has shape {tuple(tensor.shape)}, model expects {tuple(self.w[name].shape)}"
+                    )
                 self.w[name].copy_(tensor.to(self.dtype))
                 loaded += 1
         if "lm_head.weight" not in self.w or loaded == 0:
@@ -172,8 +205,7 @@ class Transformer:
             return F.scaled_dot_product_attention(q[None], ke, ve, is_causal=True)[0]
         if self._lower_right_ok:
             try:
-                return F.scaled_dot_product_attention(q[None], ke, ve,
-                                                      attn_mask=causal_lower_right(n, start + n))[0]
+                return F.scaled_dot_product_attention(q[None], ke, ve, attn_mask=causal_lower_right(n, start + n))[0]
             except (RuntimeError, NotImplementedError):
                 self._lower_right_ok = False  # this backend lacks it: explicit mask from now on
         mask = torch.ones(n, start + n, dtype=torch.bool, device=q.device).tril(diagonal=start)
@@ -190,14 +222,16 @@ class Transformer:
         for layer, names in enumerate(self.layer_names):
             x = x + self._attention_block(x, layer, names, seqs, cos, sin)
             h = self._rms(x, self.w[names["mlp_norm"]])
-            x = x + F.linear(F.silu(F.linear(h, self.w[names["gate"]])) * F.linear(h, self.w[names["up"]]),
-                             self.w[names["down"]])
+            x = x + F.linear(
+                F.silu(F.linear(h, self.w[names["gate"]])) * F.linear(h, self.w[names["up"]]), self.w[names["down"]]
+            )
         last = torch.tensor([0] + [q.n for q in seqs]).cumsum(0)[1:] - 1
         h = self._rms(x[last.to(self.device)], self.w["model.norm.weight"])
         return F.linear(h, self.w["lm_head.weight"])
 
-    def _attention_block(self, x: torch.Tensor, layer: int, names: dict[str, str], seqs: list[Seq],
-                         cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _attention_block(
+        self, x: torch.Tensor, layer: int, names: dict[str, str], seqs: list[Seq], cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         s, w = self.spec, self.w
         h = self._rms(x, w[names["attn_norm"]])
         q = F.linear(h, w[names["q"]], w.get(names["q_bias"]))
@@ -210,9 +244,9 @@ class Transformer:
         for seq in seqs:
             end = seq.start + seq.n
             buf = seq.kv[layer]
-            buf[0, :, seq.start:end].copy_(k[off:off + seq.n].transpose(0, 1))
-            buf[1, :, seq.start:end].copy_(v[off:off + seq.n].transpose(0, 1))
-            o = self._attend(q[off:off + seq.n].transpose(0, 1), buf[0, :, :end], buf[1, :, :end], seq.start)
+            buf[0, :, seq.start : end].copy_(k[off : off + seq.n].transpose(0, 1))
+            buf[1, :, seq.start : end].copy_(v[off : off + seq.n].transpose(0, 1))
+            o = self._attend(q[off : off + seq.n].transpose(0, 1), buf[0, :, :end], buf[1, :, :end], seq.start)
             outs.append(o.transpose(0, 1).reshape(seq.n, s.heads * s.head_dim))
             off += seq.n
         return F.linear(torch.cat(outs) if len(outs) > 1 else outs[0], w[names["o"]])

@@ -29,8 +29,18 @@ from real.kv_store import KVStore
 from real.metrics import counters
 from real.model import Seq, Transformer, pick_device, pick_dtype
 
-__all__ = ["RealInputError", "RealOptions", "RealResult", "build_core", "build_model", "build_trace",
-           "capacities", "gain_s_per_token", "run_real", "warm_up"]
+__all__ = [
+    "RealInputError",
+    "RealOptions",
+    "RealResult",
+    "build_core",
+    "build_model",
+    "build_trace",
+    "capacities",
+    "gain_s_per_token",
+    "run_real",
+    "warm_up",
+]
 
 GIB = 1 << 30
 
@@ -82,9 +92,14 @@ def warm_up(net: Transformer, tokens: int = 64) -> None:
         torch.cuda.synchronize(net.device)
 
 
-def run_real(cfg: Mapping[str, Any], trace: Any | None = None, out: str | Path | None = None,
-             opts: RealOptions | None = None, net: Transformer | None = None,
-             overrides: list[str] | None = None) -> RealResult:
+def run_real(
+    cfg: Mapping[str, Any],
+    trace: Any | None = None,
+    out: str | Path | None = None,
+    opts: RealOptions | None = None,
+    net: Transformer | None = None,
+    overrides: list[str] | None = None,
+) -> RealResult:
     """Run one policy on one workload on the real backend; writes a run directory when ``out``."""
     opts = opts or RealOptions()
     wall0 = time.perf_counter()
@@ -112,8 +127,9 @@ def run_real(cfg: Mapping[str, Any], trace: Any | None = None, out: str | Path |
     out_path = None
     if out is not None:
         timeline = sorted(loop.timeline + executor.timeline, key=lambda t: t[1])
-        out_path = write_run_dir(Path(out), summary, rows, wf, dict(cfg), timeline=timeline,
-                                 overrides=list(overrides or []))
+        out_path = write_run_dir(
+            Path(out), summary, rows, wf, dict(cfg), timeline=timeline, overrides=list(overrides or [])
+        )
     return RealResult(summary, rows, wf, loop, driver, out_path)
 
 

@@ -33,8 +33,12 @@ def _errors(pred: list[float], meas: list[float]) -> dict[str, float]:
     if not ok.any():
         return {"mape": 0.0, "max_rel_err": 0.0, "mean_abs_err": 0.0, "n": 0}
     rel = np.abs(p[ok] - m[ok]) / m[ok]
-    return {"mape": float(rel.mean()), "max_rel_err": float(rel.max()),
-            "mean_abs_err": float(np.abs(p - m).mean()), "n": int(ok.sum())}
+    return {
+        "mape": float(rel.mean()),
+        "max_rel_err": float(rel.max()),
+        "mean_abs_err": float(np.abs(p - m).mean()),
+        "n": int(ok.sum()),
+    }
 
 
 def compare(real_rows: list[dict[str, Any]], sim_rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -43,24 +47,33 @@ def compare(real_rows: list[dict[str, Any]], sim_rows: list[dict[str, Any]]) -> 
     req_rows = []
     for r in real_rows:
         s = sim_by_id[r["request_id"]]
-        row = {"request_id": r["request_id"], "client_id": r["client_id"], "agent_id": r["agent_id"],
-               "warmup": r["warmup"]}
+        row = {
+            "request_id": r["request_id"],
+            "client_id": r["client_id"],
+            "agent_id": r["agent_id"],
+            "warmup": r["warmup"],
+        }
         for k in TIME_KEYS + TOKEN_KEYS:
             row[f"{k}_real"], row[f"{k}_sim"] = r[k], s[k]
         req_rows.append(row)
     real_wf = {w["client_id"]: w for w in workflow_rows(real_rows)}
     sim_wf = {w["client_id"]: w for w in workflow_rows(sim_rows)}
-    wf_rows = [{"client_id": c, "latency_s_real": real_wf[c]["latency_s"], "latency_s_sim": sim_wf[c]["latency_s"]}
-               for c in sorted(real_wf) if c in sim_wf]
+    wf_rows = [
+        {"client_id": c, "latency_s_real": real_wf[c]["latency_s"], "latency_s_sim": sim_wf[c]["latency_s"]}
+        for c in sorted(real_wf)
+        if c in sim_wf
+    ]
     stats: dict[str, Any] = {}
     for k in TIME_KEYS:
         stats[f"request_{k}"] = _errors([r[f"{k}_sim"] for r in req_rows], [r[f"{k}_real"] for r in req_rows])
     for k in TOKEN_KEYS:
         diff = [abs(r[f"{k}_sim"] - r[f"{k}_real"]) for r in req_rows]
-        stats[f"request_{k}"] = {"exact_match": float(np.mean([d == 0 for d in diff])) if diff else 1.0,
-                                 "mean_abs_diff": float(np.mean(diff)) if diff else 0.0,
-                                 "total_real": int(sum(r[f"{k}_real"] for r in req_rows)),
-                                 "total_sim": int(sum(r[f"{k}_sim"] for r in req_rows))}
+        stats[f"request_{k}"] = {
+            "exact_match": float(np.mean([d == 0 for d in diff])) if diff else 1.0,
+            "mean_abs_diff": float(np.mean(diff)) if diff else 0.0,
+            "total_real": int(sum(r[f"{k}_real"] for r in req_rows)),
+            "total_sim": int(sum(r[f"{k}_sim"] for r in req_rows)),
+        }
     stats["workflow_latency_s"] = _errors([w["latency_s_sim"] for w in wf_rows], [w["latency_s_real"] for w in wf_rows])
     return {"requests": req_rows, "workflows": wf_rows, "stats": stats}
 
@@ -82,8 +95,11 @@ def scatter(path: Path, result: dict[str, Any], title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    panels = [("request latency", result["requests"], "latency_s"), ("TTFT", result["requests"], "ttft_s"),
-              ("workflow latency", result["workflows"], "latency_s")]
+    panels = [
+        ("request latency", result["requests"], "latency_s"),
+        ("TTFT", result["requests"], "ttft_s"),
+        ("workflow latency", result["workflows"], "latency_s"),
+    ]
     for ax, (label, rows, key) in zip(axes, panels):
         real = np.array([r[f"{key}_real"] for r in rows], dtype=float)
         sim = np.array([r[f"{key}_sim"] for r in rows], dtype=float)
@@ -94,8 +110,9 @@ def scatter(path: Path, result: dict[str, Any], title: str) -> Path:
             ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
             ax.set_xscale("log")
             ax.set_yscale("log")
-        stat = result["stats"]["workflow_latency_s" if key == "latency_s" and rows is result["workflows"]
-                               else f"request_{key}"]
+        stat = result["stats"][
+            "workflow_latency_s" if key == "latency_s" and rows is result["workflows"] else f"request_{key}"
+        ]
         ax.set_title(f"{label}: MAPE {100 * stat['mape']:.1f}%")
         ax.set_xlabel("measured (real) [s]")
         ax.set_ylabel("predicted (sim) [s]")
@@ -106,8 +123,13 @@ def scatter(path: Path, result: dict[str, Any], title: str) -> Path:
     return path
 
 
-def validate(cfg: dict[str, Any], out: str | Path, opts: RealOptions | None = None,
-             overrides: list[str] | None = None, log: Any = print) -> dict[str, Any]:
+def validate(
+    cfg: dict[str, Any],
+    out: str | Path,
+    opts: RealOptions | None = None,
+    overrides: list[str] | None = None,
+    log: Any = print,
+) -> dict[str, Any]:
     """Replay ``cfg``'s workload on both backends; ``cfg['hardware']`` should be a calibrated profile."""
     from sim.runner import simulate  # lazy: real/ never imports sim/ at module level
 
@@ -116,18 +138,31 @@ def validate(cfg: dict[str, Any], out: str | Path, opts: RealOptions | None = No
     real = run_real(cfg, trace, out / "real", opts, overrides=overrides)
     log(f"real: {len(real.rows)} requests, makespan {real.summary['makespan_s']:.3f}s")
     sim = simulate(copy.deepcopy(cfg), trace)
-    write_run_dir(out / "sim", sim.summary, sim.rows, sim.workflow_rows, cfg, timeline=sim.timeline,
-                  overrides=list(overrides or []))
+    write_run_dir(
+        out / "sim",
+        sim.summary,
+        sim.rows,
+        sim.workflow_rows,
+        cfg,
+        timeline=sim.timeline,
+        overrides=list(overrides or []),
+    )
     log(f"sim:  {len(sim.rows)} requests, makespan {sim.summary['makespan_s']:.3f}s")
     result = compare(real.rows, sim.rows)
     _write_csv(out / "comparison_requests.csv", result["requests"])
     _write_csv(out / "comparison_workflows.csv", result["workflows"])
     hw = cfg["hardware"].get("name") if isinstance(cfg["hardware"], dict) else cfg["hardware"]
     policy = cfg["policy"].get("name")
-    summary = {"policy": policy, "hardware": hw, "model": cfg["model"].get("name"),
-               "workload": cfg["workload"].get("name"), "requests": len(result["requests"]),
-               "makespan_s_real": real.summary["makespan_s"], "makespan_s_sim": sim.summary["makespan_s"],
-               **result["stats"]}
+    summary = {
+        "policy": policy,
+        "hardware": hw,
+        "model": cfg["model"].get("name"),
+        "workload": cfg["workload"].get("name"),
+        "requests": len(result["requests"]),
+        "makespan_s_real": real.summary["makespan_s"],
+        "makespan_s_sim": sim.summary["makespan_s"],
+        **result["stats"],
+    }
     (out / "validation.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     scatter(out / "scatter.png", result, f"sim vs real: policy {policy}, hardware {hw}")
     return summary

@@ -23,8 +23,8 @@ from typing import Any
 
 from harness.errors import SetupError
 from harness.setup import build_trace
-from sim.runner import simulate
 from sim.runner import load_conf as conf
+from sim.runner import simulate
 
 POLICIES = ("sglang", "hicache", "kvflow", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "oracle")
 NEW_POLICIES = ("kvflow_inferred", "kvflow_cost", "kvflow_gd")
@@ -51,12 +51,25 @@ def workloads(data: Path) -> dict[str, tuple[dict[str, Any], Any]]:
     return {
         "chatdev": (chatdev_cfg, chatdev),
         "chatdev_no_delay": (chatdev_cfg, no_delay),
-        "paper_concurrent": ({"hardware": h100, "model": llama, "workload": concurrent,
-                              "cache": {"gpu_capacity_tokens": 262144, "cpu_capacity_tokens": 2097152}},
-                             build_trace(concurrent, 0)),
-        "paper_branches": ({"hardware": a10g, "model": llama, "workload": branches,
-                            "cache": {"cpu_capacity_tokens": 1048576}, "engine": {"max_running_requests": 1}},
-                           build_trace(branches, 0)),
+        "paper_concurrent": (
+            {
+                "hardware": h100,
+                "model": llama,
+                "workload": concurrent,
+                "cache": {"gpu_capacity_tokens": 262144, "cpu_capacity_tokens": 2097152},
+            },
+            build_trace(concurrent, 0),
+        ),
+        "paper_branches": (
+            {
+                "hardware": a10g,
+                "model": llama,
+                "workload": branches,
+                "cache": {"cpu_capacity_tokens": 1048576},
+                "engine": {"max_running_requests": 1},
+            },
+            build_trace(branches, 0),
+        ),
         "mooncake": ({"hardware": h100, "model": llama, "cache": {"gpu_capacity_tokens": 262144}}, mooncake),
     }
 
@@ -66,11 +79,21 @@ def run_all(data: Path) -> dict[str, dict[str, dict[str, float]]]:
     for name, (base, trace) in workloads(data).items():
         results[name] = {}
         for policy in POLICIES:
-            cfg = {"seed": 0, "sim": {}, "engine": {}, "workload": {"name": name}, **base, "policy": conf("policy", policy)}
+            cfg = {
+                "seed": 0,
+                "sim": {},
+                "engine": {},
+                "workload": {"name": name},
+                **base,
+                "policy": conf("policy", policy),
+            }
             summary = simulate(cfg, trace=trace).summary
             results[name][policy] = {k: summary[k] for k in ("workflow_latency_mean_s", "hit_rate_gpu", "hit_rate_cpu")}
-            print(f"{name:<17} {policy:<16} latency {summary['workflow_latency_mean_s']:10.3f} s  "
-                  f"gpu hit {100 * summary['hit_rate_gpu']:5.1f}%", file=sys.stderr)
+            print(
+                f"{name:<17} {policy:<16} latency {summary['workflow_latency_mean_s']:10.3f} s  "
+                f"gpu hit {100 * summary['hit_rate_gpu']:5.1f}%",
+                file=sys.stderr,
+            )
     return results
 
 
@@ -100,15 +123,20 @@ def replay_hit_rates(data: Path) -> dict[str, dict[float, dict[str, float]]]:
 
 
 def replay_markdown(rates: dict[str, dict[float, dict[str, float]]]) -> str:
-    lines = ["| trace | budget | " + " | ".join(REPLAY_POLICIES) + " | best new closes kvflow->oracle gap |",
-             "|" + "---|" * (len(REPLAY_POLICIES) + 3)]
+    lines = [
+        "| trace | budget | " + " | ".join(REPLAY_POLICIES) + " | best new closes kvflow->oracle gap |",
+        "|" + "---|" * (len(REPLAY_POLICIES) + 3),
+    ]
     for name, by_budget in rates.items():
         for gib, r in by_budget.items():
             best = max(("kvflow_cost", "kvflow_gd"), key=lambda p: r[p])
             gap = r["oracle"] - r["kvflow"]
             closed = f"{best}: {100 * (r[best] - r['kvflow']) / gap:.0f}%" if gap > 1e-9 else "n/a"
-            lines.append(f"| {name} | {gib:g} GiB | " + " | ".join(f"{100 * r[p]:.1f}%" for p in REPLAY_POLICIES)
-                         + f" | {closed} |")
+            lines.append(
+                f"| {name} | {gib:g} GiB | "
+                + " | ".join(f"{100 * r[p]:.1f}%" for p in REPLAY_POLICIES)
+                + f" | {closed} |"
+            )
     return "\n".join(lines)
 
 
@@ -121,10 +149,17 @@ def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
         speedup = kv["workflow_latency_mean_s"] / by_policy[best]["workflow_latency_mean_s"]
         gap = by_policy["oracle"]["hit_rate_gpu"] - kv["hit_rate_gpu"]
         closed = (by_policy[best]["hit_rate_gpu"] - kv["hit_rate_gpu"]) / gap if gap > 1e-9 else float("nan")
-        cells = [f"{r['workflow_latency_mean_s']:.2f} s / {100 * r['hit_rate_gpu']:.1f}%"
-                 for r in (by_policy[p] for p in POLICIES)]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {best}: {speedup:.3f}x | "
-                     + ("n/a (oracle <= kvflow)" if closed != closed else f"{100 * closed:.0f}%") + " |")
+        cells = [
+            f"{r['workflow_latency_mean_s']:.2f} s / {100 * r['hit_rate_gpu']:.1f}%"
+            for r in (by_policy[p] for p in POLICIES)
+        ]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {best}: {speedup:.3f}x | "
+            + ("n/a (oracle <= kvflow)" if closed != closed else f"{100 * closed:.0f}%")
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -141,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     rates = replay_hit_rates(args.data)
     if args.json:
         args.json.write_text(json.dumps({"sim": results, "replay": rates}, indent=2, sort_keys=True))
-    print("Timing simulation. Cells: mean end-to-end workflow latency / GPU hit rate (share of prompt "
-          "tokens found on the GPU).\n")
+    print(
+        "Timing simulation. Cells: mean end-to-end workflow latency / GPU hit rate (share of prompt "
+        "tokens found on the GPU).\n"
+    )
     print(markdown(results))
     print("\nCache-only replay (kvflow-replay semantics; exact Belady oracle). Cells: hit rate.\n")
     print(replay_markdown(rates))

@@ -53,8 +53,15 @@ def _run_one(cfg: dict[str, Any], run_dir: Path, trace: Any, write_csv: bool) ->
         return json.loads((run_dir / "summary.json").read_text())
     result = simulate(cfg, trace=trace)
     config_yaml = OmegaConf.to_yaml(stored)
-    write_run_dir(run_dir, result.summary, result.rows, result.workflow_rows, config_yaml, requests_csv=write_csv,
-                  timeline=result.timeline)
+    write_run_dir(
+        run_dir,
+        result.summary,
+        result.rows,
+        result.workflow_rows,
+        config_yaml,
+        requests_csv=write_csv,
+        timeline=result.timeline,
+    )
     return result.summary
 
 
@@ -69,8 +76,9 @@ def _hydra_meta() -> tuple[str | None, dict[str, Any]]:
     return hc.runtime.choices.get("experiment"), params
 
 
-def run(cfg: DictConfig, run_dir: Path, experiment: str | None = None,
-        params: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def run(
+    cfg: DictConfig, run_dir: Path, experiment: str | None = None, params: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Run the configured policy (or the ``compare`` list) and write outputs under ``run_dir``."""
     plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     plain.pop("hydra", None)
@@ -83,8 +91,10 @@ def run(cfg: DictConfig, run_dir: Path, experiment: str | None = None,
         runs = {name: ({**plain, "policy": _policy_config(name)}, run_dir / name) for name in plain["compare"]}
     summaries = {name: _run_one(c, d, trace, write_csv) for name, (c, d) in runs.items()}
     if len(summaries) > 1:
-        comparison = {"speedup_of_kvflow": speedups(summaries),
-                      "workflow_latency_mean_s": {n: s["workflow_latency_mean_s"] for n, s in summaries.items()}}
+        comparison = {
+            "speedup_of_kvflow": speedups(summaries),
+            "workflow_latency_mean_s": {n: s["workflow_latency_mean_s"] for n, s in summaries.items()},
+        }
         write_json_atomic(run_dir / "comparison.json", comparison)
     if plain.get("output", {}).get("table", True):
         _print(summaries, run_dir)
@@ -99,8 +109,10 @@ def _print(summaries: dict[str, dict[str, Any]], run_dir: Path) -> None:
         print(f"KVFlow speedup over {other}: {x:.2f}x (end-to-end workflow latency, mean)")
     sim_s = sum(s["makespan_s"] for s in summaries.values())
     wall_s = sum(s["wall_s"] for s in summaries.values())
-    print(f"simulated {sim_s:.1f} s in {wall_s:.2f} s wall ({sim_s / max(wall_s, 1e-9):,.0f}x real time); "
-          f"outputs in {run_dir}")
+    print(
+        f"simulated {sim_s:.1f} s in {wall_s:.2f} s wall ({sim_s / max(wall_s, 1e-9):,.0f}x real time); "
+        f"outputs in {run_dir}"
+    )
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")

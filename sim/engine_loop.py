@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import simpy
 
-from kvflow.ops import Free, Load, Offload
 from harness.cost_model import CostModel
+from kvflow.ops import Free, Load, Offload
 from sim.pcie import PCIeLink
 
 

@@ -16,12 +16,20 @@ from sim.pcie import PCIeLink
 def counters(setup: Setup, loop: EngineLoop, pcie: PCIeLink, cache: KVCacheManager, makespan_s: float) -> RunCounters:
     """The engine loop's, the PCIe channels' and the cache's counters after a run."""
     run = RunCounters(
-        makespan_s=makespan_s, gpu_capacity_tokens=setup.gpu_tokens, cpu_capacity_tokens=setup.cpu_tokens,
-        h2d_bytes=pcie.bytes_moved["h2d"], d2h_bytes=pcie.bytes_moved["d2h"],
-        h2d_busy_s=pcie.busy_s["h2d"], d2h_busy_s=pcie.busy_s["d2h"],
-        h2d_copies=pcie.copies["h2d"], d2h_copies=pcie.copies["d2h"],
-        gpu_busy_s=loop.busy_s, iterations=loop.iterations, decode_steps=loop.decode_steps,
-        blocking_load_wait_s=loop.blocking_load_wait_s, blocking_load_exposed_s=loop.blocking_load_exposed_s,
+        makespan_s=makespan_s,
+        gpu_capacity_tokens=setup.gpu_tokens,
+        cpu_capacity_tokens=setup.cpu_tokens,
+        h2d_bytes=pcie.bytes_moved["h2d"],
+        d2h_bytes=pcie.bytes_moved["d2h"],
+        h2d_busy_s=pcie.busy_s["h2d"],
+        d2h_busy_s=pcie.busy_s["d2h"],
+        h2d_copies=pcie.copies["h2d"],
+        d2h_copies=pcie.copies["d2h"],
+        gpu_busy_s=loop.busy_s,
+        iterations=loop.iterations,
+        decode_steps=loop.decode_steps,
+        blocking_load_wait_s=loop.blocking_load_wait_s,
+        blocking_load_exposed_s=loop.blocking_load_exposed_s,
     )
     run.take_cache_stats(cache.stats)
     return run

@@ -42,8 +42,13 @@ class _Channel:
 class PCIeLink:
     """H2D and D2H channels with byte and busy-time counters (for utilisation)."""
 
-    def __init__(self, env: simpy.Environment, cost: CostModel, bidirectional_penalty: bool = True,
-                 timeline: list[tuple[str, float, float, str]] | None = None) -> None:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        cost: CostModel,
+        bidirectional_penalty: bool = True,
+        timeline: list[tuple[str, float, float, str]] | None = None,
+    ) -> None:
         self.env = env
         self.cost = cost
         self.bidirectional_penalty = bidirectional_penalty
@@ -79,9 +84,16 @@ class PCIeLink:
         return latency + slow_phase_s + (1.0 - done) * (fast - latency)
 
     # -- copies --------------------------------------------------------------------------------
-    def copy(self, nbytes: int, direction: str, on_done: Callable[..., None] | None = None,
-             label: str = "load", urgent: bool = False,
-             on_start: Callable[[float], None] | None = None, tag: Any = _NO_TAG) -> None:
+    def copy(
+        self,
+        nbytes: int,
+        direction: str,
+        on_done: Callable[..., None] | None = None,
+        label: str = "load",
+        urgent: bool = False,
+        on_start: Callable[[float], None] | None = None,
+        tag: Any = _NO_TAG,
+    ) -> None:
         """Queue a copy; ``on_start(duration_s)`` runs when it gets the channel, ``on_done()`` (or
         ``on_done(tag)`` when a tag is given: no closure per copy) when its bytes have arrived."""
         channel = self.channels[direction]
@@ -122,15 +134,18 @@ class PCIeLink:
                 on_done(tag)
 
     def transfer(
-        self, nbytes: int, direction: str, on_done: Callable[[], None] | None = None, label: str = "load",
+        self,
+        nbytes: int,
+        direction: str,
+        on_done: Callable[[], None] | None = None,
+        label: str = "load",
         urgent: bool = True,
     ) -> Generator[simpy.Event, None, float]:
         """SimPy process body around ``copy``: wait for the channel and the copy, call ``on_done``;
         returns the copy time."""
         done = self.env.event()
         took: list[float] = []
-        self.copy(nbytes, direction, on_done=lambda: done.succeed(), label=label, urgent=urgent,
-                  on_start=took.append)
+        self.copy(nbytes, direction, on_done=lambda: done.succeed(), label=label, urgent=urgent, on_start=took.append)
         yield done
         if on_done is not None:
             on_done()

@@ -24,6 +24,8 @@ from traces.schema import Trace
 
 #: what ``replay`` returns: hit counts and rates, capacity, eviction count (JSON-ready values)
 ReplayResult = dict[str, int | float | str | bool]
+
+
 class ReplayInputError(ValueError):
     """Bad input; ``str()`` is the one line shown to the user."""
 
@@ -50,8 +52,9 @@ def requests_from_trace(trace: Trace) -> tuple[list[ReplayRequest], bool]:
     keyed by block hashes (every segment is a block)."""
     invocations = trace.invocations
     if {seg.kind for inv in invocations for seg in inv.segments} <= {"block"}:
-        return [ReplayRequest([s.key for s in inv.segments], [s.n_tokens for s in inv.segments])
-                for inv in invocations], True
+        return [
+            ReplayRequest([s.key for s in inv.segments], [s.n_tokens for s in inv.segments]) for inv in invocations
+        ], True
     graphs = {name: StepGraph.from_dict(w.graph) for name, w in trace.workflows.items() if w.graph}
     requests = []
     for inv in invocations:
@@ -86,13 +89,15 @@ def annotate_next_use(requests: list[ReplayRequest]) -> list[list[int]]:
     return next_use
 
 
-def replay(requests: list[ReplayRequest], policy_name: str, capacity_units: int,
-           warmup_fraction: float = 0.5) -> ReplayResult:
+def replay(
+    requests: list[ReplayRequest], policy_name: str, capacity_units: int, warmup_fraction: float = 0.5
+) -> ReplayResult:
     """Run the requests through a GPU-only cache; returns hit statistics."""
     if capacity_units <= 0:
         raise ReplayInputError(f"cache capacity is {capacity_units} units: budget too small for one block")
-    cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=capacity_units, write_policy="none"),
-                           make_policy(policy_name))
+    cache = KVCacheManager(
+        CacheConfig(gpu_capacity_tokens=capacity_units, write_policy="none"), make_policy(policy_name)
+    )
     next_use = annotate_next_use(requests) if policy_name == "oracle" else None
     warmup = math.floor(len(requests) * warmup_fraction)
     hit_tokens = total_tokens = 0

@@ -36,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="llama-3.1-8b", help=f"model for KV bytes/token: {', '.join(MODEL_NAMES)}")
     parser.add_argument("--budget-gib", type=float, default=16.0, help="GPU KV budget in GiB (default 16)")
     parser.add_argument("--block-tokens", type=int, default=512, help="tokens per hash block (default 512)")
-    parser.add_argument("--warmup-fraction", type=float, default=0.5,
-                        help="fraction of requests replayed before hits are counted (default 0.5)")
+    parser.add_argument(
+        "--warmup-fraction",
+        type=float,
+        default=0.5,
+        help="fraction of requests replayed before hits are counted (default 0.5)",
+    )
     return parser
 
 
@@ -75,9 +79,14 @@ def run(argv: list[str] | None = None) -> ReplayResult:
     unit_bytes = model.kv_bytes_per_token * (args.block_tokens if block_mode else 1)
     capacity = math.floor(args.budget_gib * GIB / unit_bytes)
     result = replay(requests, args.policy, capacity, args.warmup_fraction)
-    result.update(budget_gib=args.budget_gib, model=model.name, block_tokens=args.block_tokens,
-                  unit="block" if block_mode else "token", trace=str(args.trace),
-                  wall_s=round(time.perf_counter() - started, 3))
+    result.update(
+        budget_gib=args.budget_gib,
+        model=model.name,
+        block_tokens=args.block_tokens,
+        unit="block" if block_mode else "token",
+        trace=str(args.trace),
+        wall_s=round(time.perf_counter() - started, 3),
+    )
     return result
 
 
@@ -88,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kvflow-replay: error: {exc}", file=sys.stderr)
         return 2
     try:
-        print(f"{result['policy']}: hit rate {100 * result['hit_rate']:.2f}% "
-              f"({result['hit_tokens']:,} of {result['total_tokens']:,} tokens, {result['requests']} requests)")
+        print(
+            f"{result['policy']}: hit rate {100 * result['hit_rate']:.2f}% "
+            f"({result['hit_tokens']:,} of {result['total_tokens']:,} tokens, {result['requests']} requests)"
+        )
         print(json.dumps(result, sort_keys=True))
     except BrokenPipeError:  # e.g. piped into `head`: the reader has what it wanted
         sys.stderr.close()

@@ -13,17 +13,16 @@ def speedups(summaries: dict[str, dict[str, Any]], target: str = "kvflow") -> di
     if target not in summaries:
         return {}
     base = summaries[target]["workflow_latency_mean_s"]
-    return {
-        name: s["workflow_latency_mean_s"] / base
-        for name, s in summaries.items() if name != target and base > 0
-    }
+    return {name: s["workflow_latency_mean_s"] / base for name, s in summaries.items() if name != target and base > 0}
 
 
 def table(summaries: Sequence[dict[str, Any]]) -> str:
     """Fixed-width comparison table, one line per policy."""
-    head = (f"{'policy':<18}{'wf mean s':>10}{'p50 s':>9}{'p99 s':>9}{'makespan':>10}{'req/s':>8}"
-            f"{'gpu hit':>8}{'cpu ld':>8}{'recomp':>8}{'H2D GB':>8}{'D2H GB':>8}{'H2D %':>7}"
-            f"{'pf i/u/w/l':>14}{'stall s':>9}")
+    head = (
+        f"{'policy':<18}{'wf mean s':>10}{'p50 s':>9}{'p99 s':>9}{'makespan':>10}{'req/s':>8}"
+        f"{'gpu hit':>8}{'cpu ld':>8}{'recomp':>8}{'H2D GB':>8}{'D2H GB':>8}{'H2D %':>7}"
+        f"{'pf i/u/w/l':>14}{'stall s':>9}"
+    )
     lines = [head, "-" * len(head)]
     for s in summaries:
         pf_text = f"{s['prefetch_issued']}/{s['prefetch_used']}/{s['prefetch_wasted']}/{s['prefetch_late']}"
@@ -39,6 +38,8 @@ def table(summaries: Sequence[dict[str, Any]]) -> str:
 
 def header(s: dict[str, Any]) -> str:
     d = s["details"]
-    return (f"workload {s['workload']} ({s['workflows']} workflows, {s['requests']} requests, "
-            f"{d['measured_requests']} timed) | {s['model']} on {s['hardware']} | "
-            f"KV pool {d['gpu_capacity_tokens']:,} GPU / {d['cpu_capacity_tokens']:,} CPU tokens")
+    return (
+        f"workload {s['workload']} ({s['workflows']} workflows, {s['requests']} requests, "
+        f"{d['measured_requests']} timed) | {s['model']} on {s['hardware']} | "
+        f"KV pool {d['gpu_capacity_tokens']:,} GPU / {d['cpu_capacity_tokens']:,} CPU tokens"
+    )

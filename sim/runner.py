@@ -71,26 +71,36 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
     policy_cfg, sim_cfg = cfg["policy"], cfg.get("sim") or {}
     env = simpy.Environment()
     timeline: list[tuple[str, float, float, str]] | None = [] if sim_cfg.get("timeline", False) else None
-    pcie = PCIeLink(env, setup.cost, bidirectional_penalty=bool(sim_cfg.get("bidirectional_penalty", True)),
-                    timeline=timeline)  # GPU compute and PCIe copies share one list, for Gantt plots
+    pcie = PCIeLink(
+        env, setup.cost, bidirectional_penalty=bool(sim_cfg.get("bidirectional_penalty", True)), timeline=timeline
+    )  # GPU compute and PCIe copies share one list, for Gantt plots
     feed = OracleFeed(trace, cache) if policy.reads_future else None
-    driver = WorkflowDriver(env, trace, engine, hints=bool(policy_cfg.get("hints", True)),
-                            on_submit=feed.on_submit if feed else None)
+    driver = WorkflowDriver(
+        env, trace, engine, hints=bool(policy_cfg.get("hints", True)), on_submit=feed.on_submit if feed else None
+    )
     bar = progress(total=len(trace.invocations), desc=str(policy_cfg.get("name", "sim")), unit="req")
 
     def finished(reqs: list[Any]) -> None:
         bar.update(len(reqs))
         driver.on_finished(reqs)
 
-    loop = EngineLoop(env, engine, setup.cost, pcie, on_finished=finished, timeline=timeline,
-                      after_iteration=cache.check_invariants if sim_cfg.get("check_invariants") else None)
+    loop = EngineLoop(
+        env,
+        engine,
+        setup.cost,
+        pcie,
+        on_finished=finished,
+        timeline=timeline,
+        after_iteration=cache.check_invariants if sim_cfg.get("check_invariants") else None,
+    )
     driver.start(loop.poke)
     env.process(loop.run())
     try:
         env.run(until=driver.all_done)
     except RuntimeError as exc:  # the event queue ran dry: nothing can ever run again
-        raise SetupError(f"simulation stalled at t={env.now:.3f}s with {driver.pending} invocations "
-                         f"unfinished ({exc})") from None
+        raise SetupError(
+            f"simulation stalled at t={env.now:.3f}s with {driver.pending} invocations unfinished ({exc})"
+        ) from None
     finally:
         bar.close()
     rows = request_rows(trace, driver)

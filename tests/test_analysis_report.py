@@ -32,46 +32,102 @@ def rows(policy: str, latency_s: float) -> list[dict[str, Any]]:
     for i in range(12):
         start = 0.0 if i == 2 else 0.01 * i
         finish = latency_s if i == 11 else start + latency_s / 10 + i * 0.01
-        out.append({"request_id": f"c0/r{i}", "client_id": "c0", "agent_id": f"a{i % 3}", "warmup": i < 2,
-                    "prompt_tokens": 100, "fixed_tokens": 64, "output_tokens": 8, "ready_s": start,
-                    "arrival_s": start, "admit_s": start, "queue_s": 0.0, "first_token_s": start + 0.001,
-                    "finish_s": finish, "ttft_s": 0.001, "latency_s": finish - start,
-                    "hit_gpu_tokens": 90 if kv else 10, "loaded_cpu_tokens": 0 if kv else 80,
-                    "recomputed_tokens": 10, "loaded_bytes": 0, "stalled_s": 0.0})
+        out.append(
+            {
+                "request_id": f"c0/r{i}",
+                "client_id": "c0",
+                "agent_id": f"a{i % 3}",
+                "warmup": i < 2,
+                "prompt_tokens": 100,
+                "fixed_tokens": 64,
+                "output_tokens": 8,
+                "ready_s": start,
+                "arrival_s": start,
+                "admit_s": start,
+                "queue_s": 0.0,
+                "first_token_s": start + 0.001,
+                "finish_s": finish,
+                "ttft_s": 0.001,
+                "latency_s": finish - start,
+                "hit_gpu_tokens": 90 if kv else 10,
+                "loaded_cpu_tokens": 0 if kv else 80,
+                "recomputed_tokens": 10,
+                "loaded_bytes": 0,
+                "stalled_s": 0.0,
+            }
+        )
     return out
 
 
 def summary(policy: str, latency_s: float, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """A summary as every backend writes it: the contract's summarizer over ``rows``."""
-    counted = RunCounters(makespan_s=latency_s * 1.5, h2d_bytes=2_000_000_000 if policy == "kvflow" else 8_000_000_000,
-                          d2h_bytes=4_000_000_000, h2d_busy_s=0.15 * latency_s, d2h_busy_s=0.075 * latency_s,
-                          prefetch_issued=5, prefetch_used=5)
-    cfg = {"policy": {"name": policy}, "hardware": {"name": "a10g_paper"}, "model": {"name": "llama-3.1-8b"},
-           "workload": {"name": "sequential"}, "seed": 0, **(config or {})}
+    counted = RunCounters(
+        makespan_s=latency_s * 1.5,
+        h2d_bytes=2_000_000_000 if policy == "kvflow" else 8_000_000_000,
+        d2h_bytes=4_000_000_000,
+        h2d_busy_s=0.15 * latency_s,
+        d2h_busy_s=0.075 * latency_s,
+        prefetch_issued=5,
+        prefetch_used=5,
+    )
+    cfg = {
+        "policy": {"name": policy},
+        "hardware": {"name": "a10g_paper"},
+        "model": {"name": "llama-3.1-8b"},
+        "workload": {"name": "sequential"},
+        "seed": 0,
+        **(config or {}),
+    }
     r = rows(policy, latency_s)
     return summarize(RunIdentity.from_config("sim", cfg), counted, r, workflow_rows(r))
 
 
-def make_run(d: Path, policy: str, latency_s: float, task: list[str], config: dict[str, Any] | None = None,
-             experiment: str | None = None, timeline: bool = False, hydra_overrides: list[str] | None = None) -> Path:
+def make_run(
+    d: Path,
+    policy: str,
+    latency_s: float,
+    task: list[str],
+    config: dict[str, Any] | None = None,
+    experiment: str | None = None,
+    timeline: bool = False,
+    hydra_overrides: list[str] | None = None,
+) -> Path:
     """One job dir written by the contract's writer, plus the .hydra files Hydra adds (overrides,
     choices, the command line)."""
     (d / ".hydra").mkdir(parents=True, exist_ok=True)
     (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(task))
-    hydra = {"hydra": {"mode": "MULTIRUN", "job": {"name": "cli"},
-                       "overrides": {"hydra": hydra_overrides or [], "task": task},
-                       "runtime": {"choices": {"experiment": experiment, "policy": policy}}}}
+    hydra = {
+        "hydra": {
+            "mode": "MULTIRUN",
+            "job": {"name": "cli"},
+            "overrides": {"hydra": hydra_overrides or [], "task": task},
+            "runtime": {"choices": {"experiment": experiment, "policy": policy}},
+        }
+    }
     (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
-    t = [("gpu", 0.0, 1.0, "prefill"), ("gpu", 1.0, 1.5, "decode"), ("h2d", 0.2, 0.9, "prefetch"),
-         ("d2h", 0.1, 0.6, "offload"), ("gpu", 1.5, 2.5, "prefill"), ("h2d", 1.6, 2.0, "load")]
+    t = [
+        ("gpu", 0.0, 1.0, "prefill"),
+        ("gpu", 1.0, 1.5, "decode"),
+        ("h2d", 0.2, 0.9, "prefetch"),
+        ("d2h", 0.1, 0.6, "offload"),
+        ("gpu", 1.5, 2.5, "prefill"),
+        ("h2d", 1.6, 2.0, "load"),
+    ]
     r = rows(policy, latency_s)
-    write_run_dir(d, summary(policy, latency_s, config), r, workflow_rows(r), config or {}, timeline=t if timeline else ())
+    write_run_dir(
+        d, summary(policy, latency_s, config), r, workflow_rows(r), config or {}, timeline=t if timeline else ()
+    )
     return d
 
 
 def workload(fixed: int, output: int = 32, generator: str = "sequential", **more: Any) -> dict[str, Any]:
-    return {"workload": {"name": generator, "generator": generator,
-                         "params": {"fixed_tokens": fixed, "dynamic_tokens": 32, "output_tokens": output, **more}}}
+    return {
+        "workload": {
+            "name": generator,
+            "generator": generator,
+            "params": {"fixed_tokens": fixed, "dynamic_tokens": 32, "output_tokens": output, **more},
+        }
+    }
 
 
 # latencies chosen so every speedup is an exact, distinct number
@@ -82,14 +138,29 @@ def make_sweep(root: Path, timeline: bool = True) -> Path:
     """2 policies x 2 fixed lengths, numbered like a Hydra multirun, plus multirun.yaml."""
     root.mkdir(parents=True, exist_ok=True)
     sweep = ["policy=kvflow,hicache", "workload.params.fixed_tokens=4096,8192"]
-    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
-        "mode": "MULTIRUN", "job": {"name": "cli"},
-        "overrides": {"hydra": ["hydra/launcher=joblib", f"hydra.sweep.dir={root}", "hydra.mode=MULTIRUN"],
-                      "task": sweep}}}))
+    (root / "multirun.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "mode": "MULTIRUN",
+                    "job": {"name": "cli"},
+                    "overrides": {
+                        "hydra": ["hydra/launcher=joblib", f"hydra.sweep.dir={root}", "hydra.mode=MULTIRUN"],
+                        "task": sweep,
+                    },
+                }
+            }
+        )
+    )
     for i, (policy, fixed) in enumerate((p, f) for p in ("kvflow", "hicache") for f in (4096, 8192)):
-        make_run(root / str(i), policy, LATENCY[(policy, fixed)],
-                 [f"policy={policy}", f"workload.params.fixed_tokens={fixed}", "output.table=false"],
-                 workload(fixed), timeline=timeline and policy == "kvflow")
+        make_run(
+            root / str(i),
+            policy,
+            LATENCY[(policy, fixed)],
+            [f"policy={policy}", f"workload.params.fixed_tokens={fixed}", "output.table=false"],
+            workload(fixed),
+            timeline=timeline and policy == "kvflow",
+        )
     return root
 
 
@@ -132,8 +203,10 @@ def test_plots_are_written_and_readable(tmp_path: Path) -> None:
     write_report(root)
     out = root / "report"
     names = {p.name for p in out.glob("*.png")}
-    assert names == {f"sequential_{n}.png" for n in ("speedup_vs_fixed_tokens", "speedup", "hit_rate",
-                                                     "pcie_bytes", "latency_cdf", "timeline")}
+    assert names == {
+        f"sequential_{n}.png"
+        for n in ("speedup_vs_fixed_tokens", "speedup", "hit_rate", "pcie_bytes", "latency_cdf", "timeline")
+    }
     for p in out.glob("*.png"):
         assert p.stat().st_size > 5000
     img = mpimg.imread(out / "sequential_speedup_vs_fixed_tokens.png")
@@ -196,11 +269,23 @@ def test_nothing_to_report_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Cap
 
 def test_concurrent_reference_and_workflows_axis(tmp_path: Path) -> None:
     root = tmp_path / "conc"
-    lat = {("sglang", 32): 10.0, ("hicache", 32): 12.0, ("kvflow", 32): 8.0,
-           ("sglang", 64): 20.0, ("hicache", 64): 35.0, ("kvflow", 64): 14.0}
+    lat = {
+        ("sglang", 32): 10.0,
+        ("hicache", 32): 12.0,
+        ("kvflow", 32): 8.0,
+        ("sglang", 64): 20.0,
+        ("hicache", 64): 35.0,
+        ("kvflow", 64): 14.0,
+    }
     for i, ((policy, n), latency) in enumerate(lat.items()):
-        make_run(root / str(i), policy, latency, [f"policy={policy}", f"workload.params.workflows={n}"],
-                 workload(1024, 256, "concurrent", workflows=n), experiment="paper_concurrent")
+        make_run(
+            root / str(i),
+            policy,
+            latency,
+            [f"policy={policy}", f"workload.params.workflows={n}"],
+            workload(1024, 256, "concurrent", workflows=n),
+            experiment="paper_concurrent",
+        )
     report = write_report(root, baseline="sglang").read_text()
     assert "## Experiment `paper_concurrent` (6 runs)" in report
     assert "| 64 | 20 | 0.57x | 1.43x | hicache 0.57x; kvflow up to 1.25x |" in report
@@ -212,8 +297,11 @@ def test_compare_mode_run_dir(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("[]\n")
-    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
-        {"hydra": {"mode": "RUN", "job": {"name": "cli"}, "overrides": {"hydra": ["hydra.mode=RUN"], "task": []}}}))
+    (run / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump(
+            {"hydra": {"mode": "RUN", "job": {"name": "cli"}, "overrides": {"hydra": ["hydra.mode=RUN"], "task": []}}}
+        )
+    )
     for policy, latency in (("sglang", 6.0), ("hicache", 5.0), ("kvflow", 4.0)):
         r = rows(policy, latency)
         write_run_dir(run / policy, summary(policy, latency), r, workflow_rows(r), workload(4096))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_analysis_report import make_run, make_sweep, workload
 
 from analysis import hydra_meta, progress
 from analysis.runs import find_run_dirs, is_complete, load_runs, read_summary, should_skip, write_json_atomic
-from test_analysis_report import make_run, make_sweep, workload
 
 
 def test_write_json_atomic_leaves_no_temp_file(tmp_path: Path) -> None:
@@ -58,8 +58,10 @@ def test_load_runs_reads_overrides_choices_and_command(tmp_path: Path) -> None:
     runs, problems = load_runs([root])
     assert problems == []
     assert runs[0].overrides == {"policy": "kvflow", "workload.params.fixed_tokens": 4096}
-    assert runs[0].command == f"kvflow-sim -m hydra/launcher=joblib hydra.sweep.dir={root} " \
-                              "policy=kvflow,hicache workload.params.fixed_tokens=4096,8192"
+    assert (
+        runs[0].command == f"kvflow-sim -m hydra/launcher=joblib hydra.sweep.dir={root} "
+        "policy=kvflow,hicache workload.params.fixed_tokens=4096,8192"
+    )
 
 
 def test_summary_params_count_as_swept(tmp_path: Path) -> None:
@@ -71,14 +73,30 @@ def test_summary_params_count_as_swept(tmp_path: Path) -> None:
 
 
 def test_parse_overrides_types_and_filters() -> None:
-    got = hydra_meta.parse_overrides(["policy=kvflow", "+a.b=3", "++c=0.5", "~d", "hydra/launcher=joblib",
-                                      "hydra.sweep.dir=x", "output.table=false", "force=true", "e=[1,2]"])
+    got = hydra_meta.parse_overrides(
+        [
+            "policy=kvflow",
+            "+a.b=3",
+            "++c=0.5",
+            "~d",
+            "hydra/launcher=joblib",
+            "hydra.sweep.dir=x",
+            "output.table=false",
+            "force=true",
+            "e=[1,2]",
+        ]
+    )
     assert got == {"policy": "kvflow", "a.b": 3, "c": 0.5, "e": "[1,2]"}
 
 
 def test_command_quotes_shell_words() -> None:
-    cmd = hydra_meta.command_from({"mode": "RUN", "job": {"name": "cli"},
-                                   "overrides": {"hydra": ["hydra.mode=RUN"], "task": ["workload.name=a b"]}})
+    cmd = hydra_meta.command_from(
+        {
+            "mode": "RUN",
+            "job": {"name": "cli"},
+            "overrides": {"hydra": ["hydra.mode=RUN"], "task": ["workload.name=a b"]},
+        }
+    )
     assert cmd == "kvflow-sim 'workload.name=a b'"
 
 

@@ -25,8 +25,9 @@ ENV = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
 
 
 def kvflow_sim(args: list[str], cwd: Path, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sim.cli", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "sim.cli", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120, **kw
+    )
 
 
 def summaries(sweep_dir: Path) -> dict[str, dict[str, Any]]:
@@ -42,10 +43,13 @@ def summaries(sweep_dir: Path) -> dict[str, dict[str, Any]]:
 def joblib_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("joblib")
     sweep = cwd / "multirun"
-    callbacks = ["++hydra.callbacks.progress._target_=analysis.callbacks.SweepProgress",
-                 "++hydra.callbacks.report._target_=analysis.callbacks.SweepReport"]
-    res = kvflow_sim(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *SWEEP,
-                      *callbacks], cwd)
+    callbacks = [
+        "++hydra.callbacks.progress._target_=analysis.callbacks.SweepProgress",
+        "++hydra.callbacks.report._target_=analysis.callbacks.SweepReport",
+    ]
+    res = kvflow_sim(
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *SWEEP, *callbacks], cwd
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"report: {sweep / 'report' / 'report.md'}" in res.stdout  # SweepReport ran at the end
     return sweep
@@ -85,8 +89,9 @@ def test_launcher_does_not_change_results(joblib_sweep: Path, tmp_path: Path) ->
 
 
 def _kill_after_first_job(cmd: list[str], cwd: Path, first: Path) -> None:
-    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 60
         while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -139,12 +144,21 @@ app()
 def test_resume_contract_with_a_minimal_hydra_job(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP)
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "app.py", "-m", f"hydra.sweep.dir={sweep}", "+policy=a,b", "+x=1,2", "+sleep_s=0.4",
-           "+force=false"]
+    cmd = [
+        sys.executable,
+        "app.py",
+        "-m",
+        f"hydra.sweep.dir={sweep}",
+        "+policy=a,b",
+        "+x=1,2",
+        "+sleep_s=0.4",
+        "+force=false",
+    ]
     res = _resume(cmd, tmp_path, sweep, 4)
     assert "skipped 0" in res.stdout
-    forced = subprocess.run([*cmd[:-1], "+force=true"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                            timeout=120)
+    forced = subprocess.run(
+        [*cmd[:-1], "+force=true"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert forced.returncode == 0 and "skipped" not in forced.stdout
 
 
@@ -152,12 +166,23 @@ def _sim_resumes() -> bool:
     return "force" in (yaml.safe_load((REPO / "conf" / "config.yaml").read_text()) or {})
 
 
-@pytest.mark.skipif(not _sim_resumes(), reason="kvflow-sim does not call harness.run_dir.should_skip yet "
-                                               "(conf/config.yaml has no `force` key)")
+@pytest.mark.skipif(
+    not _sim_resumes(),
+    reason="kvflow-sim does not call harness.run_dir.should_skip yet (conf/config.yaml has no `force` key)",
+)
 def test_interrupted_kvflow_sim_sweep_resumes(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
-    cmd = [sys.executable, "-m", "sim.cli", "-m", f"hydra.sweep.dir={sweep}", "policy=kvflow,hicache",
-           "workload.params.runs=300", "workload.params.fixed_tokens=2048,4096", "output.table=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sim.cli",
+        "-m",
+        f"hydra.sweep.dir={sweep}",
+        "policy=kvflow,hicache",
+        "workload.params.runs=300",
+        "workload.params.fixed_tokens=2048,4096",
+        "output.table=false",
+    ]
     _resume(cmd, tmp_path, sweep, 4)
 
 
@@ -177,7 +202,8 @@ def test_default_main_job_report(tmp_path: Path) -> None:
 
 
 def test_no_report_when_turned_off(tmp_path: Path) -> None:
-    res = kvflow_sim([f"hydra.run.dir={tmp_path / 'run'}", "output.report=false", "output.table=false",
-                      "policy=sglang"], tmp_path)
+    res = kvflow_sim(
+        [f"hydra.run.dir={tmp_path / 'run'}", "output.report=false", "output.table=false", "policy=sglang"], tmp_path
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "report:" not in res.stdout and not (tmp_path / "run" / "report").exists()

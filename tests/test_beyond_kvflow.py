@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from test_policies import order, put, seq
 
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.engine import Engine, EngineConfig, Request
@@ -10,7 +11,6 @@ from kvflow.ops import Load
 from kvflow.policies import make_policy
 from kvflow.step_graph import INF
 from kvflow.step_inference import TransitionModel
-from test_policies import order, put, seq
 
 
 # ----- inferred step graph ---------------------------------------------------------------------
@@ -119,8 +119,10 @@ def test_cost_policy_keeps_dynamic_prompts_that_are_reused():
 
 
 def test_cost_policy_output_tokens_go_first_and_are_not_backed_up():
-    cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=100, cpu_capacity_tokens=100, write_policy="write_through"),
-                           make_policy("kvflow_cost"))
+    cache = KVCacheManager(
+        CacheConfig(gpu_capacity_tokens=100, cpu_capacity_tokens=100, write_policy="write_through"),
+        make_policy("kvflow_cost"),
+    )
     res = cache.match(seq(100) + seq(900))
     granted = cache.alloc_gpu(12)
     cache.insert(seq(100) + seq(900, 4) + seq(700, 4), granted, 4, ("c", "a"), prompt_tokens=8)
@@ -158,14 +160,18 @@ def demote_to_cpu(engine: Engine, user: tuple[str, str]) -> None:
 
 
 def test_deadline_prefetch_starts_earliest_predicted_start_first():
-    engine = engine_for(policy="kvflow", gpu=3000, cpu=8000, prefetch=True, prefetch_mode="deadline",
-                        h2d_gbps=1e-9)  # slow link: long copies, so two-step-ahead agents qualify
+    engine = engine_for(
+        policy="kvflow", gpu=3000, cpu=8000, prefetch=True, prefetch_mode="deadline", h2d_gbps=1e-9
+    )  # slow link: long copies, so two-step-ahead agents qualify
     engine.cache.config.max_prefetch = 1
     t = 0.0
     for client, base in (("slow", 100), ("fast", 500)):
         for k in range(3):  # establish each client's step interval
-            t = run_one(engine, Request(f"{client}{k}", client, f"a{k}", seq(base + 50 * k, 40), 40, 2),
-                        t + (5.0 if client == "slow" else 0.5))
+            t = run_one(
+                engine,
+                Request(f"{client}{k}", client, f"a{k}", seq(base + 50 * k, 40), 40, 2),
+                t + (5.0 if client == "slow" else 0.5),
+            )
     for client in ("slow", "fast"):
         demote_to_cpu(engine, (client, "a0"))
     engine.set_hints("slow", {"a2": 0, "a0": 2}, t)

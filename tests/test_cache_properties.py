@@ -10,7 +10,14 @@ from kvflow.ops import Load, Offload
 from kvflow.policies import POLICY_NAMES, make_policy
 
 # sequences from a tiny alphabet share prefixes often, which is what exercises splits
-POOL = [[0, 1, 2, 3] * 3, [0, 1, 2, 3] * 2 + [1] * 8, [0, 1, 2] + [3] * 12, [2, 2, 2, 2, 2], [1, 0] * 9, [0, 1, 2, 3] * 6]
+POOL = [
+    [0, 1, 2, 3] * 3,
+    [0, 1, 2, 3] * 2 + [1] * 8,
+    [0, 1, 2] + [3] * 12,
+    [2, 2, 2, 2, 2],
+    [1, 0] * 9,
+    [0, 1, 2, 3] * 6,
+]
 seqs = st.one_of(st.sampled_from(POOL), st.lists(st.integers(0, 3), min_size=1, max_size=24))
 op = st.one_of(
     st.tuples(st.just("insert"), seqs, st.integers(0, 24), st.sampled_from(["a", "b", "c", ""])),
@@ -32,9 +39,15 @@ def lcp(a: list[int], b: list[int]) -> int:
 
 
 def run_ops(ops, policy_name: str, page_size: int, cpu_tokens: int):
-    cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=40, cpu_capacity_tokens=cpu_tokens,
-                                       page_size=page_size, write_policy="write_through" if cpu_tokens else "none"),
-                           make_policy(policy_name))
+    cache = KVCacheManager(
+        CacheConfig(
+            gpu_capacity_tokens=40,
+            cpu_capacity_tokens=cpu_tokens,
+            page_size=page_size,
+            write_policy="write_through" if cpu_tokens else "none",
+        ),
+        make_policy(policy_name),
+    )
     inserted: list[list[int]] = []
     locked = []  # (node, tokens that must stay matched on GPU)
     inflight = []
@@ -88,8 +101,7 @@ def run_ops(ops, policy_name: str, page_size: int, cpu_tokens: int):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(op, max_size=60), st.sampled_from(POLICY_NAMES), st.sampled_from([1, 2]),
-       st.sampled_from([0, 30]))
+@given(st.lists(op, max_size=60), st.sampled_from(POLICY_NAMES), st.sampled_from([1, 2]), st.sampled_from([0, 30]))
 def test_random_sequences_keep_invariants(ops, policy_name, page_size, cpu_tokens):
     trace, cache = run_ops(ops, policy_name, page_size, cpu_tokens)
     # every copy, completed late (after any splits of its node), leaves nothing in flight
@@ -111,12 +123,13 @@ def test_a_stale_cpu_run_is_not_loaded_below_a_demoted_parent():
     GPU parent, must not load the run below that parent (GPU residency stays prefix-closed)."""
     from kvflow.prefetch import cpu_run
 
-    cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=100, cpu_capacity_tokens=100,
-                                       write_policy="write_through"), make_policy("lru"))
+    cache = KVCacheManager(
+        CacheConfig(gpu_capacity_tokens=100, cpu_capacity_tokens=100, write_policy="write_through"), make_policy("lru")
+    )
     user = ("c", "a")
     tokens = list(range(1, 21))
     granted = cache.alloc_gpu(20)
-    cache.insert(tokens[:10], 10, fixed_tokens=10, user=("c", "p"))   # parent p: tokens 1..10
+    cache.insert(tokens[:10], 10, fixed_tokens=10, user=("c", "p"))  # parent p: tokens 1..10
     tail = cache.insert(tokens, granted - 10, fixed_tokens=20, user=user)  # child x: 11..20
     for op in cache.take_ops():
         cache.complete(op)  # the write-through backups land: both have CPU copies
@@ -152,7 +165,10 @@ def test_relock_equals_lock_then_unlock():
 
     for old, new in (("b", "c"), ("c", "d"), ("b", "b"), ("a", "c")):
         ref, nodes_ref = build()
-        ref.lock(nodes_ref[old]); ref.lock(nodes_ref[new]); ref.unlock(nodes_ref[old])
+        ref.lock(nodes_ref[old])
+        ref.lock(nodes_ref[new])
+        ref.unlock(nodes_ref[old])
         got, nodes = build()
-        got.lock(nodes[old]); got.relock(nodes[old], nodes[new])
+        got.lock(nodes[old])
+        got.relock(nodes[old], nodes[new])
         assert {k: n.lock_ref for k, n in nodes.items()} == {k: n.lock_ref for k, n in nodes_ref.items()}, (old, new)

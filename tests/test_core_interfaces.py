@@ -48,8 +48,10 @@ def test_gain_from_cost_model_without_a_cost_model_is_a_one_line_error():
         build_policy({"_target_": "kvflow.policies.kvflow_cost.KVFlowCostPolicy", "gain_from_cost_model": True})
 
 
-@pytest.mark.parametrize("target,message", [("nowhere.Nothing", "cannot import"),
-                                            ("kvflow.build.build_engine", "not a kvflow.policies.base.Policy")])
+@pytest.mark.parametrize(
+    "target,message",
+    [("nowhere.Nothing", "cannot import"), ("kvflow.build.build_engine", "not a kvflow.policies.base.Policy")],
+)
 def test_a_bad_target_is_a_one_line_error(target, message):
     with pytest.raises(ValueError, match=message) as err:
         build_policy({"_target_": target})
@@ -57,7 +59,8 @@ def test_a_bad_target_is_a_one_line_error(target, message):
 
 
 def test_a_new_policy_is_one_module_plus_one_yaml(tmp_path, monkeypatch):
-    (tmp_path / "fifo_policy.py").write_text(textwrap.dedent('''
+    (tmp_path / "fifo_policy.py").write_text(
+        textwrap.dedent('''
         from kvflow.policies.base import Policy
 
         class FifoPolicy(Policy):
@@ -69,8 +72,10 @@ def test_a_new_policy_is_one_module_plus_one_yaml(tmp_path, monkeypatch):
 
             def key(self, node):
                 return (node.node_id + self.offset,)
-    '''))
-    (tmp_path / "fifo.yaml").write_text(textwrap.dedent('''
+    ''')
+    )
+    (tmp_path / "fifo.yaml").write_text(
+        textwrap.dedent("""
         name: fifo
         eviction:
           _target_: fifo_policy.FifoPolicy
@@ -78,7 +83,8 @@ def test_a_new_policy_is_one_module_plus_one_yaml(tmp_path, monkeypatch):
         write_policy: none
         load_back: false
         prefetch: false
-    '''))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     engine = build_engine(yaml.safe_load((tmp_path / "fifo.yaml").read_text()), **ENGINE_KW)
     assert type(engine.cache.policy).__name__ == "FifoPolicy" and engine.cache.policy.offset == 3
@@ -119,8 +125,10 @@ def test_policy_hooks_return_the_users_whose_keys_may_drop():
 
 
 def test_declared_capabilities_replace_probes():
-    flags = {n: (p.uses_hints, p.tracks_dynamic, p.observes_prompts, p.reads_future)
-             for n, p in ((n, make_policy(n)) for n in POLICY_NAMES)}
+    flags = {
+        n: (p.uses_hints, p.tracks_dynamic, p.observes_prompts, p.reads_future)
+        for n, p in ((n, make_policy(n)) for n in POLICY_NAMES)
+    }
     assert flags["lru"] == (False, False, False, False)
     assert flags["kvflow"] == (True, False, False, False)
     assert flags["oracle"] == (False, False, False, True)

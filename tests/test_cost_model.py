@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kvflow.model_spec import load_model_spec
 from harness.cost_model import CostModel
+from kvflow.model_spec import load_model_spec
 from sim.runner import load_conf
 
 
@@ -49,7 +49,9 @@ def test_transfer_times(h100_llama):
     gib = 1 << 30
     t = h100_llama.transfer_time_s(gib, "h2d")
     assert t == pytest.approx(1e-5 + gib / (63e9 * 0.83))
-    assert h100_llama.transfer_time_s(gib, "h2d", other_direction_busy=True) == pytest.approx(1e-5 + gib / (63e9 * 0.83 * 0.5))
+    assert h100_llama.transfer_time_s(gib, "h2d", other_direction_busy=True) == pytest.approx(
+        1e-5 + gib / (63e9 * 0.83 * 0.5)
+    )
     assert h100_llama.transfer_time_s(gib, "d2h", other_direction_busy=True) == pytest.approx(t)
     with pytest.raises(ValueError, match="sideways"):
         h100_llama.transfer_time_s(1, "sideways")

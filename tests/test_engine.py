@@ -13,8 +13,10 @@ from kvflow.policies import make_policy
 
 
 def build(policy="kvflow", gpu=2000, cpu=6000, **engine_kw) -> Engine:
-    cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=gpu, cpu_capacity_tokens=cpu,
-                                       write_policy="write_through" if cpu else "none"), make_policy(policy))
+    cache = KVCacheManager(
+        CacheConfig(gpu_capacity_tokens=gpu, cpu_capacity_tokens=cpu, write_policy="write_through" if cpu else "none"),
+        make_policy(policy),
+    )
     return Engine(cache, EngineConfig(chunk_tokens=256, load_back=bool(cpu), **engine_kw))
 
 
@@ -22,7 +24,7 @@ def drain(engine: Engine, t: float = 0.0, hold_ops: bool = False) -> tuple[list[
     """Run until idle; ops complete instantly unless held. Checks invariants every iteration."""
     done = []
     while engine.has_work():
-        for op in ([] if hold_ops else engine.take_ops()):
+        for op in [] if hold_ops else engine.take_ops():
             engine.complete_op(op, t)
         it = engine.step(t)
         if it is None:
@@ -31,7 +33,7 @@ def drain(engine: Engine, t: float = 0.0, hold_ops: bool = False) -> tuple[list[
         t += 0.01
         done += engine.finish(it, t)
         engine.cache.check_invariants()
-    for op in ([] if hold_ops else engine.take_ops()):  # backups queued by the last finish
+    for op in [] if hold_ops else engine.take_ops():  # backups queued by the last finish
         engine.complete_op(op, t)
     return done, t
 
@@ -40,22 +42,26 @@ def workflow_requests(rng: random.Random, runs: int = 3, agents: int = 4, fixed:
     prompts = {a: [rng.randrange(50_000) for _ in range(fixed)] for a in range(agents)}
     for r in range(runs):
         for a in range(agents):
-            yield Request(f"r{r}-{a}", "wf", f"agent{a}", prompts[a] + [rng.randrange(50_000) for _ in range(40)],
-                          fixed, 16)
+            yield Request(
+                f"r{r}-{a}", "wf", f"agent{a}", prompts[a] + [rng.randrange(50_000) for _ in range(40)], fixed, 16
+            )
 
 
-@pytest.mark.parametrize("policy,cpu,prefetch", [("lru", 0, False), ("lru", 6000, False),
-                                                  ("kvflow", 6000, True), ("oracle", 6000, True)])
+@pytest.mark.parametrize(
+    "policy,cpu,prefetch", [("lru", 0, False), ("lru", 6000, False), ("kvflow", 6000, True), ("oracle", 6000, True)]
+)
 def test_tokens_conserved_and_capacity_respected(policy, cpu, prefetch):
     engine = build(policy, cpu=cpu, prefetch=prefetch)
     t = 0.0
-    for i, req in enumerate(workflow_requests(random.Random(1))):
+    for _i, req in enumerate(workflow_requests(random.Random(1))):
         engine.submit(req, t)
         agent = int(req.agent_id[-1])
         engine.set_hints("wf", {f"agent{b}": float((b - agent) % 4) for b in range(4)}, t)
         done, t = drain(engine, t)
         (finished,) = done
-        assert finished.hit_gpu_tokens + finished.loaded_cpu_tokens + finished.recomputed_tokens == finished.prompt_tokens
+        assert (
+            finished.hit_gpu_tokens + finished.loaded_cpu_tokens + finished.recomputed_tokens == finished.prompt_tokens
+        )
         assert finished.first_token_s <= finished.finish_s and finished.generated_tokens == 16
 
 

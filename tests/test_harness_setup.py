@@ -16,9 +16,12 @@ from real.runner import RealInputError
 from sim.runner import SimInputError, load_conf
 
 PROFILES = sorted(p.name[:-5] for p in (files("conf") / "hardware").iterdir() if p.name.endswith(".yaml"))
-MEASURED = {"prefill": {"a_s": 2e-3, "b_s_per_token": 3e-5, "c_s_per_token_ctx": 4e-9},
-            "decode": {"a_s": 5e-3, "b_s_per_seq": 1e-5, "c_s_per_ctx_token": 2e-9},
-            "h2d": {"latency_s": 2e-5, "gbps": 20.0}, "d2h": {"latency_s": 3e-5, "gbps": 18.0}}
+MEASURED = {
+    "prefill": {"a_s": 2e-3, "b_s_per_token": 3e-5, "c_s_per_token_ctx": 4e-9},
+    "decode": {"a_s": 5e-3, "b_s_per_seq": 1e-5, "c_s_per_ctx_token": 2e-9},
+    "h2d": {"latency_s": 2e-5, "gbps": 20.0},
+    "d2h": {"latency_s": 3e-5, "gbps": 18.0},
+}
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -62,17 +65,28 @@ def test_gain_from_a_measured_profile_is_the_real_backends_formula() -> None:
     model = load_model_spec("tiny")
     cost = CostModel.from_config({**load_conf("hardware", "h100"), "measured": MEASURED}, model)
     pre, link = MEASURED["prefill"], MEASURED["h2d"]
-    old = (pre["b_s_per_token"] + pre["c_s_per_token_ctx"] * 2048
-           - (link["latency_s"] + model.kv_bytes_per_token * 512 / (link["gbps"] * 1e9)) / 512)
+    old = (
+        pre["b_s_per_token"]
+        + pre["c_s_per_token_ctx"] * 2048
+        - (link["latency_s"] + model.kv_bytes_per_token * 512 / (link["gbps"] * 1e9)) / 512
+    )
     assert gain_s_per_token(cost) == pytest.approx(old, rel=1e-9, abs=1e-15)
     assert cost.transfer_gbps("h2d") == link["gbps"]
 
 
 def test_capacities_and_core_from_one_setup() -> None:
-    cfg = {"model": "tiny", "hardware": load_conf("hardware", "h100"), "seed": 0,
-           "workload": {"name": "s", "generator": "sequential",
-                        "params": {"agents": 2, "runs": 1, "fixed_tokens": 32, "dynamic_tokens": 8, "output_tokens": 4}},
-           "policy": load_conf("policy", "hicache"), "cache": {"gpu_tokens_per_client": 500}}
+    cfg = {
+        "model": "tiny",
+        "hardware": load_conf("hardware", "h100"),
+        "seed": 0,
+        "workload": {
+            "name": "s",
+            "generator": "sequential",
+            "params": {"agents": 2, "runs": 1, "fixed_tokens": 32, "dynamic_tokens": 8, "output_tokens": 4},
+        },
+        "policy": load_conf("policy", "hicache"),
+        "cache": {"gpu_tokens_per_client": 500},
+    }
     setup = prepare(cfg)
     assert (setup.gpu_tokens, setup.cpu_tokens) == capacities(cfg, setup.cost, setup.trace)
     assert setup.gpu_tokens == 500 and setup.cpu_tokens > 0

@@ -52,13 +52,21 @@ def imports_of(path: Path) -> set[str]:
 
 def private_accesses(path: Path) -> set[str]:
     """``name._attr`` in code (strings and comments skipped), except on ``self``/``cls``."""
-    tokens = [t for t in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
-              if t.type in (tokenize.NAME, tokenize.OP)]
+    tokens = [
+        t
+        for t in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+        if t.type in (tokenize.NAME, tokenize.OP)
+    ]
     found = set()
     for left, dot, right in zip(tokens, tokens[1:], tokens[2:]):
-        if (left.type == tokenize.NAME and dot.string == "." and right.type == tokenize.NAME
-                and right.string.startswith("_") and not right.string.startswith("__")
-                and left.string not in ("self", "cls")):
+        if (
+            left.type == tokenize.NAME
+            and dot.string == "."
+            and right.type == tokenize.NAME
+            and right.string.startswith("_")
+            and not right.string.startswith("__")
+            and left.string not in ("self", "cls")
+        ):
             found.add(f"{left.string}.{right.string}")
     return found
 
@@ -70,8 +78,10 @@ def test_cache_only_replay_needs_no_simpy_or_torch():
 
 
 def test_core_imports_no_simpy_or_torch():
-    code = ("import sys, kvflow, kvflow.build, kvflow.engine; bad = {'simpy', 'torch', 'sim', 'real', 'traces'}"
-            " & set(sys.modules); print(bad)")
+    code = (
+        "import sys, kvflow, kvflow.build, kvflow.engine; bad = {'simpy', 'torch', 'sim', 'real', 'traces'}"
+        " & set(sys.modules); print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "set()"
 

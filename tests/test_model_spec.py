@@ -33,7 +33,9 @@ def test_tiny_is_small_and_consistent():
 
 
 def test_load_from_mapping_ignores_extra_keys():
-    d = dict(name="x", layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, head_dim=4, vocab=10, params=999, foo=1)
+    d = dict(
+        name="x", layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, head_dim=4, vocab=10, params=999, foo=1
+    )
     m = load_model_spec(d)
     assert m == ModelSpec("x", 2, 8, 16, 2, 1, 4, 10, 999)
     assert m.kv_bytes_per_token == 2 * 2 * 1 * 4 * 2

@@ -53,8 +53,14 @@ def _check_outputs(net, trace, res):
         assert req.generated == reference(net, trace.prompt_tokens(inv), inv.output_tokens), inv.id
 
 
-SEQ = ["workload=sequential", "workload.params.agents=3", "workload.params.runs=2",
-       "workload.params.fixed_tokens=48", "workload.params.dynamic_tokens=8", "workload.params.output_tokens=6"]
+SEQ = [
+    "workload=sequential",
+    "workload.params.agents=3",
+    "workload.params.runs=2",
+    "workload.params.fixed_tokens=48",
+    "workload.params.dynamic_tokens=8",
+    "workload.params.output_tokens=6",
+]
 
 
 def test_gpu_hits_match_uncached(net):
@@ -74,10 +80,19 @@ def test_cpu_reload_after_offload_matches_uncached(net):
 
 def test_partial_hits_and_prefetch_match_uncached(net):
     # branches: the two candidates of a stage share half their fixed prompt -> partial hits (splits)
-    trace, res = _run(net, ["policy=kvflow", "workload=branches", "workload.params.agents=3",
-                            "workload.params.runs=3", "workload.params.fixed_tokens=40",
-                            "workload.params.dynamic_tokens=8", "workload.params.output_tokens=5",
-                            "cache.gpu_capacity_tokens=150"])
+    trace, res = _run(
+        net,
+        [
+            "policy=kvflow",
+            "workload=branches",
+            "workload.params.agents=3",
+            "workload.params.runs=3",
+            "workload.params.fixed_tokens=40",
+            "workload.params.dynamic_tokens=8",
+            "workload.params.output_tokens=5",
+            "cache.gpu_capacity_tokens=150",
+        ],
+    )
     partial = [r for r in res.rows if 0 < r["hit_gpu_tokens"] + r["loaded_cpu_tokens"] < r["fixed_tokens"]]
     assert partial, "expected at least one partial prefix hit"
     assert res.loop.store.splits > 0
@@ -85,19 +100,32 @@ def test_partial_hits_and_prefetch_match_uncached(net):
 
 
 def test_batched_concurrent_workflows_match_uncached(net):
-    trace, res = _run(net, ["policy=kvflow", "workload=fanout", "workload.params.workflows=2",
-                            "workload.params.width=3", "workload.params.fixed_tokens=32",
-                            "workload.params.dynamic_tokens=8", "workload.params.output_tokens=6",
-                            "engine.chunk_tokens=64", "cache.gpu_capacity_tokens=400"])
+    trace, res = _run(
+        net,
+        [
+            "policy=kvflow",
+            "workload=fanout",
+            "workload.params.workflows=2",
+            "workload.params.width=3",
+            "workload.params.fixed_tokens=32",
+            "workload.params.dynamic_tokens=8",
+            "workload.params.output_tokens=6",
+            "engine.chunk_tokens=64",
+            "cache.gpu_capacity_tokens=400",
+        ],
+    )
     assert res.loop.iteration_log and max(len(s) for k, s, _, _ in res.loop.iteration_log if k == "decode") > 1
     _check_outputs(net, trace, res)
 
 
 def _store_and_cache(cpu_tokens=1000):
-    cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=1000, cpu_capacity_tokens=cpu_tokens,
-                                       kv_bytes_per_token=SPEC.kv_bytes_per_token), make_policy("lru"))
-    store = KVStore(SPEC.layers, SPEC.kv_heads, SPEC.head_dim, torch.device("cpu"), torch.float32,
-                    cpu_arena_tokens=256)
+    cache = KVCacheManager(
+        CacheConfig(
+            gpu_capacity_tokens=1000, cpu_capacity_tokens=cpu_tokens, kv_bytes_per_token=SPEC.kv_bytes_per_token
+        ),
+        make_policy("lru"),
+    )
+    store = KVStore(SPEC.layers, SPEC.kv_heads, SPEC.head_dim, torch.device("cpu"), torch.float32, cpu_arena_tokens=256)
     cache.tree.on_split = store.on_split
     return cache, store
 
@@ -160,18 +188,57 @@ def test_run_directory_format(net, tmp_path):
     res = run_real(cfg, out=tmp_path / "run", opts=RealOptions(device="cpu"), net=net)
     out = res.out
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("backend", "policy", "workload", "hardware", "model", "seed", "requests", "workflows",
-                "workflow_latency_mean_s", "workflow_latency_p50_s", "workflow_latency_p99_s", "makespan_s",
-                "throughput_req_s", "hit_rate_gpu", "hit_rate_cpu", "recompute_rate", "h2d_bytes", "d2h_bytes",
-                "h2d_utilization", "d2h_utilization", "prefetch_issued", "prefetch_used", "prefetch_wasted",
-                "prefetch_late", "wall_s", "params"):
+    for key in (
+        "backend",
+        "policy",
+        "workload",
+        "hardware",
+        "model",
+        "seed",
+        "requests",
+        "workflows",
+        "workflow_latency_mean_s",
+        "workflow_latency_p50_s",
+        "workflow_latency_p99_s",
+        "makespan_s",
+        "throughput_req_s",
+        "hit_rate_gpu",
+        "hit_rate_cpu",
+        "recompute_rate",
+        "h2d_bytes",
+        "d2h_bytes",
+        "h2d_utilization",
+        "d2h_utilization",
+        "prefetch_issued",
+        "prefetch_used",
+        "prefetch_wasted",
+        "prefetch_late",
+        "wall_s",
+        "params",
+    ):
         assert key in summary, key
     assert summary["backend"] == "real" and summary["policy"] == "hicache"
     with (out / "requests.csv").open() as f:
         header = next(csv.reader(f))
-    for col in ("request_id", "client_id", "agent_id", "arrival_s", "admit_s", "first_token_s", "finish_s",
-                "queue_s", "ttft_s", "latency_s", "prompt_tokens", "output_tokens", "hit_gpu_tokens",
-                "loaded_cpu_tokens", "recomputed_tokens", "loaded_bytes", "stalled_s"):
+    for col in (
+        "request_id",
+        "client_id",
+        "agent_id",
+        "arrival_s",
+        "admit_s",
+        "first_token_s",
+        "finish_s",
+        "queue_s",
+        "ttft_s",
+        "latency_s",
+        "prompt_tokens",
+        "output_tokens",
+        "hit_gpu_tokens",
+        "loaded_cpu_tokens",
+        "recomputed_tokens",
+        "loaded_bytes",
+        "stalled_s",
+    ):
         assert col in header
     assert (out / "workflows.csv").read_text().startswith("client_id,start_s,end_s,latency_s")
     assert (out / "config.yaml").exists() and (out / ".hydra" / "config.yaml").exists()

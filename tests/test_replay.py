@@ -47,12 +47,16 @@ def test_oracle_beats_lru_and_is_close_to_reference_optimal(requests, gib):
 
 def test_lru_matches_kvcache_simulator_live(requests):
     kcs = pytest.importorskip("kvcache_sim.simulator")
+    from conftest import MOONCAKE
     from kvcache_sim.trace import parse_trace_file
 
-    from conftest import MOONCAKE
-
-    theirs = kcs.run_sweep(parse_trace_file(MOONCAKE, block_size=512), model_id="llama-3.1-8b",
-                           budgets_gib=[16, 64, 128], policies=["lru", "optimal"], backend="python")
+    theirs = kcs.run_sweep(
+        parse_trace_file(MOONCAKE, block_size=512),
+        model_id="llama-3.1-8b",
+        budgets_gib=[16, 64, 128],
+        policies=["lru", "optimal"],
+        backend="python",
+    )
     for point in theirs["points"]:
         ours_lru = replay(requests, "lru", point["cacheBlocks"])
         assert ours_lru["hit_tokens"] == point["results"]["lru"]["hitTokens"]
@@ -62,8 +66,25 @@ def test_lru_matches_kvcache_simulator_live(requests):
 
 
 def test_cli_last_line_is_json(mooncake_path, capsys):
-    assert main(["--trace", str(mooncake_path), "--policy", "lru", "--model", "llama-3.1-8b",
-                 "--budget-gib", "64", "--block-tokens", "512", "--warmup-fraction", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "--trace",
+                str(mooncake_path),
+                "--policy",
+                "lru",
+                "--model",
+                "llama-3.1-8b",
+                "--budget-gib",
+                "64",
+                "--block-tokens",
+                "512",
+                "--warmup-fraction",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
     for key in ("hit_rate", "hit_tokens", "total_tokens", "requests", "policy", "budget_gib"):
@@ -71,16 +92,19 @@ def test_cli_last_line_is_json(mooncake_path, capsys):
     assert result["policy"] == "lru" and result["budget_gib"] == 64 and result["requests"] == 3993
 
 
-@pytest.mark.parametrize("line,problem", [
-    ("{not json", "invalid JSON"),
-    ('{"input_length": 5}', "hash_ids"),
-    ('{"input_length": -1, "hash_ids": [1]}', "input_length -1 does not fit 1 hash ids"),
-    ('{"input_length": 513, "hash_ids": [1]}', "input_length 513 does not fit 1 hash ids"),
-    ('{"input_length": 512, "hash_ids": [1, 2]}', "input_length 512 does not fit 2 hash ids"),
-    ('{"input_length": 5, "hash_ids": [true]}', "hash_ids"),
-    ('{"input_length": 5, "hash_ids": [1], "timestamp": -3}', "timestamp"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line,problem",
+    [
+        ("{not json", "invalid JSON"),
+        ('{"input_length": 5}', "hash_ids"),
+        ('{"input_length": -1, "hash_ids": [1]}', "input_length -1 does not fit 1 hash ids"),
+        ('{"input_length": 513, "hash_ids": [1]}', "input_length 513 does not fit 1 hash ids"),
+        ('{"input_length": 512, "hash_ids": [1, 2]}', "input_length 512 does not fit 2 hash ids"),
+        ('{"input_length": 5, "hash_ids": [true]}', "hash_ids"),
+        ('{"input_length": 5, "hash_ids": [1], "timestamp": -3}', "timestamp"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_malformed_line_names_file_line_and_problem(tmp_path, capsys, line, problem):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"input_length": 512, "hash_ids": [1]}\n' + line + "\n")
@@ -108,17 +132,24 @@ def test_unreadable_files_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "latin1.jsonl").write_bytes(record + b'{"input_length": 5, "hash_ids": ["caf\xe9"]}\n')
     (tmp_path / "empty.jsonl").write_bytes(b"\n\n")
     (tmp_path / "adir").mkdir()
-    expected = {"truncated.jsonl.gz": "cannot read file", "corrupt.jsonl.gz": "cannot read file",
-                "bad_magic.jsonl.gz": "cannot read file", "latin1.jsonl": ":2: line is not valid UTF-8",
-                "empty.jsonl": ":1: no requests", "adir": ":1: cannot read file: Is a directory",
-                "missing.jsonl": ":1: cannot read file: No such file or directory"}
+    expected = {
+        "truncated.jsonl.gz": "cannot read file",
+        "corrupt.jsonl.gz": "cannot read file",
+        "bad_magic.jsonl.gz": "cannot read file",
+        "latin1.jsonl": ":2: line is not valid UTF-8",
+        "empty.jsonl": ":1: no requests",
+        "adir": ":1: cannot read file: Is a directory",
+        "missing.jsonl": ":1: cannot read file: No such file or directory",
+    }
     for name, problem in expected.items():
         assert problem in _one_line_error(capsys, tmp_path / name), name
 
 
 def test_gzip_is_told_by_magic_bytes_and_ids_may_be_strings(tmp_path, capsys):
-    lines = ['{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": ["a", 7]}',
-             '{"timestamp": 1, "input_length": 6, "output_length": 1, "hash_ids": ["a"]}'] * 3
+    lines = [
+        '{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": ["a", 7]}',
+        '{"timestamp": 1, "input_length": 6, "output_length": 1, "hash_ids": ["a"]}',
+    ] * 3
     plain, packed = tmp_path / "t.jsonl", tmp_path / "t_without_suffix"
     plain.write_text("\n".join(lines) + "\n")
     packed.write_bytes(gzip.compress(plain.read_bytes()))
@@ -130,7 +161,8 @@ def test_gzip_is_told_by_magic_bytes_and_ids_may_be_strings(tmp_path, capsys):
     assert results[0]["unit"] == "block" and results[0]["total_tokens"] == 3 * (10 + 6)
     # the block size is a parameter: 10 tokens in 2 ids do not fit blocks of 4
     assert ":1: input_length 10 does not fit 2 hash ids (blocks of 4" in _one_line_error(
-        capsys, plain, "--block-tokens", "4")
+        capsys, plain, "--block-tokens", "4"
+    )
 
 
 def test_kvflow_trace_gzipped_without_suffix_and_corrupt(tmp_path, capsys):
@@ -148,16 +180,21 @@ def test_kvflow_trace_gzipped_without_suffix_and_corrupt(tmp_path, capsys):
 
 
 def test_replay_backend_imports_no_simpy_or_torch():
-    code = ("import sys, sim.replay, sim.replay_cli; "
-            "print(sorted({'simpy', 'torch', 'real', 'analysis'} & set(sys.modules)))")
+    code = (
+        "import sys, sim.replay, sim.replay_cli; "
+        "print(sorted({'simpy', 'torch', 'real', 'analysis'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("flag,value,listed", [
-    ("--policy", "fifo", "lru, kvflow, oracle"),
-    ("--model", "gpt-5", "llama-3.1-8b"),
-])
+@pytest.mark.parametrize(
+    "flag,value,listed",
+    [
+        ("--policy", "fifo", "lru, kvflow, oracle"),
+        ("--model", "gpt-5", "llama-3.1-8b"),
+    ],
+)
 def test_unknown_names_list_valid_ones(mooncake_path, capsys, flag, value, listed):
     assert main(["--trace", str(mooncake_path), flag, value]) == 2
     err = capsys.readouterr().err
@@ -188,12 +225,28 @@ def test_token_level_replay_of_a_generated_trace(tmp_path, capsys):
     from traces import generate, write_trace
 
     path = tmp_path / "seq.jsonl"
-    write_trace(generate("sequential", agents=4, fixed_tokens=256, dynamic_tokens=16, output_tokens=8,
-                         runs=3, seed=0), path)
+    write_trace(
+        generate("sequential", agents=4, fixed_tokens=256, dynamic_tokens=16, output_tokens=8, runs=3, seed=0), path
+    )
     results = {}
     for policy in ("lru", "kvflow", "oracle"):
-        assert main(["--trace", str(path), "--policy", policy, "--model", "tiny", "--budget-gib", "0.00015",
-                     "--warmup-fraction", "0"]) == 0
+        assert (
+            main(
+                [
+                    "--trace",
+                    str(path),
+                    "--policy",
+                    policy,
+                    "--model",
+                    "tiny",
+                    "--budget-gib",
+                    "0.00015",
+                    "--warmup-fraction",
+                    "0",
+                ]
+            )
+            == 0
+        )
         results[policy] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert results[policy]["unit"] == "token"
     # a cyclic workflow under pressure: LRU evicts exactly the next agent; KVFlow's hints keep it
@@ -204,7 +257,7 @@ def test_token_level_replay_of_a_generated_trace(tmp_path, capsys):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-_IDS = st.one_of(st.integers(-2**40, 2**40), st.text("abc", min_size=1, max_size=3))
+_IDS = st.one_of(st.integers(-(2**40), 2**40), st.text("abc", min_size=1, max_size=3))
 
 
 @st.composite
@@ -249,11 +302,21 @@ def test_valid_mooncake_records_round_trip_to_direct_requests(tmp_path_factory, 
 
 
 def _corruptions() -> st.SearchStrategy[str | bytes]:
-    bad_values = [("hash_ids", []), ("hash_ids", [True]), ("hash_ids", [1.5]), ("hash_ids", "1"),
-                  ("hash_ids", None), ("input_length", 0), ("input_length", 10**9), ("input_length", "5"),
-                  ("input_length", True), ("output_length", -1), ("timestamp", -1), ("timestamp", "x")]
-    records = st.sampled_from(bad_values).map(
-        lambda kv: json.dumps({"hash_ids": [1], "input_length": 1, kv[0]: kv[1]}))
+    bad_values = [
+        ("hash_ids", []),
+        ("hash_ids", [True]),
+        ("hash_ids", [1.5]),
+        ("hash_ids", "1"),
+        ("hash_ids", None),
+        ("input_length", 0),
+        ("input_length", 10**9),
+        ("input_length", "5"),
+        ("input_length", True),
+        ("output_length", -1),
+        ("timestamp", -1),
+        ("timestamp", "x"),
+    ]
+    records = st.sampled_from(bad_values).map(lambda kv: json.dumps({"hash_ids": [1], "input_length": 1, kv[0]: kv[1]}))
     texts = st.sampled_from(["{", "[1, 2]", "3", '"x"', "null", "{} {}", '{"hash_ids": [1]} x'])
     return st.one_of(records, texts, st.just(b'{"hash_ids": ["\xff"], "input_length": 1}'))
 
@@ -266,7 +329,7 @@ def test_corrupt_mooncake_record_is_one_line_naming_file_and_line(tmp_path_facto
 
     block, _, lines, gzipped = case
     at = data.draw(st.integers(0, len(lines) - 1))
-    lines = lines[:at] + [data.draw(_corruptions())] + lines[at + 1:]
+    lines = lines[:at] + [data.draw(_corruptions())] + lines[at + 1 :]
     path = tmp_path_factory.mktemp("bad") / "trace.jsonl"
     _write(path, lines, gzipped)
     out, err = io.StringIO(), io.StringIO()

@@ -16,8 +16,14 @@ from harness.setup import build_trace
 from harness.summary import DETAIL_KEYS, SUMMARY_KEYS
 from real.config import compose
 
-SMALL = ["workload=sequential", "workload.params.agents=3", "workload.params.runs=2",
-         "workload.params.fixed_tokens=48", "workload.params.dynamic_tokens=8", "workload.params.output_tokens=6"]
+SMALL = [
+    "workload=sequential",
+    "workload.params.agents=3",
+    "workload.params.runs=2",
+    "workload.params.fixed_tokens=48",
+    "workload.params.dynamic_tokens=8",
+    "workload.params.output_tokens=6",
+]
 
 
 def _header(path: Path) -> list[str]:
@@ -38,8 +44,9 @@ def _check(run_dir: Path, backend: str) -> dict:
 def test_sim_run_dir(tmp_path: Path) -> None:
     from sim.cli import run
 
-    cfg = compose(["policy=kvflow", "model=tiny", "hardware=h100", *SMALL, "cache.gpu_capacity_tokens=400",
-                   "output.table=false"])
+    cfg = compose(
+        ["policy=kvflow", "model=tiny", "hardware=h100", *SMALL, "cache.gpu_capacity_tokens=400", "output.table=false"]
+    )
     run(OmegaConf.create(cfg), tmp_path / "sim")
     summary = _check(tmp_path / "sim", "sim")
     assert _header(tmp_path / "sim" / "timeline.csv") == list(TIMELINE_FIELDS)
@@ -65,14 +72,38 @@ def test_sglang_replay_run_dir(tmp_path: Path) -> None:
     rows = []
     for k, inv in enumerate(trace.invocations):  # what _Replayer records per streamed request
         n = trace.prompt_len(inv)
-        rows.append({"request_id": inv.id, "client_id": inv.client_id, "agent_id": inv.agent_id,
-                     "warmup": is_warmup(inv), "ready_s": float(k), "arrival_s": float(k), "admit_s": float(k),
-                     "first_token_s": k + 0.1, "finish_s": k + 0.5, "queue_s": 0.0, "ttft_s": 0.1,
-                     "latency_s": 0.5, "prompt_tokens": n, "fixed_tokens": trace.fixed_tokens(inv),
-                     "output_tokens": inv.output_tokens, "hit_gpu_tokens": n // 2, "loaded_cpu_tokens": 0,
-                     "recomputed_tokens": n - n // 2, "loaded_bytes": 0, "stalled_s": 0.0})
-    summary = write_replay(tmp_path / "sglang", trace, ReplayConfig("http://x", policy="kvflow"), rows,
-                           makespan_s=float(len(rows)), wall_s=1.0)
+        rows.append(
+            {
+                "request_id": inv.id,
+                "client_id": inv.client_id,
+                "agent_id": inv.agent_id,
+                "warmup": is_warmup(inv),
+                "ready_s": float(k),
+                "arrival_s": float(k),
+                "admit_s": float(k),
+                "first_token_s": k + 0.1,
+                "finish_s": k + 0.5,
+                "queue_s": 0.0,
+                "ttft_s": 0.1,
+                "latency_s": 0.5,
+                "prompt_tokens": n,
+                "fixed_tokens": trace.fixed_tokens(inv),
+                "output_tokens": inv.output_tokens,
+                "hit_gpu_tokens": n // 2,
+                "loaded_cpu_tokens": 0,
+                "recomputed_tokens": n - n // 2,
+                "loaded_bytes": 0,
+                "stalled_s": 0.0,
+            }
+        )
+    summary = write_replay(
+        tmp_path / "sglang",
+        trace,
+        ReplayConfig("http://x", policy="kvflow"),
+        rows,
+        makespan_s=float(len(rows)),
+        wall_s=1.0,
+    )
     assert _check(tmp_path / "sglang", "sglang") == json.loads(json.dumps(summary))
     assert summary["workflows"] == 1 and 0.4 < summary["hit_rate_gpu"] < 0.6
 

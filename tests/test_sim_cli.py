@@ -14,8 +14,14 @@ SMALL = ["workload.params.runs=1", "workload.params.agents=4", "workload.params.
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([*EXE, f"hydra.run.dir={tmp_path}/run", *args], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=120)
+    return subprocess.run(
+        [*EXE, f"hydra.run.dir={tmp_path}/run", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_default_compares_policies(tmp_path):
@@ -43,13 +49,16 @@ def test_single_policy_run(tmp_path):
     assert summary["policy"] == "oracle" and not (tmp_path / "run" / "requests.csv").exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["policy=nope"], "unknown policy 'nope'; valid: hicache, kvflow"),
-    (["hardware=tpu"], "unknown hardware 'tpu'"),
-    (["workload.params.dynamic_tokens=-3"], "dynamic_tokens"),
-    (["cache.gpu_capacity_tokens=100"], "can never run"),
-    (["~hardware.pcie_latency_s"], "hardware 'a10g_paper': missing key 'pcie_latency_s'"),  # no silent default
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["policy=nope"], "unknown policy 'nope'; valid: hicache, kvflow"),
+        (["hardware=tpu"], "unknown hardware 'tpu'"),
+        (["workload.params.dynamic_tokens=-3"], "dynamic_tokens"),
+        (["cache.gpu_capacity_tokens=100"], "can never run"),
+        (["~hardware.pcie_latency_s"], "hardware 'a10g_paper': missing key 'pcie_latency_s'"),  # no silent default
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     p = run(tmp_path, *args)
     assert p.returncode == 2

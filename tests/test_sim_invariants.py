@@ -12,25 +12,51 @@ POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "kvflow_inferred
 
 WORKLOADS = {
     # single sequential workflow, GPU pool smaller than the agents' fixed prompts
-    "sequential": ({"generator": "sequential", "params": dict(agents=5, warmup=1, runs=2, fixed_tokens=600,
-                                                               dynamic_tokens=20, output_tokens=8)}, 2000),
+    "sequential": (
+        {
+            "generator": "sequential",
+            "params": dict(agents=5, warmup=1, runs=2, fixed_tokens=600, dynamic_tokens=20, output_tokens=8),
+        },
+        2000,
+    ),
     # concurrent workflows contending for the pool
-    "concurrent": ({"generator": "concurrent", "params": dict(workflows=6, agents=4, runs=2, warmup=1, fixed_tokens=300,
-                                                               dynamic_tokens=40, output_tokens=30)}, 3000),
-    "branches": ({"generator": "branches", "params": dict(agents=4, runs=3, fixed_tokens=400, dynamic_tokens=10,
-                                                           output_tokens=5)}, 1500),
-    "fanout": ({"generator": "fanout", "params": dict(workflows=3, width=3, runs=2, fixed_tokens=200,
-                                                       dynamic_tokens=16, output_tokens=12)}, 1200),
+    "concurrent": (
+        {
+            "generator": "concurrent",
+            "params": dict(
+                workflows=6, agents=4, runs=2, warmup=1, fixed_tokens=300, dynamic_tokens=40, output_tokens=30
+            ),
+        },
+        3000,
+    ),
+    "branches": (
+        {
+            "generator": "branches",
+            "params": dict(agents=4, runs=3, fixed_tokens=400, dynamic_tokens=10, output_tokens=5),
+        },
+        1500,
+    ),
+    "fanout": (
+        {
+            "generator": "fanout",
+            "params": dict(workflows=3, width=3, runs=2, fixed_tokens=200, dynamic_tokens=16, output_tokens=12),
+        },
+        1200,
+    ),
 }
 
 
 def make_cfg(policy: str, workload: str, seed: int = 0) -> dict:
     wl, gpu_tokens = WORKLOADS[workload]
     return {
-        "seed": seed, "hardware": conf("hardware", "a10g_paper"), "model": conf("model", "llama-3.1-8b"),
-        "workload": {"name": workload, **wl}, "policy": conf("policy", policy),
+        "seed": seed,
+        "hardware": conf("hardware", "a10g_paper"),
+        "model": conf("model", "llama-3.1-8b"),
+        "workload": {"name": workload, **wl},
+        "policy": conf("policy", policy),
         "cache": {"gpu_capacity_tokens": gpu_tokens, "cpu_capacity_tokens": 2 * gpu_tokens},
-        "engine": {}, "sim": {"check_invariants": True},
+        "engine": {},
+        "sim": {"check_invariants": True},
     }
 
 
@@ -101,7 +127,10 @@ def test_timeline_shows_prefetch_overlapping_gpu_compute():
     prefetches = [(s, e) for res, s, e, label in rows if label == "prefetch"]
     assert prefetches, "kvflow under memory pressure prefetches"
     assert any(s < ge and gs < e for s, e in prefetches for gs, ge in gpu), "no prefetch overlaps compute"
-    assert not make_cfg("kvflow", "sequential")["sim"].get("timeline") and not simulate(make_cfg("kvflow", "sequential")).timeline
+    assert (
+        not make_cfg("kvflow", "sequential")["sim"].get("timeline")
+        and not simulate(make_cfg("kvflow", "sequential")).timeline
+    )
 
 
 @pytest.mark.parametrize("policy", ["kvflow_cost", "kvflow_gd"])
@@ -110,6 +139,7 @@ def test_invariants_on_the_imported_chatdev_traces(policy):
     prefix-closure (a stale prefetch run loaded below a just-demoted parent) before the fix in
     KVCacheManager.load; synthetic workloads never hit it."""
     from conftest import CHATDEV
+
     from traces.importers import import_trace
 
     paths = sorted(str(p) for p in CHATDEV.glob("*.log.gz"))
@@ -117,8 +147,15 @@ def test_invariants_on_the_imported_chatdev_traces(policy):
         pytest.skip(f"shared data not found at {CHATDEV}")
     trace = import_trace("chatdev", paths, warn=lambda *_: None)
     clients = len({inv.client_id for inv in trace.invocations})
-    cfg = {"seed": 0, "hardware": conf("hardware", "h100"), "model": conf("model", "llama-3.1-8b"),
-           "workload": {"name": "chatdev"}, "policy": conf("policy", policy),
-           "cache": {"gpu_capacity_tokens": 1024 * clients}, "engine": {}, "sim": {"check_invariants": True}}
+    cfg = {
+        "seed": 0,
+        "hardware": conf("hardware", "h100"),
+        "model": conf("model", "llama-3.1-8b"),
+        "workload": {"name": "chatdev"},
+        "policy": conf("policy", policy),
+        "cache": {"gpu_capacity_tokens": 1024 * clients},
+        "engine": {},
+        "sim": {"check_invariants": True},
+    }
     result = simulate(cfg, trace=trace)  # check_invariants asserts after every iteration
     assert len(result.rows) == len(trace.invocations)

@@ -3,8 +3,8 @@
 import pytest
 import simpy
 
-from kvflow.model_spec import load_model_spec
 from harness.cost_model import CostModel
+from kvflow.model_spec import load_model_spec
 from sim.pcie import PCIeLink
 from sim.runner import load_conf
 

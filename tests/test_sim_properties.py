@@ -2,9 +2,9 @@
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_sim_invariants import POLICIES, conf
 
 from sim.runner import simulate
-from test_sim_invariants import POLICIES, conf
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -22,11 +22,14 @@ def test_random_workloads_keep_invariants(policy, generator, workflows, fixed, o
     if generator == "peer_loop":
         params["common_tokens"] = 8
     cfg = {
-        "seed": seed, "hardware": conf("hardware", "h100"), "model": conf("model", "tiny"),
+        "seed": seed,
+        "hardware": conf("hardware", "h100"),
+        "model": conf("model", "tiny"),
         "workload": {"name": generator, "generator": generator, "params": params},
         "policy": conf("policy", policy),
         "cache": {"gpu_capacity_tokens": fixed + 16 + 16 + output + slack, "cpu_capacity_tokens": 4000},
-        "engine": {}, "sim": {"check_invariants": True},
+        "engine": {},
+        "sim": {"check_invariants": True},
     }
     result = simulate(cfg)
     for r in result.rows:

@@ -1,4 +1,5 @@
 """kvflow-trace CLI: each command works; every error is one stderr line, exit 2, no traceback."""
+
 from __future__ import annotations
 
 import subprocess
@@ -22,8 +23,17 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], needle:
 
 def test_generate_paper_setting_validate_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "x.jsonl"
-    argv = ["generate", "sequential", "agents=10", "fixed_tokens=8192", "dynamic_tokens=32",
-            "output_tokens=32", "runs=10", "-o", str(out)]
+    argv = [
+        "generate",
+        "sequential",
+        "agents=10",
+        "fixed_tokens=8192",
+        "dynamic_tokens=32",
+        "output_tokens=32",
+        "runs=10",
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     assert len(load_trace(out).invocations) == 110
     capsys.readouterr()
@@ -48,22 +58,27 @@ def test_import_chatdev_reports_skips(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "per role" in stats and "Programmer:" in stats and "graph chatdev" in stats
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["generate", "sequential", "bogus=1", "-o", "{tmp}/a.jsonl"], "'bogus'"),
-    (["generate", "sequential", "agents=x", "-o", "{tmp}/a.jsonl"], "'agents'"),
-    (["generate", "sequential", "output_tokens=uniform:9", "-o", "{tmp}/a.jsonl"], "'output_tokens'"),
-    (["generate", "sequential", "agents", "-o", "{tmp}/a.jsonl"], "key=value"),
-    (["generate", "nosuch", "-o", "{tmp}/a.jsonl"], "unknown workload"),
-    (["generate", "sequential"], "required"),
-    (["generate", "sequential", "-o", "/nonexistent/dir/a.jsonl"], "No such file"),
-    (["import", "nosuch", "x", "-o", "{tmp}/a.jsonl"], "unknown import format"),
-    (["import", "mooncake", "{tmp}/missing.jsonl", "-o", "{tmp}/a.jsonl"], "missing.jsonl"),
-    (["validate", "{tmp}/missing.jsonl"], "missing.jsonl:1: cannot read file"),
-    (["stats", "{tmp}/bad.jsonl"], "bad.jsonl:2: "),
-    (["frobnicate"], "invalid choice"),
-    ([], "required"),
-])
-def test_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["generate", "sequential", "bogus=1", "-o", "{tmp}/a.jsonl"], "'bogus'"),
+        (["generate", "sequential", "agents=x", "-o", "{tmp}/a.jsonl"], "'agents'"),
+        (["generate", "sequential", "output_tokens=uniform:9", "-o", "{tmp}/a.jsonl"], "'output_tokens'"),
+        (["generate", "sequential", "agents", "-o", "{tmp}/a.jsonl"], "key=value"),
+        (["generate", "nosuch", "-o", "{tmp}/a.jsonl"], "unknown workload"),
+        (["generate", "sequential"], "required"),
+        (["generate", "sequential", "-o", "/nonexistent/dir/a.jsonl"], "No such file"),
+        (["import", "nosuch", "x", "-o", "{tmp}/a.jsonl"], "unknown import format"),
+        (["import", "mooncake", "{tmp}/missing.jsonl", "-o", "{tmp}/a.jsonl"], "missing.jsonl"),
+        (["validate", "{tmp}/missing.jsonl"], "missing.jsonl:1: cannot read file"),
+        (["stats", "{tmp}/bad.jsonl"], "bad.jsonl:2: "),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_errors_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
     (tmp_path / "bad.jsonl").write_text(SAMPLE.read_text().splitlines()[0] + "\n{broken\n")
     _one_line_error(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv], needle)
 
@@ -84,9 +99,11 @@ SCRIPT = Path(sys.executable).parent / "kvflow-trace"  # the console script of t
 @pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed in this environment")
 def test_console_script_subprocess(tmp_path: Path) -> None:
     exe = str(SCRIPT)
-    bad = subprocess.run([exe, "generate", "fanout", "width=-2", "-o", str(tmp_path / "f.jsonl")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [exe, "generate", "fanout", "width=-2", "-o", str(tmp_path / "f.jsonl")], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "'width'" in bad.stderr
-    ok = subprocess.run([exe, "generate", "fanout", "width=2", "-o", str(tmp_path / "f.jsonl")],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [exe, "generate", "fanout", "width=2", "-o", str(tmp_path / "f.jsonl")], capture_output=True, text=True
+    )
     assert ok.returncode == 0 and len(load_trace(tmp_path / "f.jsonl").invocations) == 4

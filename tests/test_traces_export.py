@@ -1,4 +1,5 @@
 """Exports: Mooncake JSONL that kvcache-simulator replays to our hits; Weka files that re-import."""
+
 from __future__ import annotations
 
 import importlib
@@ -6,12 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import MOONCAKE, SHARED_DATA
 
 from traces.cli import main
 from traces.export import BlockIds, export_mooncake, export_weka, schedule
 from traces.importers import import_trace
-
-from conftest import MOONCAKE, SHARED_DATA
 
 SESSIONS = [SHARED_DATA / "weka" / n for n in ("trace_0010.json.gz", "trace_0254.json.gz", "trace_0277.json.gz")]
 
@@ -25,8 +25,13 @@ def _their_lru(path: Path, block_tokens: int, budgets_gib: list[float]) -> list[
     kcs = pytest.importorskip("kvcache_sim.simulator")
     from kvcache_sim.trace import parse_trace_file
 
-    sweep = kcs.run_sweep(parse_trace_file(path, block_size=block_tokens), model_id="llama-3.1-8b",
-                          budgets_gib=budgets_gib, policies=["lru"], backend="python")
+    sweep = kcs.run_sweep(
+        parse_trace_file(path, block_size=block_tokens),
+        model_id="llama-3.1-8b",
+        budgets_gib=budgets_gib,
+        policies=["lru"],
+        backend="python",
+    )
     assert sweep["points"]
     return sweep["points"]
 
@@ -49,7 +54,9 @@ def mooncake_slice(tmp_path: Path) -> Path:
     return path
 
 
-def test_block_keyed_trace_exports_to_mooncake_with_kvcache_simulator_hits(tmp_path: Path, mooncake_slice: Path) -> None:
+def test_block_keyed_trace_exports_to_mooncake_with_kvcache_simulator_hits(
+    tmp_path: Path, mooncake_slice: Path
+) -> None:
     out = tmp_path / "exported.jsonl"
     assert export_mooncake(import_trace("mooncake", [str(mooncake_slice)]), str(out)) == 1200
     _check_same_hits(out, 512, [4, 16, 64])
@@ -91,16 +98,36 @@ def test_weka_export_reimports_to_the_same_trace(tmp_path: Path) -> None:
     assert len(again.invocations) == len(trace.invocations)
     a_ids, b_ids = BlockIds(64), BlockIds(64)
     for x, y in zip(trace.invocations, again.invocations):
-        assert (x.id, x.agent_id, x.deps, x.model, x.service_s, x.output_tokens) == \
-            (y.id, y.agent_id, y.deps, y.model, y.service_s, y.output_tokens)
+        assert (x.id, x.agent_id, x.deps, x.model, x.service_s, x.output_tokens) == (
+            y.id,
+            y.agent_id,
+            y.deps,
+            y.model,
+            y.service_s,
+            y.output_tokens,
+        )
         assert x.delay_s == pytest.approx(y.delay_s, abs=1e-5) and trace.prompt_len(x) == again.prompt_len(y)
         assert a_ids.of(x) == b_ids.of(y)  # the same block structure (ids numbered by first use)
 
 
-def test_generated_trace_exports_and_unknown_format_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generated_trace_exports_and_unknown_format_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["generate", "fanout", "width=3", "-o", str(tmp_path / "g.jsonl")]) == 0
-    assert main(["export", "mooncake", str(tmp_path / "g.jsonl"), "-o", str(tmp_path / "g.moon.jsonl"),
-                 "--block-tokens", "16"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "mooncake",
+                str(tmp_path / "g.jsonl"),
+                "-o",
+                str(tmp_path / "g.moon.jsonl"),
+                "--block-tokens",
+                "16",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in (tmp_path / "g.moon.jsonl").read_text().splitlines()]
     assert all(len(r["hash_ids"]) == -(-r["input_length"] // 16) for r in rows)
     capsys.readouterr()

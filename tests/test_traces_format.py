@@ -1,4 +1,5 @@
 """Trace format: deterministic round trip, token derivation, reader errors, fuzzed corruption."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,9 @@ def test_generate_write_read_write_is_byte_identical(tmp_path: Path, workload: s
     back = load_trace(a)
     write_trace(back, b)
     assert a.read_bytes() == b.read_bytes()
-    assert [back.prompt_tokens(i) for i in back.invocations[:5]] == [trace.prompt_tokens(i) for i in trace.invocations[:5]]
+    assert [back.prompt_tokens(i) for i in back.invocations[:5]] == [
+        trace.prompt_tokens(i) for i in trace.invocations[:5]
+    ]
 
 
 def test_sample_trace_is_valid_and_small() -> None:
@@ -91,19 +94,27 @@ def test_token_ids_deterministic_in_range_and_prefix_stable() -> None:
 
 
 def test_token_ids_same_in_another_process() -> None:
-    code = ("from traces import load_trace; t = load_trace(%r); "
-            "print(sum(sum(t.prompt_tokens(i)) for i in t.invocations))" % str(SAMPLE))
-    out = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-           for _ in range(2)]
+    code = (
+        f"from traces import load_trace; t = load_trace({str(SAMPLE)!r}); "
+        "print(sum(sum(t.prompt_tokens(i)) for i in t.invocations))"
+    )
+    out = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    ]
     t = load_trace(SAMPLE)
     assert out[0] == out[1] == f"{sum(sum(t.prompt_tokens(i)) for i in t.invocations)}\n"
 
 
 def test_block_segments_share_by_hash_and_partial_is_prefix() -> None:
-    t = Trace({"format": "kvflow-trace", "version": 1, "seed": 0, "block_tokens": 512}, {}, [
-        Invocation("a", "-", "", "-", 0, [Segment("block", 5, 512), Segment("block", 9, 100)], 0, 1),
-        Invocation("b", "-", "", "-", 0, [Segment("block", 5, 512), Segment("block", 9, 512)], 0, 1),
-    ])
+    t = Trace(
+        {"format": "kvflow-trace", "version": 1, "seed": 0, "block_tokens": 512},
+        {},
+        [
+            Invocation("a", "-", "", "-", 0, [Segment("block", 5, 512), Segment("block", 9, 100)], 0, 1),
+            Invocation("b", "-", "", "-", 0, [Segment("block", 5, 512), Segment("block", 9, 512)], 0, 1),
+        ],
+    )
     a, b = (t.prompt_tokens(i) for i in t.invocations)
     assert a == b[:612]
     assert t.prompt_len(t.invocations[0]) == 612
@@ -125,21 +136,30 @@ WF = '{"type":"workflow","id":"w","agents":["a","b"],"graph":{"agents":{"a":{},"
 INV = '{"type":"inv","id":"%s","client":"c","workflow":"w","agent":"a","step":0,"fixed":1,"segments":[{"shared":"x","n":%d},{"unique":3}],"output":2%s}'
 
 
-@pytest.mark.parametrize("bad, needle", [
-    (INV % ("i1", -5, ""), "negative segment length"),
-    (INV % ("i0", 5, ""), "duplicate invocation id"),
-    (INV % ("i1", 5, ',"deps":["zz"]'), "not an earlier invocation"),
-    (INV % ("i1", 5, ',"deps":["i1"]'), "not an earlier invocation"),
-    (INV % ("i1", 5, ',"arrival":-1'), "negative arrival"),
-    (INV % ("i1", 5, ',"bogus":1'), "unknown field"),
-    (INV.replace('"agent":"a"', '"agent":"zz"') % ("i1", 5, ""), "not an agent of workflow"),
-    (INV.replace('"workflow":"w"', '"workflow":"nope"') % ("i1", 5, ""), "unknown workflow"),
-    ('{"type":"workflow","id":"v","agents":["a"],"graph":{"agents":{"a":{}},"edges":[["a","a"]]}}', "cycle but no horizon"),
-    ('{"type":"workflow","id":"v","agents":["a"],"graph":{"agents":{"a":{}},"edges":[["a","q"]]}}', "unknown agent"),
-    ('{"type":"workflow","id":"w","agents":["a"],"graph":null}', "duplicate workflow id"),
-    ('{"type":"inv"', "invalid JSON"),
-    (HEADER, "duplicate header"),
-])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        (INV % ("i1", -5, ""), "negative segment length"),
+        (INV % ("i0", 5, ""), "duplicate invocation id"),
+        (INV % ("i1", 5, ',"deps":["zz"]'), "not an earlier invocation"),
+        (INV % ("i1", 5, ',"deps":["i1"]'), "not an earlier invocation"),
+        (INV % ("i1", 5, ',"arrival":-1'), "negative arrival"),
+        (INV % ("i1", 5, ',"bogus":1'), "unknown field"),
+        (INV.replace('"agent":"a"', '"agent":"zz"') % ("i1", 5, ""), "not an agent of workflow"),
+        (INV.replace('"workflow":"w"', '"workflow":"nope"') % ("i1", 5, ""), "unknown workflow"),
+        (
+            '{"type":"workflow","id":"v","agents":["a"],"graph":{"agents":{"a":{}},"edges":[["a","a"]]}}',
+            "cycle but no horizon",
+        ),
+        (
+            '{"type":"workflow","id":"v","agents":["a"],"graph":{"agents":{"a":{}},"edges":[["a","q"]]}}',
+            "unknown agent",
+        ),
+        ('{"type":"workflow","id":"w","agents":["a"],"graph":null}', "duplicate workflow id"),
+        ('{"type":"inv"', "invalid JSON"),
+        (HEADER, "duplicate header"),
+    ],
+)
 def test_reader_reports_file_line_problem(tmp_path: Path, bad: str, needle: str) -> None:
     path = _write_lines(tmp_path / "t.jsonl", [HEADER, WF, INV % ("i0", 5, ""), bad])
     with pytest.raises(TraceError) as info:
@@ -167,9 +187,15 @@ _BASE = SAMPLE.read_text().splitlines()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(idx=st.integers(0, len(_BASE) - 1), cut=st.integers(0, 400), junk=st.text(max_size=12),
-       mode=st.sampled_from(["truncate", "insert", "replace", "mutate_json"]))
-def test_fuzzed_corruption_raises_trace_error_with_file_line(tmp_path: Path, idx: int, cut: int, junk: str, mode: str) -> None:
+@given(
+    idx=st.integers(0, len(_BASE) - 1),
+    cut=st.integers(0, 400),
+    junk=st.text(max_size=12),
+    mode=st.sampled_from(["truncate", "insert", "replace", "mutate_json"]),
+)
+def test_fuzzed_corruption_raises_trace_error_with_file_line(
+    tmp_path: Path, idx: int, cut: int, junk: str, mode: str
+) -> None:
     lines = list(_BASE)
     line = lines[idx]
     if mode == "truncate":

@@ -1,4 +1,5 @@
 """Generators reproduce the paper's settings by name, with the structure the paper describes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,7 @@ def _deps_ok(trace: Trace) -> None:
 
 
 def _dynamic(trace: Trace, inv) -> list[int]:
-    return trace.prompt_tokens(inv)[trace.fixed_tokens(inv):]
+    return trace.prompt_tokens(inv)[trace.fixed_tokens(inv) :]
 
 
 def test_sequential_paper_setting() -> None:
@@ -58,8 +59,18 @@ def test_same_seed_same_trace_different_seed_different(tmp_path: Path) -> None:
 
 
 def test_distributions_and_arrivals() -> None:
-    t = generate("sequential", agents=4, runs=5, warmup=0, output_tokens="uniform:16:64",
-                 dynamic_tokens="normal:100:10", delay_s="exp:0.5", workflows=5, arrival="poisson:2", seed=4)
+    t = generate(
+        "sequential",
+        agents=4,
+        runs=5,
+        warmup=0,
+        output_tokens="uniform:16:64",
+        dynamic_tokens="normal:100:10",
+        delay_s="exp:0.5",
+        workflows=5,
+        arrival="poisson:2",
+        seed=4,
+    )
     outs = [i.output_tokens for i in t.invocations]
     assert min(outs) >= 16 and max(outs) <= 64 and len(set(outs)) > 5
     starts = [i.arrival_s for i in t.invocations if i.step == 0]
@@ -108,9 +119,16 @@ def test_peer_loop_structure() -> None:
         counts.add(len(agents) // 4)
     assert counts <= {2, 3, 4} and len(counts) > 1  # 1 + uniform:1:3 loop-backs
     g = t.workflows["peer_loop"].graph
-    assert g == {"agents": {"planner": {"aggregation": "OR"}, "executor": {}, "expresser": {}, "reviewer": {}},
-                 "edges": [["planner", "executor"], ["executor", "expresser"], ["expresser", "reviewer"],
-                           ["reviewer", "planner"]], "horizon": 16}
+    assert g == {
+        "agents": {"planner": {"aggregation": "OR"}, "executor": {}, "expresser": {}, "reviewer": {}},
+        "edges": [
+            ["planner", "executor"],
+            ["executor", "expresser"],
+            ["expresser", "reviewer"],
+            ["reviewer", "planner"],
+        ],
+        "horizon": 16,
+    }
     inv = t.invocations[:4]
     common = t.invocations[0].segments[0].n_tokens
     assert len({tuple(t.prompt_tokens(i)[:common]) for i in inv}) == 1  # partial overlap: shared preamble
@@ -127,11 +145,18 @@ def test_fanout_structure() -> None:
     assert g["agents"]["aggregator"] == {"aggregation": "AND"} and ["aggregator", "planner"] in g["edges"]
 
 
-@pytest.mark.parametrize("params, key", [
-    ({"bogus": 1}, "bogus"), ({"agents": "ten"}, "agents"), ({"agents": 0}, "agents"),
-    ({"output_tokens": "uniform:64:16"}, "output_tokens"), ({"fixed_tokens": -3}, "fixed_tokens"),
-    ({"arrival": "poisson:-1"}, "arrival"), ({"output_tokens": "zipf:2"}, "output_tokens"),
-])
+@pytest.mark.parametrize(
+    "params, key",
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"agents": "ten"}, "agents"),
+        ({"agents": 0}, "agents"),
+        ({"output_tokens": "uniform:64:16"}, "output_tokens"),
+        ({"fixed_tokens": -3}, "fixed_tokens"),
+        ({"arrival": "poisson:-1"}, "arrival"),
+        ({"output_tokens": "zipf:2"}, "output_tokens"),
+    ],
+)
 def test_bad_params_name_the_key(params: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
         generate("sequential", **params)

@@ -1,4 +1,5 @@
 """Importers: ChatDev logs against their logged usage numbers, Mooncake block structure, OpenAI chats."""
+
 from __future__ import annotations
 
 import gzip
@@ -47,25 +48,39 @@ def test_chatdev_fixtures_match_logged_usage(tmp_path: Path) -> None:
 def test_chatdev_old_layout_pairs_calls_with_responders() -> None:
     trace = import_trace("chatdev", [str(FIXTURES / "20230821204606.log.gz")])
     agents = [i.agent_id for i in trace.invocations]
-    assert agents[:4] == ["Preprocess:Prompt Engineer", "DemandAnalysis:Chief Product Officer",
-                          "DemandAnalysis:Chief Executive Officer", "LanguageChoose:Chief Technology Officer"]
+    assert agents[:4] == [
+        "Preprocess:Prompt Engineer",
+        "DemandAnalysis:Chief Product Officer",
+        "DemandAnalysis:Chief Executive Officer",
+        "LanguageChoose:Chief Technology Officer",
+    ]
     assert "Reflection:Chief Executive Officer" in agents
 
 
 def test_chatdev_identical_text_identical_tokens() -> None:
-    trace = import_trace("chatdev", [str(FIXTURES / n) for n in (
-        "Gomoku_DefaultOrganization_20231228123546.log.gz", "Gomoku_DefaultOrganization_20231228125637.log.gz",
-        "Startr-signup-form-35_Startr_20231103194617.log.gz")])
+    trace = import_trace(
+        "chatdev",
+        [
+            str(FIXTURES / n)
+            for n in (
+                "Gomoku_DefaultOrganization_20231228123546.log.gz",
+                "Gomoku_DefaultOrganization_20231228125637.log.gz",
+                "Startr-signup-form-35_Startr_20231103194617.log.gz",
+            )
+        ],
+    )
     cpo = [i for i in trace.invocations if i.agent_id == "DemandAnalysis:Chief Product Officer"]
     assert len({i.client_id for i in cpo}) == 3
 
     def line_tokens(inv, k: int) -> tuple[int, ...]:
         start = sum(s.n_tokens for s in inv.segments[:k])
-        return tuple(trace.prompt_tokens(inv)[start: start + inv.segments[k].n_tokens])
+        return tuple(trace.prompt_tokens(inv)[start : start + inv.segments[k].n_tokens])
 
     # same config: the whole role-prompt prefix is identical across the two Gomoku logs
     gomoku = [i for i in cpo if i.client_id.startswith("Gomoku")]
-    assert line_tokens(gomoku[0], 0) == line_tokens(gomoku[1], 0) and line_tokens(gomoku[0], 1) == line_tokens(gomoku[1], 1)
+    assert line_tokens(gomoku[0], 0) == line_tokens(gomoku[1], 0) and line_tokens(gomoku[0], 1) == line_tokens(
+        gomoku[1], 1
+    )
     # Startr's background line differs by one quote style, but the "You are ..." role line is the same text
     startr = next(i for i in cpo if i.client_id.startswith("Startr"))
     assert line_tokens(startr, 0) != line_tokens(gomoku[0], 0) and line_tokens(startr, 1) == line_tokens(gomoku[0], 1)
@@ -89,7 +104,9 @@ def test_chatdev_all_logs_import_or_skip_with_reason(tmp_path: Path) -> None:
     assert {"Programmer", "Code Reviewer", "Chief Executive Officer"} <= set(stats["per_role_fixed"])
     assert stats["per_role_fixed"]["Programmer"]["min"] > 100
     loops = stats["graphs"]["chatdev"]["loops"]
-    assert any("CodeReviewComment:Code Reviewer" in comp and "CodeReviewModification:Programmer" in comp for comp in loops)
+    assert any(
+        "CodeReviewComment:Code Reviewer" in comp and "CodeReviewModification:Programmer" in comp for comp in loops
+    )
     assert stats["graphs"]["chatdev"]["horizon"]
     assert stats["ideal_hit_rate"] > stats["fixed_share"] > 0.05  # conversation prefixes are reused too
 
@@ -118,8 +135,10 @@ def test_mooncake_blocks_and_totals_match_file(tmp_path: Path) -> None:
 
 def test_mooncake_bad_line_names_file_and_line(tmp_path: Path) -> None:
     p = tmp_path / "m.jsonl"
-    p.write_text('{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": [1]}\n'
-                 '{"timestamp": 5, "input_length": 9999, "output_length": 1, "hash_ids": [1]}\n')
+    p.write_text(
+        '{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": [1]}\n'
+        '{"timestamp": 5, "input_length": 9999, "output_length": 1, "hash_ids": [1]}\n'
+    )
     with pytest.raises(ValueError, match=r"m.jsonl:2: input_length"):
         import_trace("mooncake", [str(p)])
 
@@ -128,9 +147,18 @@ def test_openai_sessions(tmp_path: Path) -> None:
     p = tmp_path / "chats.jsonl"
     sys_msg = {"role": "system", "content": "You are a careful planner. Think step by step."}
     lines = [
-        {"session_id": "s1", "agent": "planner", "timestamp": 100.0, "messages": [
-            sys_msg, {"role": "user", "content": "Plan a trip."}, {"role": "assistant", "content": "Day 1: go."},
-            {"role": "user", "content": "More."}, {"role": "assistant", "content": "Day 2: rest and read."}]},
+        {
+            "session_id": "s1",
+            "agent": "planner",
+            "timestamp": 100.0,
+            "messages": [
+                sys_msg,
+                {"role": "user", "content": "Plan a trip."},
+                {"role": "assistant", "content": "Day 1: go."},
+                {"role": "user", "content": "More."},
+                {"role": "assistant", "content": "Day 2: rest and read."},
+            ],
+        },
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}],
     ]
     p.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -145,8 +173,10 @@ def test_openai_sessions(tmp_path: Path) -> None:
 
 
 def test_mooncake_gzip_string_ids_and_block_size(tmp_path: Path) -> None:
-    rows = [{"timestamp": 2, "input_length": 20, "output_length": 3, "hash_ids": ["x", 7]},
-            {"timestamp": 1, "input_length": 16, "hash_ids": ["x"]}]  # output_length is optional
+    rows = [
+        {"timestamp": 2, "input_length": 20, "output_length": 3, "hash_ids": ["x", 7]},
+        {"timestamp": 1, "input_length": 16, "hash_ids": ["x"]},
+    ]  # output_length is optional
     p = tmp_path / "renamed.log"  # gzipped, whatever its name says
     p.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
     trace = import_trace("mooncake", [str(p)], block_tokens=16)
@@ -154,7 +184,9 @@ def test_mooncake_gzip_string_ids_and_block_size(tmp_path: Path) -> None:
     trace = load_trace(tmp_path / "mc.jsonl")
     assert trace.block_tokens == 16 and [inv.arrival_s for inv in trace.invocations] == [0.001, 0.002]
     assert [[(s.key, s.n_tokens) for s in inv.segments] for inv in trace.invocations] == [
-        [("x", 16)], [("x", 16), (7, 4)]]
+        [("x", 16)],
+        [("x", 16), (7, 4)],
+    ]
     assert trace.prompt_tokens(trace.invocations[0]) == trace.prompt_tokens(trace.invocations[1])[:16]
     with pytest.raises(ValueError, match=r"renamed.log:1: input_length 20 does not fit 2 hash ids"):
         import_trace("mooncake", [str(p)], block_tokens=8)

@@ -1,15 +1,15 @@
 """OpenTelemetry GenAI span fixtures -> trace: every fixture imports, deps follow the span tree."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from traces.cli import main
 from traces.importers import import_trace
-
-from conftest import SHARED_DATA
 
 OTEL = SHARED_DATA / "otel"
 
@@ -48,8 +48,12 @@ def test_explicit_parent_spans_are_the_dependencies() -> None:
 
 def test_timing_gives_fan_out_and_fan_in() -> None:
     deps = _deps("advanced_fan_in_dependencies")
-    assert deps == {"span_001": [], "span_002": ["span_001"], "span_003": ["span_001"],
-                    "span_004": ["span_002", "span_003"]}  # span_001 is implied through both
+    assert deps == {
+        "span_001": [],
+        "span_002": ["span_001"],
+        "span_003": ["span_001"],
+        "span_004": ["span_002", "span_003"],
+    }  # span_001 is implied through both
     review = _deps("advanced_code_review_workflow")
     assert review["span_005_synthesis"] == ["span_002_security", "span_003_performance", "span_004_quality"]
     assert all(review[s] == ["span_001_initial"] for s in ("span_002_security", "span_003_performance"))
@@ -68,13 +72,22 @@ def test_agents_models_tokens_and_prefixes() -> None:
 
 
 def test_current_attribute_names(tmp_path: Path) -> None:
-    span = {"span_id": "a", "start_time": 1_000_000_000, "end_time": 3_000_000_000,
-            "attributes": {"gen_ai.operation.name": "chat", "gen_ai.agent.name": "planner",
-                           "gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 40,
-                           "gen_ai.usage.output_tokens": 7,
-                           "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "Be brief."}]),
-                           "gen_ai.input.messages": json.dumps(
-                               [{"role": "user", "parts": [{"type": "text", "content": "Plan a trip."}]}])}}
+    span = {
+        "span_id": "a",
+        "start_time": 1_000_000_000,
+        "end_time": 3_000_000_000,
+        "attributes": {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.agent.name": "planner",
+            "gen_ai.request.model": "m",
+            "gen_ai.usage.input_tokens": 40,
+            "gen_ai.usage.output_tokens": 7,
+            "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "Be brief."}]),
+            "gen_ai.input.messages": json.dumps(
+                [{"role": "user", "parts": [{"type": "text", "content": "Plan a trip."}]}]
+            ),
+        },
+    }
     child = dict(span, span_id="b", parent_span_id="a", start_time=4_000_000_000, end_time=5_000_000_000)
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"trace_id": "t", "spans": [span, child]}))
@@ -83,16 +96,34 @@ def test_current_attribute_names(tmp_path: Path) -> None:
     assert b.deps == ["t/a"] and b.delay_s == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("spans,expected", [
-    ([{"span_id": "a", "start_time": "yesterday", "end_time": "2026-01-01T00:00:01"}], "spans[0].start_time: not an ISO"),
-    ([{"span_id": "a", "end_time": "2026-01-01T00:00:01"}], "spans[0]: missing 'start_time'"),
-    ([{"span_id": 5, "start_time": "2026-01-01T00:00:00", "end_time": "2026-01-01T00:00:01"}], "spans[0].span_id"),
-    ([{"span_id": "a", "start_time": "2026-01-01T00:00:02", "end_time": "2026-01-01T00:00:01"}], "negative duration"),
-    ([{"span_id": "a", "start_time": -5, "end_time": 0}], "spans[0].start_time: negative time"),
-    ([{"span_id": "a", "start_time": 0, "end_time": 1, "attributes": {
-        "gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": "many"}}], "gen_ai.usage.input_tokens"),
-    ("not spans", "expected an object with a 'spans' list"),
-])
+@pytest.mark.parametrize(
+    "spans,expected",
+    [
+        (
+            [{"span_id": "a", "start_time": "yesterday", "end_time": "2026-01-01T00:00:01"}],
+            "spans[0].start_time: not an ISO",
+        ),
+        ([{"span_id": "a", "end_time": "2026-01-01T00:00:01"}], "spans[0]: missing 'start_time'"),
+        ([{"span_id": 5, "start_time": "2026-01-01T00:00:00", "end_time": "2026-01-01T00:00:01"}], "spans[0].span_id"),
+        (
+            [{"span_id": "a", "start_time": "2026-01-01T00:00:02", "end_time": "2026-01-01T00:00:01"}],
+            "negative duration",
+        ),
+        ([{"span_id": "a", "start_time": -5, "end_time": 0}], "spans[0].start_time: negative time"),
+        (
+            [
+                {
+                    "span_id": "a",
+                    "start_time": 0,
+                    "end_time": 1,
+                    "attributes": {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": "many"},
+                }
+            ],
+            "gen_ai.usage.input_tokens",
+        ),
+        ("not spans", "expected an object with a 'spans' list"),
+    ],
+)
 def test_malformed_spans_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], spans, expected: str) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"trace_id": "t", "spans": spans}))
@@ -103,8 +134,21 @@ def test_malformed_spans_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_no_call_spans_exits_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "tools.json"
-    path.write_text(json.dumps({"trace_id": "t", "spans": [
-        {"span_id": "a", "start_time": 0, "end_time": 1, "attributes": {"gen_ai.operation.name": "execute_tool"}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "trace_id": "t",
+                "spans": [
+                    {
+                        "span_id": "a",
+                        "start_time": 0,
+                        "end_time": 1,
+                        "attributes": {"gen_ai.operation.name": "execute_tool"},
+                    }
+                ],
+            }
+        )
+    )
     assert main(["import", "otel", str(path), "-o", str(tmp_path / "o.jsonl")]) == 2
     assert "no invocations" in capsys.readouterr().err
     (tmp_path / "broken.json").write_text("{")

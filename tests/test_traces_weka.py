@@ -1,4 +1,5 @@
 """Weka coding-agent sessions -> trace: totals, sub-agent links, timing, prompts, bad input."""
+
 from __future__ import annotations
 
 import gzip
@@ -7,13 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from traces.cli import main
 from traces.importers import import_trace
 from traces.importers.weka import WekaError, read_session
 from traces.io import load_trace, write_trace
-
-from conftest import SHARED_DATA
 
 WEKA = SHARED_DATA / "weka"
 WITH_SUBAGENTS = ["trace_0010.json.gz", "trace_0254.json.gz", "trace_0277.json.gz"]
@@ -49,10 +49,14 @@ def _check_totals(paths: list[str]) -> int:
         totals = session.get("totals")
         if totals:
             sub = [c for a, c in calls if a != "main"]
-            assert totals["combined_tokens"] == {"input": sum(trace.prompt_len(i) for i in invs),
-                                                 "output": sum(i.output_tokens for i in invs)}
-            assert totals["subagent_tokens"] == {"input": sum(c["in"] for c in sub),
-                                                 "output": sum(c["out"] for c in sub)}
+            assert totals["combined_tokens"] == {
+                "input": sum(trace.prompt_len(i) for i in invs),
+                "output": sum(i.output_tokens for i in invs),
+            }
+            assert totals["subagent_tokens"] == {
+                "input": sum(c["in"] for c in sub),
+                "output": sum(c["out"] for c in sub),
+            }
             assert totals["subagent_count"] == sum(r["type"] == "subagent" for r in session["requests"])
     return len(trace.invocations)
 
@@ -67,8 +71,9 @@ def test_all_sessions_import_with_their_totals(capsys: pytest.CaptureFixture[str
     started = time.perf_counter()
     n = _check_totals(paths)
     with capsys.disabled():
-        print(f"\n[weka] {len(paths)} sessions, {n} calls imported and checked in "
-              f"{time.perf_counter() - started:.1f} s")
+        print(
+            f"\n[weka] {len(paths)} sessions, {n} calls imported and checked in {time.perf_counter() - started:.1f} s"
+        )
     assert len(paths) == 642 and n == 44406
 
 
@@ -140,8 +145,12 @@ def test_cli_import_validate_and_stats(tmp_path: Path, capsys: pytest.CaptureFix
     assert "OK" in capsys.readouterr().out
     assert main(["stats", str(out)]) == 0
     text = capsys.readouterr().out
-    for needle in ("prompt / output tokens", "first dependency's prompt prefix", "ideal hit-rate ceiling",
-                   "no KV shared across models"):
+    for needle in (
+        "prompt / output tokens",
+        "first dependency's prompt prefix",
+        "ideal hit-rate ceiling",
+        "no KV shared across models",
+    ):
         assert needle in text
     assert main(["stats", "--json", str(out)]) == 0
     st = json.loads(capsys.readouterr().out)
@@ -152,10 +161,23 @@ def test_cli_import_validate_and_stats(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def _session(**overrides) -> dict:
-    call = {"t": 0.0, "type": "n", "model": "m", "in": 130, "out": 5, "hash_ids": [1, 2], "api_time": 1.0,
-            "think_time": 0.0}
-    sub = {"t": 5.0, "type": "subagent", "subagent_type": "Explore", "duration_ms": 2000,
-           "requests": [dict(call, hash_ids=[7, 8])]}
+    call = {
+        "t": 0.0,
+        "type": "n",
+        "model": "m",
+        "in": 130,
+        "out": 5,
+        "hash_ids": [1, 2],
+        "api_time": 1.0,
+        "think_time": 0.0,
+    }
+    sub = {
+        "t": 5.0,
+        "type": "subagent",
+        "subagent_type": "Explore",
+        "duration_ms": 2000,
+        "requests": [dict(call, hash_ids=[7, 8])],
+    }
     session = {"id": "s", "block_size": 64, "requests": [call, sub, dict(call, t=6.0, hash_ids=[1, 2])]}
     for path, value in overrides.items():
         node, keys = session, path.split(".")
@@ -171,19 +193,23 @@ def _session(**overrides) -> dict:
 _DROP = object()
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    ({"requests.0.in": "130"}, "requests[0].in: expected an integer"),
-    ({"requests.0.hash_ids": [1]}, "requests[0].hash_ids: 1 ids, but in=130 has 2 full"),
-    ({"requests.2.t": -1.0}, "requests[2].t: negative time"),
-    ({"requests.0.out": _DROP}, "requests[0]: missing 'out'"),
-    ({"requests.1.requests.0.api_time": "fast"}, "requests[1].requests[0].api_time: expected a number"),
-    ({"requests.1.duration_ms": -5}, "requests[1].duration_ms: negative time"),
-    ({"requests.2.hash_ids": [2, 1]}, "requests[2].hash_ids[0]: id 2 appears after a different prefix"),
-    ({"requests": "none"}, "expected an object with a 'requests' list"),
-    ({"block_size": 0}, "session.block_size: expected a positive integer"),
-])
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ({"requests.0.in": "130"}, "requests[0].in: expected an integer"),
+        ({"requests.0.hash_ids": [1]}, "requests[0].hash_ids: 1 ids, but in=130 has 2 full"),
+        ({"requests.2.t": -1.0}, "requests[2].t: negative time"),
+        ({"requests.0.out": _DROP}, "requests[0]: missing 'out'"),
+        ({"requests.1.requests.0.api_time": "fast"}, "requests[1].requests[0].api_time: expected a number"),
+        ({"requests.1.duration_ms": -5}, "requests[1].duration_ms: negative time"),
+        ({"requests.2.hash_ids": [2, 1]}, "requests[2].hash_ids[0]: id 2 appears after a different prefix"),
+        ({"requests": "none"}, "expected an object with a 'requests' list"),
+        ({"block_size": 0}, "session.block_size: expected a positive integer"),
+    ],
+)
 def test_malformed_session_is_one_line_naming_file_record_and_field(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: dict, expected: str) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: dict, expected: str
+) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(_session(**overrides)))
     assert main(["import", "weka", str(path), "-o", str(tmp_path / "out.jsonl")]) == 2
@@ -222,8 +248,9 @@ def test_written_trace_round_trips(tmp_path: Path) -> None:
     out = tmp_path / "w.jsonl"
     write_trace(trace, out)
     again = load_trace(out)
-    assert [(i.model, i.service_s, i.deps, i.delay_s) for i in again.invocations] == \
-        [(i.model, i.service_s, i.deps, round(i.delay_s, 6)) for i in trace.invocations]
+    assert [(i.model, i.service_s, i.deps, i.delay_s) for i in again.invocations] == [
+        (i.model, i.service_s, i.deps, round(i.delay_s, 6)) for i in trace.invocations
+    ]
 
 
 def test_block_segments_option_is_the_same_workload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

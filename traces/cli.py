@@ -2,6 +2,7 @@
 
 Every user error is one line on stderr and exit status 2, never a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,7 @@ class _UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="kvflow-trace",
-                description="KVFlow workload traces: generate, import, export, validate, stats.")
+    p = _Parser(prog="kvflow-trace", description="KVFlow workload traces: generate, import, export, validate, stats.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help=f"synthetic workload: {', '.join(WORKLOADS)}")
     g.add_argument("workload")
@@ -43,15 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("inputs", nargs="+")
     i.add_argument("-o", "--output", required=True)
     i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--blocks", action="store_true",
-                   help="weka: one block segment per hash id instead of shared chains (large; for a few sessions)")
-    e = sub.add_parser("export", help=f"block-hash records for other tools: {', '.join(EXPORTERS)} "
-                       "(mooncake: one JSONL file; weka: a directory of session files)")
+    i.add_argument(
+        "--blocks",
+        action="store_true",
+        help="weka: one block segment per hash id instead of shared chains (large; for a few sessions)",
+    )
+    e = sub.add_parser(
+        "export",
+        help=f"block-hash records for other tools: {', '.join(EXPORTERS)} "
+        "(mooncake: one JSONL file; weka: a directory of session files)",
+    )
     e.add_argument("format", help=f"one of: {', '.join(EXPORTERS)}")
     e.add_argument("file", help="a kvflow trace (.jsonl or .jsonl.gz)")
     e.add_argument("-o", "--output", required=True)
-    e.add_argument("--block-tokens", type=int, default=None,
-                   help="tokens per hash block (default: the trace's block_tokens)")
+    e.add_argument(
+        "--block-tokens", type=int, default=None, help="tokens per hash block (default: the trace's block_tokens)"
+    )
     v = sub.add_parser("validate", help="check a trace; one FILE:LINE: problem per error")
     v.add_argument("file")
     s = sub.add_parser("stats", help="workload shape, prefix reuse, ideal hit-rate ceiling, loops")
@@ -82,8 +89,10 @@ def _run(args: argparse.Namespace) -> int:
         trace = import_trace(args.format, args.inputs, seed=args.seed, **extra)
         write_trace(trace, args.output)
         skipped = trace.meta.get("provenance", {}).get("skipped", [])
-        print(f"{args.output}: {len(trace.invocations)} invocations from "
-              f"{len(args.inputs) - len(skipped)} input(s), {len(skipped)} skipped")
+        print(
+            f"{args.output}: {len(trace.invocations)} invocations from "
+            f"{len(args.inputs) - len(skipped)} input(s), {len(skipped)} skipped"
+        )
     elif args.cmd == "export":
         if args.format not in EXPORTERS:
             raise ValueError(f"unknown export format {args.format!r} (known: {', '.join(EXPORTERS)})")

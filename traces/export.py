@@ -7,13 +7,14 @@ numbered by first appearance of (previous block's id, pieces), so equal ids mean
 Times come from the recorded timeline: a call starts at max(arrival, latest dependency finish +
 delay) and takes its recorded `service_s` (0 when none is recorded).
 """
+
 from __future__ import annotations
 
 import gzip
 import io
 import json
 import os
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from typing import Any
 
 from traces.schema import Invocation, Segment, Trace
@@ -40,8 +41,11 @@ class BlockIds:
                 parent, offset = run[-1], len(run) * size
             while offset < seg.n_tokens:
                 take = min(size - filled, seg.n_tokens - offset)
-                pieces.append((ident, offset, take) if seg.kind != "tokens"
-                              else (ident, tuple((seg.ids or ())[offset:offset + take])))
+                pieces.append(
+                    (ident, offset, take)
+                    if seg.kind != "tokens"
+                    else (ident, tuple((seg.ids or ())[offset : offset + take]))
+                )
                 offset += take
                 filled += take
                 if filled == size:
@@ -93,8 +97,17 @@ def export_mooncake(trace: Trace, out_path: str, block_tokens: int | None = None
     lines = []
     for i in order:
         inv = trace.invocations[i]
-        lines.append(json.dumps({"timestamp": round(times[inv.id][0] * 1000.0), "input_length": trace.prompt_len(inv),
-                                 "output_length": inv.output_tokens, "hash_ids": hashes[i]}, separators=(",", ":")))
+        lines.append(
+            json.dumps(
+                {
+                    "timestamp": round(times[inv.id][0] * 1000.0),
+                    "input_length": trace.prompt_len(inv),
+                    "output_length": inv.output_tokens,
+                    "hash_ids": hashes[i],
+                },
+                separators=(",", ":"),
+            )
+        )
     _write(out_path, "".join(line + "\n" for line in lines))
     return len(lines)
 
@@ -125,8 +138,9 @@ def _threads(invs: list[Invocation]) -> dict[str, list[Invocation]]:
     return threads
 
 
-def _session(client: str, invs: list[Invocation], trace: Trace, ids: BlockIds,
-             times: dict[str, tuple[float, float]]) -> dict[str, Any]:
+def _session(
+    client: str, invs: list[Invocation], trace: Trace, ids: BlockIds, times: dict[str, tuple[float, float]]
+) -> dict[str, Any]:
     block = ids.block_tokens
     threads = _threads(invs)
     spawned: dict[str, list[str]] = {}  # call id -> heads of the threads it spawned
@@ -139,9 +153,14 @@ def _session(client: str, invs: list[Invocation], trace: Trace, ids: BlockIds,
         prev_finish: float | None = None
         for inv in threads[head]:
             start, finish = times[inv.id]
-            rec: dict[str, Any] = {"t": round(start - origin_s, 6), "type": "n", "model": inv.model,
-                                   "in": trace.prompt_len(inv), "out": inv.output_tokens,
-                                   "hash_ids": ids.of(inv)[: trace.prompt_len(inv) // block]}
+            rec: dict[str, Any] = {
+                "t": round(start - origin_s, 6),
+                "type": "n",
+                "model": inv.model,
+                "in": trace.prompt_len(inv),
+                "out": inv.output_tokens,
+                "hash_ids": ids.of(inv)[: trace.prompt_len(inv) // block],
+            }
             if inv.service_s is not None:
                 rec["api_time"] = round(inv.service_s, 6)
             rec["think_time"] = round(max(0.0, start - prev_finish), 6) if prev_finish is not None else 0.0
@@ -150,17 +169,27 @@ def _session(client: str, invs: list[Invocation], trace: Trace, ids: BlockIds,
             for k, sub in enumerate(spawned.get(inv.id, [])):
                 calls = threads[sub]
                 sub_start, sub_end = times[calls[0].id][0], max(times[c.id][1] for c in calls)
-                out.append({"t": round(sub_end - origin_s, 6), "type": "subagent",
-                            "agent_id": f"agent_{len(out):03d}_{k}", "subagent_type": calls[0].agent_id,
-                            "duration_ms": round((sub_end - sub_start) * 1000.0, 3),
-                            "models": sorted({c.model for c in calls if c.model}),
-                            "requests": requests(sub, sub_start)})
+                out.append(
+                    {
+                        "t": round(sub_end - origin_s, 6),
+                        "type": "subagent",
+                        "agent_id": f"agent_{len(out):03d}_{k}",
+                        "subagent_type": calls[0].agent_id,
+                        "duration_ms": round((sub_end - sub_start) * 1000.0, 3),
+                        "models": sorted({c.model for c in calls if c.model}),
+                        "requests": requests(sub, sub_start),
+                    }
+                )
         return out
 
     main = next(iter(threads))
-    return {"id": client, "block_size": block, "hash_id_scope": "local",
-            "models": sorted({inv.model for inv in invs if inv.model}),
-            "requests": requests(main, times[threads[main][0].id][0])}
+    return {
+        "id": client,
+        "block_size": block,
+        "hash_id_scope": "local",
+        "models": sorted({inv.model for inv in invs if inv.model}),
+        "requests": requests(main, times[threads[main][0].id][0]),
+    }
 
 
 def export_weka(trace: Trace, out_dir: str, block_tokens: int | None = None) -> int:
@@ -172,8 +201,10 @@ def export_weka(trace: Trace, out_dir: str, block_tokens: int | None = None) -> 
     os.makedirs(out_dir, exist_ok=True)
     for client, invs in clients.items():
         name = client.replace(os.sep, "_") or "client"
-        _write(os.path.join(out_dir, f"{name}.json.gz"),
-               json.dumps(_session(client, invs, trace, ids, times), separators=(",", ":")))
+        _write(
+            os.path.join(out_dir, f"{name}.json.gz"),
+            json.dumps(_session(client, invs, trace, ids, times), separators=(",", ":")),
+        )
     return len(clients)
 
 

@@ -4,9 +4,11 @@ Each generator returns a Trace whose prompts are [fixed shared segments] + [uniq
 segment]; an agent's fixed length is drawn once per agent so every call of that agent shares its
 fixed tokens, while the dynamic suffix is fresh per call.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +46,9 @@ class _Builder:
             self.fixed_len[key] = (dist or self.p["fixed_tokens"]).sample_int(self.rng_len)
         return self.fixed_len[key]
 
-    def add(self, client: int, inv_id: str, workflow: str, agent: str,
-            fixed: list[tuple[str, int]], deps: list[str]) -> str:
+    def add(
+        self, client: int, inv_id: str, workflow: str, agent: str, fixed: list[tuple[str, int]], deps: list[str]
+    ) -> str:
         cid = f"wf{client}"
         step = self.steps.get(cid, 0)
         self.steps[cid] = step + 1
@@ -53,19 +56,31 @@ class _Builder:
         dyn = self.p["dynamic_tokens"].sample_int(self.rng_len)
         if dyn > 0 or not segs:
             segs.append(Segment("unique", "", max(dyn, 1)))
-        self.invocations.append(Invocation(
-            id=f"{cid}/{inv_id}", client_id=cid, workflow=workflow, agent_id=agent, step=step,
-            segments=segs, fixed_segments=len(segs) - (1 if segs[-1].kind == "unique" else 0),
-            output_tokens=self.p["output_tokens"].sample_int(self.rng_len), deps=deps,
-            arrival_s=self.starts[client] if step == 0 else None,
-            delay_s=self.p["delay_s"].sample(self.rng_time) if step else 0.0,
-        ))
+        self.invocations.append(
+            Invocation(
+                id=f"{cid}/{inv_id}",
+                client_id=cid,
+                workflow=workflow,
+                agent_id=agent,
+                step=step,
+                segments=segs,
+                fixed_segments=len(segs) - (1 if segs[-1].kind == "unique" else 0),
+                output_tokens=self.p["output_tokens"].sample_int(self.rng_len),
+                deps=deps,
+                arrival_s=self.starts[client] if step == 0 else None,
+                delay_s=self.p["delay_s"].sample(self.rng_time) if step else 0.0,
+            )
+        )
         return f"{cid}/{inv_id}"
 
     def trace(self, workflows: list[WorkflowDef]) -> Trace:
         params = {k: str(v) if not isinstance(v, (bool, int, float)) else v for k, v in self.p.items()}
-        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": self.p["seed"],
-                "provenance": {"generator": self.name, "params": params}}
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "seed": self.p["seed"],
+            "provenance": {"generator": self.name, "params": params},
+        }
         return Trace(meta, {w.id: w for w in workflows}, self.invocations)
 
 
@@ -80,14 +95,29 @@ def sequential(**given: Any) -> Trace:
 
 def concurrent(**given: Any) -> Trace:
     """Many independent sequential workflows at once; each instance is its own client."""
-    return _sequential("concurrent", {"agents": 10, "runs": 1, "warmup": 0, "workflows": 64,
-                                      "fixed_tokens": 1024, "dynamic_tokens": 256,
-                                      "output_tokens": 256}, given)
+    return _sequential(
+        "concurrent",
+        {
+            "agents": 10,
+            "runs": 1,
+            "warmup": 0,
+            "workflows": 64,
+            "fixed_tokens": 1024,
+            "dynamic_tokens": 256,
+            "output_tokens": 256,
+        },
+        given,
+    )
 
 
 def _sequential(name: str, defaults: dict[str, Any], given: dict[str, Any]) -> Trace:
-    spec = {**COMMON, "agents": (COUNT, 10), "runs": (COUNT, 10), "warmup": (COUNT0, 1),
-            "shared_prompts": (BOOL, False)}
+    spec = {
+        **COMMON,
+        "agents": (COUNT, 10),
+        "runs": (COUNT, 10),
+        "warmup": (COUNT0, 1),
+        "shared_prompts": (BOOL, False),
+    }
     spec = {k: (parse, defaults.get(k, d)) for k, (parse, d) in spec.items()}
     p = parse_params(name, spec, given)
     b = _Builder(name, p)
@@ -107,9 +137,16 @@ def _sequential(name: str, defaults: dict[str, Any], given: dict[str, Any]) -> T
 
 def branches(**given: Any) -> Trace:
     """Each stage picks one of k agents at random; a stage's candidates share a prefix part."""
-    spec = {**COMMON, "agents": (COUNT, 10), "branches": (COUNT, 2), "shared_fraction": (FRACTION, 0.5),
-            "runs": (COUNT, 10), "warmup": (COUNT0, 1), "shared_prompts": (BOOL, False),
-            "fixed_tokens": (DIST, 8192)}
+    spec = {
+        **COMMON,
+        "agents": (COUNT, 10),
+        "branches": (COUNT, 2),
+        "shared_fraction": (FRACTION, 0.5),
+        "runs": (COUNT, 10),
+        "warmup": (COUNT0, 1),
+        "shared_prompts": (BOOL, False),
+        "fixed_tokens": (DIST, 8192),
+    }
     p = parse_params("branches", spec, given)
     b = _Builder("branches", p)
     rng_pick = np.random.default_rng(stable_hash("branches", p["seed"], "pick"))
@@ -119,7 +156,7 @@ def branches(**given: Any) -> Trace:
         pre = _prefix(b, c, p["shared_prompts"])
         prev: list[str] = []
         # warm-up: k passes, pass j takes candidate j of every stage, so every prompt is seen once
-        passes = [("warmup%d_%d" % (w, j), [j] * n_stages) for w in range(p["warmup"]) for j in range(k)]
+        passes = [(f"warmup{w}_{j}", [j] * n_stages) for w in range(p["warmup"]) for j in range(k)]
         passes += [(f"r{r}", rng_pick.integers(0, k, size=n_stages).tolist()) for r in range(p["runs"])]
         for label, picks in passes:
             for s, j in enumerate(picks):
@@ -128,8 +165,9 @@ def branches(**given: Any) -> Trace:
                 parts = [(f"{pre}/s{s}/common", common), (f"{pre}/{names[s][j]}", total - common)]
                 prev = [b.add(c, f"{label}/{names[s][j]}", "branches", names[s][j], parts, prev)]
     agents = [a for stage in names for a in stage]
-    nodes: dict[str, dict[str, str]] = {a: ({"aggregation": "OR"} if k > 1 or s == 0 else {})
-                                        for s, stage in enumerate(names) for a in stage}
+    nodes: dict[str, dict[str, str]] = {
+        a: ({"aggregation": "OR"} if k > 1 or s == 0 else {}) for s, stage in enumerate(names) for a in stage
+    }
     edges = [[x, y] for s in range(n_stages - 1) for x in names[s] for y in names[s + 1]]
     edges += [[x, y] for x in names[-1] for y in names[0]]
     graph = {"agents": nodes, "edges": edges, "horizon": n_stages * 2}
@@ -141,9 +179,15 @@ PEER_AGENTS = ["planner", "executor", "expresser", "reviewer"]
 
 def peer_loop(**given: Any) -> Trace:
     """Planner -> Executor -> Expresser -> Reviewer, the reviewer looping back a random number of times."""
-    spec = {**COMMON, "fixed_tokens": (DIST, "uniform:64:256"), "dynamic_tokens": (DIST, 64),
-            "output_tokens": (DIST, 64), "common_tokens": (DIST, 32), "loops": (DIST, "uniform:1:3"),
-            "shared_prompts": (BOOL, False)}
+    spec = {
+        **COMMON,
+        "fixed_tokens": (DIST, "uniform:64:256"),
+        "dynamic_tokens": (DIST, 64),
+        "output_tokens": (DIST, 64),
+        "common_tokens": (DIST, 32),
+        "loops": (DIST, "uniform:1:3"),
+        "shared_prompts": (BOOL, False),
+    }
     p = parse_params("peer_loop", spec, given)
     b = _Builder("peer_loop", p)
     rng_loops = np.random.default_rng(stable_hash("peer_loop", p["seed"], "loops"))
@@ -170,8 +214,10 @@ def fanout(**given: Any) -> Trace:
         pre = _prefix(b, c, p["shared_prompts"])
         prev: list[str] = []
         for r in range(p["runs"]):
+
             def call(a: str, deps: list[str]) -> str:
                 return b.add(c, f"r{r}/{a}", "fanout", a, [(f"{pre}/{a}", b.agent_fixed(f"{pre}/{a}"))], deps)
+
             plan = call("planner", prev)
             done = [call(w, [plan]) for w in workers]
             prev = [call("aggregator", done)]
@@ -187,8 +233,11 @@ def fanout(**given: Any) -> Trace:
 
 
 WORKLOADS: dict[str, Callable[..., Trace]] = {
-    "sequential": sequential, "branches": branches, "concurrent": concurrent,
-    "peer_loop": peer_loop, "fanout": fanout,
+    "sequential": sequential,
+    "branches": branches,
+    "concurrent": concurrent,
+    "peer_loop": peer_loop,
+    "fanout": fanout,
 }
 
 

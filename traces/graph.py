@@ -2,6 +2,7 @@
 
 Done here rather than through kvflow.step_graph so traces/ can validate files on its own.
 """
+
 from __future__ import annotations
 
 from typing import Any

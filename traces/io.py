@@ -4,6 +4,7 @@ The reader checks every line and reports problems as "FILE:LINE: problem"; `load
 at the first one, `traces.validate` collects several. The writer is byte-deterministic (fixed key
 order, compact separators, gzip without timestamp) so write -> read -> write is a fixed point.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -12,7 +13,8 @@ import json
 import math
 import os
 import zlib
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 from traces.graph import graph_problems
 from traces.schema import (
@@ -27,8 +29,20 @@ from traces.schema import (
 )
 
 WF_KEYS = {"type", "id", "agents", "graph"}
-INV_KEYS = {"type", "id", "client", "workflow", "agent", "step", "segments", "fixed", "output",
-            "deps", "arrival", "delay"}
+INV_KEYS = {
+    "type",
+    "id",
+    "client",
+    "workflow",
+    "agent",
+    "step",
+    "segments",
+    "fixed",
+    "output",
+    "deps",
+    "arrival",
+    "delay",
+}
 _LINE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
 GZIP_MAGIC = b"\x1f\x8b"
 #: what reading a missing, unreadable, truncated or corrupt (gzip) file raises
@@ -68,9 +82,15 @@ def _dumps(obj: Any) -> str:
 
 def _inv_obj(inv: Invocation) -> dict[str, Any]:
     obj: dict[str, Any] = {
-        "type": "inv", "id": inv.id, "client": inv.client_id, "workflow": inv.workflow,
-        "agent": inv.agent_id, "step": inv.step, "fixed": inv.fixed_segments,
-        "segments": [_seg_obj(s) for s in inv.segments], "output": inv.output_tokens,
+        "type": "inv",
+        "id": inv.id,
+        "client": inv.client_id,
+        "workflow": inv.workflow,
+        "agent": inv.agent_id,
+        "step": inv.step,
+        "fixed": inv.fixed_segments,
+        "segments": [_seg_obj(s) for s in inv.segments],
+        "output": inv.output_tokens,
     }
     if inv.deps:
         obj["deps"] = inv.deps
@@ -119,8 +139,7 @@ def read_trace(path: str | os.PathLike[str], max_errors: int = 20) -> tuple[Trac
 
 def _lines(path: str) -> Iterator[tuple[int, bytes]]:
     with open_bytes(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            yield lineno, raw
+        yield from enumerate(f, start=1)
 
 
 def open_bytes(path: str | os.PathLike[str]) -> IO[bytes]:
@@ -266,10 +285,17 @@ def _inv(obj: dict[str, Any], block_tokens: int) -> Invocation:
     if arrival is not None:
         arrival = _float(obj, "arrival")
     return Invocation(
-        id=_str(obj, "id"), client_id=_str(obj, "client"), workflow=_str(obj, "workflow", empty=True),
-        agent_id=_str(obj, "agent", empty=True), step=_int(obj, "step", minimum=0),
-        segments=segments, fixed_segments=fixed, output_tokens=_int(obj, "output", minimum=0),
-        deps=deps, arrival_s=arrival, delay_s=_float(obj, "delay") if "delay" in obj else 0.0,
+        id=_str(obj, "id"),
+        client_id=_str(obj, "client"),
+        workflow=_str(obj, "workflow", empty=True),
+        agent_id=_str(obj, "agent", empty=True),
+        step=_int(obj, "step", minimum=0),
+        segments=segments,
+        fixed_segments=fixed,
+        output_tokens=_int(obj, "output", minimum=0),
+        deps=deps,
+        arrival_s=arrival,
+        delay_s=_float(obj, "delay") if "delay" in obj else 0.0,
     )
 
 

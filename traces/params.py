@@ -4,10 +4,12 @@ Token counts and delays accept a constant or a distribution spec: `32`, `uniform
 `normal:MEAN:SD`, `exp:MEAN`, `choice:A|B|C`. Arrivals: `zero`, `poisson:RATE_PER_S`,
 `interval:SECONDS`. Every error is a ValueError naming the key.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,11 @@ class Dist:
         if k == "const":
             v = a[0]
         elif k == "uniform":
-            v = rng.uniform(a[0], a[1]) if a[0] != int(a[0]) or a[1] != int(a[1]) else rng.integers(int(a[0]), int(a[1]) + 1)
+            v = (
+                rng.uniform(a[0], a[1])
+                if a[0] != int(a[0]) or a[1] != int(a[1])
+                else rng.integers(int(a[0]), int(a[1]) + 1)
+            )
         elif k == "normal":
             v = rng.normal(a[0], a[1])
         elif k == "exp":
@@ -64,7 +70,9 @@ def parse_dist(text: Any) -> Dist:
         else:
             raise ValueError
     except ValueError:
-        raise ValueError(f"bad value {text!r}: expected N, uniform:LO:HI, normal:MEAN:SD, exp:MEAN or choice:A|B") from None
+        raise ValueError(
+            f"bad value {text!r}: expected N, uniform:LO:HI, normal:MEAN:SD, exp:MEAN or choice:A|B"
+        ) from None
     if any(v < 0 or v != v for v in vals) or (name == "uniform" and vals[0] > vals[1]):
         raise ValueError(f"bad value {text!r}: bounds must be non-negative and ordered")
     return Dist(name, vals, text)

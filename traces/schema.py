@@ -3,6 +3,7 @@
 A prompt is a list of segments instead of token ids so a trace stays small; `Trace.prompt_tokens`
 expands segments into token ids deterministically (see `traces.tokens`).
 """
+
 from __future__ import annotations
 
 from array import array
@@ -126,10 +127,7 @@ class Trace:
         return {inv.id: inv for inv in self.invocations}
 
     def __repr__(self) -> str:
-        return (
-            f"Trace({len(self.workflows)} workflows, {len(self.invocations)} invocations, "
-            f"seed={self.seed})"
-        )
+        return f"Trace({len(self.workflows)} workflows, {len(self.invocations)} invocations, seed={self.seed})"
 
 
 def _sync_inv_extra(trace: Trace) -> None:
@@ -157,12 +155,15 @@ def _apply_extra_table(table: Any, invs: list[Invocation]) -> None:
     """Fill model/service_s from a header table; ValueError naming the key when it is malformed."""
     try:
         models = table["models"]
-        rows = {(client, int(step)): (int(m), s) for client, entries in table["calls"].items()
-                for step, m, s in entries}
+        rows = {
+            (client, int(step)): (int(m), s) for client, entries in table["calls"].items() for step, m, s in entries
+        }
         for inv in invs:
             m, service = rows.get((inv.client_id, inv.step), (-1, None))
             inv.model = models[m] if m >= 0 else ""
             inv.service_s = None if service is None else float(service)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-        raise ValueError(f"header.{INV_EXTRA_KEY} is malformed: expected "
-                         '{"models": [...], "calls": {client: [[step, model index, service_s], ...]}}') from None
+        raise ValueError(
+            f"header.{INV_EXTRA_KEY} is malformed: expected "
+            '{"models": [...], "calls": {client: [[step, model index, service_s], ...]}}'
+        ) from None

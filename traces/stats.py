@@ -4,6 +4,7 @@ The ceiling assumes an infinite cache: each invocation, in trace order, hits the
 seen in any earlier prompt. Prompts are compared segment by segment (equal shared names or block
 ids carry equal tokens; a shorter use is a prefix), so it needs no token expansion and stays fast.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -71,8 +72,8 @@ def _reuse(trace: Trace, prompt_total: int) -> dict[str, Any]:
     with_dep = [inv for inv in trace.invocations if inv.deps]
     out: dict[str, Any] = {
         "prompt_output_ratio": prompt_total / max(sum(i.output_tokens for i in trace.invocations), 1),
-        "dep_prefix_share": sum(_common_prefix_tokens(i, by_id[i.deps[0]]) for i in with_dep)
-        / max(prompt_total, 1)}
+        "dep_prefix_share": sum(_common_prefix_tokens(i, by_id[i.deps[0]]) for i in with_dep) / max(prompt_total, 1),
+    }
     if any(inv.model for inv in trace.invocations):
         trie = _PrefixTrie()
         hits = sum(trie.match_insert(inv, inv.model or "-") for inv in trace.invocations)
@@ -88,8 +89,15 @@ def _dist(values: list[int]) -> dict[str, float]:
     if not values:
         return {"n": 0, "min": 0, "mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0, "total": 0}
     a = np.asarray(values, dtype=np.int64)
-    return {"n": len(values), "min": int(a.min()), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
-            "p95": float(np.percentile(a, 95)), "max": int(a.max()), "total": int(a.sum())}
+    return {
+        "n": len(values),
+        "min": int(a.min()),
+        "mean": float(a.mean()),
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "max": int(a.max()),
+        "total": int(a.sum()),
+    }
 
 
 def compute_stats(trace: Trace) -> dict[str, Any]:
@@ -133,31 +141,40 @@ def _per_role(invs: list[Invocation], fixed: list[int]) -> dict[str, dict[str, f
 def _graph_info(graph: dict[str, Any] | None) -> dict[str, Any] | None:
     if graph is None:
         return None
-    return {"agents": len(graph.get("agents", {})), "edges": len(graph.get("edges", [])),
-            "horizon": graph.get("horizon"), "loops": loops(graph),
-            "or_joins": sorted(a for a, s in graph.get("agents", {}).items() if s.get("aggregation") == "OR")}
+    return {
+        "agents": len(graph.get("agents", {})),
+        "edges": len(graph.get("edges", [])),
+        "horizon": graph.get("horizon"),
+        "loops": loops(graph),
+        "or_joins": sorted(a for a, s in graph.get("agents", {}).items() if s.get("aggregation") == "OR"),
+    }
 
 
 def format_stats(path: str, s: dict[str, Any]) -> str:
     def d(x: dict[str, float]) -> str:
-        return (f"min {x['min']}  mean {x['mean']:.1f}  p50 {x['p50']:.0f}  p95 {x['p95']:.0f}  "
-                f"max {x['max']}  total {x['total']}")
+        return (
+            f"min {x['min']}  mean {x['mean']:.1f}  p50 {x['p50']:.0f}  p95 {x['p95']:.0f}  "
+            f"max {x['max']}  total {x['total']}"
+        )
 
-    lines = [f"{path}",
-             f"  workflows {s['workflows']}  clients {s['clients']}  invocations {s['invocations']}  agents {s['agents']}",
-             f"  fixed tokens    {d(s['fixed_tokens'])}",
-             f"  dynamic tokens  {d(s['dynamic_tokens'])}",
-             f"  output tokens   {d(s['output_tokens'])}",
-             f"  prompt tokens   {d(s['prompt_tokens'])}",
-             f"  fixed (declared reusable) share of prompt tokens: {s['fixed_share']:.1%}",
-             f"  ideal hit-rate ceiling (infinite cache, longest earlier prefix): {s['ideal_hit_rate']:.1%}",
-             f"  prompt / output tokens: {s['prompt_output_ratio']:.1f}x; prompt tokens that repeat the "
-             f"first dependency's prompt prefix: {s['dep_prefix_share']:.1%}"]
+    lines = [
+        f"{path}",
+        f"  workflows {s['workflows']}  clients {s['clients']}  invocations {s['invocations']}  agents {s['agents']}",
+        f"  fixed tokens    {d(s['fixed_tokens'])}",
+        f"  dynamic tokens  {d(s['dynamic_tokens'])}",
+        f"  output tokens   {d(s['output_tokens'])}",
+        f"  prompt tokens   {d(s['prompt_tokens'])}",
+        f"  fixed (declared reusable) share of prompt tokens: {s['fixed_share']:.1%}",
+        f"  ideal hit-rate ceiling (infinite cache, longest earlier prefix): {s['ideal_hit_rate']:.1%}",
+        f"  prompt / output tokens: {s['prompt_output_ratio']:.1f}x; prompt tokens that repeat the "
+        f"first dependency's prompt prefix: {s['dep_prefix_share']:.1%}",
+    ]
     if "ideal_hit_rate_per_model" in s:
-        lines.append(f"  ideal hit-rate ceiling with no KV shared across models: {s['ideal_hit_rate_per_model']:.1%}"
-                     f" (calls per model: {', '.join(f'{m} {n}' for m, n in s['calls_per_model'].items())})")
-    lines += [
-             "  fixed prompt length per agent (calls; fixed tokens min / mean / max):"]
+        lines.append(
+            f"  ideal hit-rate ceiling with no KV shared across models: {s['ideal_hit_rate_per_model']:.1%}"
+            f" (calls per model: {', '.join(f'{m} {n}' for m, n in s['calls_per_model'].items())})"
+        )
+    lines += ["  fixed prompt length per agent (calls; fixed tokens min / mean / max):"]
     for agent, x in s["per_agent_fixed"].items():
         lines.append(f"    {agent or '-'}: {x['n']} calls, fixed {x['min']} / {x['mean']:.0f} / {x['max']}")
     if s["per_role_fixed"]:
@@ -168,8 +185,10 @@ def format_stats(path: str, s: dict[str, Any]) -> str:
         if g is None:
             lines.append(f"  graph {wf}: none declared")
             continue
-        lines.append(f"  graph {wf}: {g['agents']} agents, {g['edges']} edges, horizon {g['horizon']}, "
-                     f"OR joins {len(g['or_joins'])}, loops {len(g['loops'])}")
+        lines.append(
+            f"  graph {wf}: {g['agents']} agents, {g['edges']} edges, horizon {g['horizon']}, "
+            f"OR joins {len(g['or_joins'])}, loops {len(g['loops'])}"
+        )
         for comp in g["loops"]:
             lines.append(f"    loop over {len(comp)} agent(s): {', '.join(comp)}")
     return "\n".join(lines)

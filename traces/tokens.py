@@ -14,6 +14,7 @@ CPU cache. With a fresh int per token (a splitmix64 id each), copying and compar
 tens of MiB of scattered ints and allocated hundreds per request: about a sixth of the simulator's
 time (benchmarks/sim_speed.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -76,7 +77,7 @@ def stream_tokens(n: int, *parts: object) -> list[int]:
     rest = n - 1
     while rest > 0:
         take = min(rest, TABLE_SIZE - start)
-        out.extend(_table[start:start + take])
+        out.extend(_table[start : start + take])
         rest, start = rest - take, 0
     return out
 
@@ -91,7 +92,7 @@ def stream_array(n: int, *parts: object) -> array:
     rest = n - 1
     while rest > 0:
         take = min(rest, TABLE_SIZE - start)
-        out += _table_array[start:start + take]
+        out += _table_array[start : start + take]
         rest, start = rest - take, 0
     return out
 
@@ -111,8 +112,7 @@ class TokenSource:
     def _unique_start(self, seg: Segment, inv_id: str, index: int) -> tuple[int, int]:
         start = self._unique_starts.get((inv_id, index))
         if start is None:
-            start = self._unique_starts[(inv_id, index)] = _stream_start(
-                ("unique", inv_id, index, seg.key, self.seed))
+            start = self._unique_starts[(inv_id, index)] = _stream_start(("unique", inv_id, index, seg.key, self.seed))
         return start
 
     def _stream(self, kind: str, key: str | int, n: int) -> list[int]:
@@ -145,7 +145,7 @@ class TokenSource:
             first, start = self._unique_start(seg, inv_id, index)
             n = seg.n_tokens
             if n > 0 and 1 <= start and start + n - 1 <= TABLE_SIZE:  # one slice, first id replaced
-                out = _table_array[start - 1:start - 1 + n]
+                out = _table_array[start - 1 : start - 1 + n]
                 out[0] = first
                 return out
             return stream_array(n, "unique", inv_id, index, seg.key, self.seed)  # wraps around

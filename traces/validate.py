@@ -1,4 +1,5 @@
 """`kvflow-trace validate`: every problem of a trace file as "FILE:LINE: problem" (up to a limit)."""
+
 from __future__ import annotations
 
 from traces.io import read_trace
@@ -14,5 +15,7 @@ def validate_file(path: str, max_errors: int = MAX_ERRORS) -> tuple[Trace | None
 
 def summary(path: str, trace: Trace) -> str:
     clients = {inv.client_id for inv in trace.invocations}
-    return (f"{path}: OK: format v{trace.meta.get('version')}, {len(trace.workflows)} workflow(s), "
-            f"{len(clients)} client(s), {len(trace.invocations)} invocation(s)")
+    return (
+        f"{path}: OK: format v{trace.meta.get('version')}, {len(trace.workflows)} workflow(s), "
+        f"{len(clients)} client(s), {len(trace.invocations)} invocation(s)"
+    )

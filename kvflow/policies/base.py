@@ -43,20 +43,20 @@ class Policy:
     observes_prompts: ClassVar[bool] = False
     reads_future: ClassVar[bool] = False
 
-    def key(self, node: "RadixNode") -> tuple:
+    def key(self, node: RadixNode) -> tuple:
         """Eviction rank of ``node``: lowest first (see the key-order rule)."""
         raise NotImplementedError
 
-    def prefetch_limit(self, node: "RadixNode") -> tuple | None:
+    def prefetch_limit(self, node: RadixNode) -> tuple | None:
         """A prefetch for ``node`` may evict only victims whose key is below this; None: no bound."""
         return None
 
-    def set_hints(self, steps: dict["User", float | None]) -> list["User"]:
+    def set_hints(self, steps: dict[User, float | None]) -> list[User]:
         """New steps-to-execution per (client, agent); None forgets a value. Returns the users
         whose keys may have dropped, for the cache to re-file."""
         return []
 
-    def set_next_use(self, next_use: dict["User", float]) -> list["User"]:
+    def set_next_use(self, next_use: dict[User, float]) -> list[User]:
         """Next use per (client, agent), in the client's own invocations (``reads_future``
         policies only). Returns the users whose keys may have dropped, as ``set_hints``."""
         return []
@@ -67,9 +67,9 @@ class Policy:
         Returns True when the agent's keys may have changed (the cache re-files its nodes)."""
         return False
 
-    def observe_evict(self, node: "RadixNode", tick: int) -> None:
+    def observe_evict(self, node: RadixNode, tick: int) -> None:
         """``node`` is leaving the GPU as a victim at access-clock ``tick``."""
 
-    def worth_keeping(self, node: "RadixNode") -> bool:
+    def worth_keeping(self, node: RadixNode) -> bool:
         """Whether a CPU copy of ``node`` is worth making (False: drop it, never back it up)."""
         return True

@@ -23,9 +23,9 @@ class KVFlowPolicy(Policy):
     uses_hints = True
 
     def __init__(self) -> None:
-        self.steps: dict["User", float] = {}
+        self.steps: dict[User, float] = {}
 
-    def set_hints(self, steps: dict["User", float | None]) -> list["User"]:
+    def set_hints(self, steps: dict[User, float | None]) -> list[User]:
         """New steps-to-execution per (client, agent); None forgets a value (no workflow info).
         Returns the users whose keys may drop (needed later than before, or no longer known);
         a user needed sooner only rises, which needs no re-filing."""
@@ -41,7 +41,7 @@ class KVFlowPolicy(Policy):
                 known[user] = value
         return dropped
 
-    def node_steps(self, node: "RadixNode") -> float | None:
+    def node_steps(self, node: RadixNode) -> float | None:
         """Minimum steps-to-execution over the node's users; None when no user has a hint."""
         steps = self.steps
         best = None
@@ -51,7 +51,7 @@ class KVFlowPolicy(Policy):
                 best = value
         return best
 
-    def key(self, node: "RadixNode") -> tuple:
+    def key(self, node: RadixNode) -> tuple:
         if not node.users:
             return (SUFFIX if node.suffix else NO_INFO, 0.0, node.last_access)
         steps = self.node_steps(node)
@@ -59,7 +59,7 @@ class KVFlowPolicy(Policy):
             return (NO_INFO, 0.0, node.last_access)
         return (AGENT, -steps if steps < INF else -INF, node.last_access)
 
-    def prefetch_limit(self, node: "RadixNode") -> tuple | None:
+    def prefetch_limit(self, node: RadixNode) -> tuple | None:
         """A prefetch for ``node`` may only evict what is needed later than ``node`` (KVFLOW.md 2.5):
         keys below (AGENT, -steps) — suffixes, no-info nodes and farther agents."""
         steps = self.node_steps(node)

@@ -31,8 +31,14 @@ class KVFlowCostPolicy(KVFlowPolicy):
     tracks_dynamic = True  # the cache tags each agent's latest dynamic prompt for it
     observes_prompts = True  # it learns how much of a dynamic prompt the next one repeats
 
-    def __init__(self, gain_s_per_token: float = 1.0, prior_reuse: float = 0.5, prior_weight: float = 4.0,
-                 decay: float = 0.0, aging: bool = False) -> None:
+    def __init__(
+        self,
+        gain_s_per_token: float = 1.0,
+        prior_reuse: float = 0.5,
+        prior_weight: float = 4.0,
+        decay: float = 0.0,
+        aging: bool = False,
+    ) -> None:
         super().__init__()
         self.gain_s_per_token = gain_s_per_token  # recompute minus reload time of one token (cost model)
         self.prior_reuse = prior_reuse  # reuse probability before any evidence ...
@@ -52,7 +58,7 @@ class KVFlowCostPolicy(KVFlowPolicy):
         self._filed: dict[str, tuple[float, ...]] = {}  # estimates the heap keys were filed with
 
     # ----- online learning (called by the cache manager) ----------------------------------------
-    def observe_evict(self, node: "RadixNode", tick: int) -> None:
+    def observe_evict(self, node: RadixNode, tick: int) -> None:
         """A victim left the GPU at access-clock ``tick``: inflation rises to its priority."""
         if not self.aging:
             return
@@ -87,16 +93,19 @@ class KVFlowCostPolicy(KVFlowPolicy):
         created = self.dynamic_created[agent]
         mean = created / max(self.repeats[agent], 1)  # tokens per observed continuation
         reused = min(self.dynamic_reused[agent], created)
-        return (reused + self.prior_reuse * self.prior_weight * mean) / (created + self.prior_weight * mean) if created \
+        return (
+            (reused + self.prior_reuse * self.prior_weight * mean) / (created + self.prior_weight * mean)
+            if created
             else self.prior_reuse
+        )
 
     def _discount(self, steps: float) -> float:
         if steps >= INF:
             return 0.0
-        return self.decay ** steps if self.decay else 1.0 / (1.0 + steps)
+        return self.decay**steps if self.decay else 1.0 / (1.0 + steps)
 
     # ----- ranking -----------------------------------------------------------------------------
-    def value(self, node: "RadixNode") -> float | None:
+    def value(self, node: RadixNode) -> float | None:
         """Expected benefit of keeping ``node`` (seconds saved per token, discounted by distance);
         None when no user of the node has a hint (no workflow info)."""
         best: float | None = None
@@ -110,7 +119,7 @@ class KVFlowCostPolicy(KVFlowPolicy):
                 best = v if best is None else max(best, v)
         return None if best is None else best * self.gain_s_per_token
 
-    def key(self, node: "RadixNode") -> tuple:
+    def key(self, node: RadixNode) -> tuple:
         value = self.value(node)
         if value is None:
             return (SUFFIX if node.suffix and not node.dynamic_users else NO_INFO, 0.0, node.last_access)
@@ -120,7 +129,7 @@ class KVFlowCostPolicy(KVFlowPolicy):
             return (AGENT, self._level_at(node.last_access) + value, node.last_access)
         return (AGENT, value, node.last_access)
 
-    def prefetch_limit(self, node: "RadixNode") -> tuple | None:
+    def prefetch_limit(self, node: RadixNode) -> tuple | None:
         value = self.value(node)
         if value is None:
             return None
@@ -128,8 +137,11 @@ class KVFlowCostPolicy(KVFlowPolicy):
             return (AGENT, self.inflation + value, -INF)
         return (AGENT, value, -INF)
 
-    def worth_keeping(self, node: "RadixNode") -> bool:
+    def worth_keeping(self, node: RadixNode) -> bool:
         """Demote to CPU (True) or drop (False) when the node leaves the GPU."""
         value = self.value(node)
-        return self.gain_s_per_token > 0 and (value is None or value > 0.0) and not (
-            node.suffix and not node.dynamic_users and not node.users)
+        return (
+            self.gain_s_per_token > 0
+            and (value is None or value > 0.0)
+            and not (node.suffix and not node.dynamic_users and not node.users)
+        )

@@ -18,5 +18,5 @@ if TYPE_CHECKING:
 class LRUPolicy(Policy):
     name = "lru"
 
-    def key(self, node: "RadixNode") -> tuple:
+    def key(self, node: RadixNode) -> tuple:
         return (node.last_access,)

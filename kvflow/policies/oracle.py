@@ -22,16 +22,16 @@ class OraclePolicy(Policy):
     reads_future = True  # ignores step hints: the backend feeds next uses read from the trace
 
     def __init__(self) -> None:
-        self.next_use: dict["User", float] = {}
+        self.next_use: dict[User, float] = {}
 
-    def set_next_use(self, next_use: dict["User", float]) -> list["User"]:
+    def set_next_use(self, next_use: dict[User, float]) -> list[User]:
         """Returns the users whose next use moved later (their keys drop; unknown counts as never)."""
         table = self.next_use
         later = [u for u, v in next_use.items() if v > table.get(u, INF)]
         table.update(next_use)
         return later
 
-    def node_next_use(self, node: "RadixNode") -> float:
+    def node_next_use(self, node: RadixNode) -> float:
         if node.next_use is not None:
             return node.next_use
         best, table = INF, self.next_use
@@ -41,9 +41,9 @@ class OraclePolicy(Policy):
                 best = value
         return best
 
-    def key(self, node: "RadixNode") -> tuple:
+    def key(self, node: RadixNode) -> tuple:
         return (-self.node_next_use(node), node.last_access)
 
-    def prefetch_limit(self, node: "RadixNode") -> tuple | None:
+    def prefetch_limit(self, node: RadixNode) -> tuple | None:
         """A prefetch may only evict what is used later than the node it loads."""
         return (-self.node_next_use(node), -INF)

@@ -17,11 +17,19 @@ if TYPE_CHECKING:
     from kvflow.cache import KVCacheManager
     from kvflow.engine import EngineConfig
 
-__all__ = ["CopyingPrefetcher", "DeadlinePrefetcher", "HintsView", "NextStepPrefetcher", "NoPrefetcher",
-           "Prefetcher", "cpu_run", "make_prefetcher"]
+__all__ = [
+    "CopyingPrefetcher",
+    "DeadlinePrefetcher",
+    "HintsView",
+    "NextStepPrefetcher",
+    "NoPrefetcher",
+    "Prefetcher",
+    "cpu_run",
+    "make_prefetcher",
+]
 
 
-def make_prefetcher(config: "EngineConfig", cache: "KVCacheManager", hints: HintsView) -> Prefetcher:
+def make_prefetcher(config: EngineConfig, cache: KVCacheManager, hints: HintsView) -> Prefetcher:
     """The prefetcher ``config`` asks for; ``hints`` is the engine's live hints view."""
     if not (config.prefetch and config.load_back):
         return NoPrefetcher()

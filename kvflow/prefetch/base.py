@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvflow.ops import Load, Op
+from kvflow.ops import Load
 from kvflow.radix import RadixNode, RadixTree, User
 
 if TYPE_CHECKING:
@@ -23,13 +23,13 @@ HintsView = dict[str, dict[str, float]]  # client -> agent -> steps-to-execution
 class Prefetcher:
     """Hooks the engine calls; each is a no-op here."""
 
-    def on_submit(self, request: "Request", now_s: float) -> None:
+    def on_submit(self, request: Request, now_s: float) -> None:
         """A request arrived."""
 
     def on_hints(self, client_id: str) -> None:
         """The client's hints (in the hints view) just changed."""
 
-    def on_finish(self, request: "Request", now_s: float) -> None:
+    def on_finish(self, request: Request, now_s: float) -> None:
         """A request finished (its sequence is in the tree)."""
 
     def on_prefetch_done(self, op: Load) -> None:
@@ -62,7 +62,7 @@ def cpu_run(tree: RadixTree, user: User) -> list[RadixNode]:
 class CopyingPrefetcher(Prefetcher):
     """Loads fixed prompts from the CPU tier, at most ``CacheConfig.max_prefetch`` at a time."""
 
-    def __init__(self, cache: "KVCacheManager", hints: HintsView) -> None:
+    def __init__(self, cache: KVCacheManager, hints: HintsView) -> None:
         self.cache, self.hints = cache, hints
         self.loads_in_flight = 0
 

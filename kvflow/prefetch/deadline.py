@@ -24,7 +24,7 @@ EMA_WEIGHT = 0.5  # weight of the newest gap in a client's step interval
 
 
 class DeadlinePrefetcher(CopyingPrefetcher):
-    def __init__(self, cache: "KVCacheManager", hints: HintsView, config: "EngineConfig") -> None:
+    def __init__(self, cache: KVCacheManager, hints: HintsView, config: EngineConfig) -> None:
         super().__init__(cache, hints)
         self.bandwidth_bytes_s = config.h2d_gbps * 1e9
         self.lookahead_steps = config.prefetch_lookahead_steps
@@ -40,7 +40,7 @@ class DeadlinePrefetcher(CopyingPrefetcher):
         self.issued = {u for u in self.issued if u[0] != client_id}
         self.dirty = True
 
-    def on_submit(self, request: "Request", now_s: float) -> None:
+    def on_submit(self, request: Request, now_s: float) -> None:
         client_id = request.client_id
         last = self.last_submit_s.get(client_id)
         if last is not None:
@@ -50,7 +50,7 @@ class DeadlinePrefetcher(CopyingPrefetcher):
         self.last_submit_s[client_id] = now_s
         self.dirty = True
 
-    def on_finish(self, request: "Request", now_s: float) -> None:
+    def on_finish(self, request: Request, now_s: float) -> None:
         self.dirty = True
 
     def slot_freed(self) -> None:

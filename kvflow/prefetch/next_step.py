@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class NextStepPrefetcher(CopyingPrefetcher):
-    def __init__(self, cache: "KVCacheManager", hints: HintsView) -> None:
+    def __init__(self, cache: KVCacheManager, hints: HintsView) -> None:
         super().__init__(cache, hints)
         self.starved: dict[str, None] = {}  # a dict keeps insertion order: oldest waiter first
 

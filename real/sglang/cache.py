@@ -115,8 +115,12 @@ class KVFlowRadixCache(UnifiedRadixCache):
         if known is None or self.disable:
             return
         hint, fixed = known
-        key = RadixKey(req.full_untruncated_fill_ids[:up_to], req.extra_key,
-                       is_bigram=self.tree_core.is_eagle, cache_salt=req.cache_salt)
+        key = RadixKey(
+            req.full_untruncated_fill_ids[:up_to],
+            req.extra_key,
+            is_bigram=self.tree_core.is_eagle,
+            cache_salt=req.cache_salt,
+        )
         self.tag(key.page_aligned(self.page_size), fixed, hint.user)
         if req.finished():
             self._req_hints.pop(req.rid, None)
@@ -189,9 +193,14 @@ class KVFlowRadixCache(UnifiedRadixCache):
             gone.add(node.id)
             parent = node.parent
             full = parent.component_data[ComponentType.FULL] if parent is not None else None
-            if (parent is not None and parent is not core.root_node and full.value is not None
-                    and full.lock_ref == 0 and all(c.id in gone or c.evicted for c in parent.children.values())
-                    and strategy.get_priority(parent) < limit):
+            if (
+                parent is not None
+                and parent is not core.root_node
+                and full.value is not None
+                and full.lock_ref == 0
+                and all(c.id in gone or c.evicted for c in parent.children.values())
+                and strategy.get_priority(parent) < limit
+            ):
                 frontier.append(parent)
         lower = sum(len(core.node_by_id(i).key) for i in gone)
         return free + lower >= need_tokens
@@ -205,9 +214,14 @@ def kvflow_cache_factory(ctx: Any) -> UnifiedRadixCache:
     params = ctx.params
     params.tree_core_backend = "python"
     params.component_registry_override = {
-        **(params.component_registry_override or {}), ComponentType.FULL: KVFlowFullComponent}
+        **(params.component_registry_override or {}),
+        ComponentType.FULL: KVFlowFullComponent,
+    }
     if str(getattr(params, "eviction_policy", "")).lower() != "kvflow":
-        logger.warning("--radix-cache-backend kvflow with --radix-eviction-policy %s: workflow hints "
-                       "only tag nodes and drive prefetch; pass --radix-eviction-policy kvflow to rank "
-                       "evictions by steps-to-execution", params.eviction_policy)
+        logger.warning(
+            "--radix-cache-backend kvflow with --radix-eviction-policy %s: workflow hints "
+            "only tag nodes and drive prefetch; pass --radix-eviction-policy kvflow to rank "
+            "evictions by steps-to-execution",
+            params.eviction_policy,
+        )
     return create_unified_radix_cache(ctx, cache_class=KVFlowRadixCache)

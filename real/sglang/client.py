@@ -23,8 +23,9 @@ from real.sglang.hints import HEADER, WorkflowHint, build_envelope
 class WorkflowSession:
     """One workflow instance: its graph, the agents running now, and the hints they imply."""
 
-    def __init__(self, client_id: str, graph: StepGraph | None = None,
-                 fixed_tokens: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, client_id: str, graph: StepGraph | None = None, fixed_tokens: dict[str, int] | None = None
+    ) -> None:
         self.client_id = client_id
         self.graph = graph
         self.fixed_tokens = dict(fixed_tokens or {})  # agent -> fixed-prompt length, when known
@@ -70,27 +71,37 @@ class SGLangClient:
 
     def _post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None):
         data = json.dumps(body).encode()
-        request = urllib.request.Request(self.base_url + path, data=data, method="POST",
-                                         headers={"Content-Type": "application/json", **(headers or {})})
+        request = urllib.request.Request(
+            self.base_url + path,
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
         return urllib.request.urlopen(request, timeout=self.timeout_s)
 
     @staticmethod
-    def generate_body(prompt: list[int] | str, sampling_params: dict[str, Any] | None = None,
-                      hint: WorkflowHint | None = None, stream: bool = False) -> dict[str, Any]:
+    def generate_body(
+        prompt: list[int] | str,
+        sampling_params: dict[str, Any] | None = None,
+        hint: WorkflowHint | None = None,
+        stream: bool = False,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"sampling_params": dict(sampling_params or {}), "stream": stream}
         body["input_ids" if isinstance(prompt, list) else "text"] = prompt
         if hint is not None:
             body["kv_hints"] = build_envelope(hint)
         return body
 
-    def generate(self, prompt: list[int] | str, sampling_params: dict[str, Any] | None = None,
-                 hint: WorkflowHint | None = None) -> dict[str, Any]:
+    def generate(
+        self, prompt: list[int] | str, sampling_params: dict[str, Any] | None = None, hint: WorkflowHint | None = None
+    ) -> dict[str, Any]:
         """POST /generate (non-streaming); returns SGLang's JSON (``text``, ``meta_info``...)."""
         with self._post("/generate", self.generate_body(prompt, sampling_params, hint)) as response:
             return json.loads(response.read())
 
-    def generate_stream(self, prompt: list[int] | str, sampling_params: dict[str, Any] | None = None,
-                        hint: WorkflowHint | None = None) -> Iterator[tuple[float, dict[str, Any]]]:
+    def generate_stream(
+        self, prompt: list[int] | str, sampling_params: dict[str, Any] | None = None, hint: WorkflowHint | None = None
+    ) -> Iterator[tuple[float, dict[str, Any]]]:
         """POST /generate with ``stream``; yields (perf_counter time, chunk) per server-sent event."""
         body = self.generate_body(prompt, sampling_params, hint, stream=True)
         with self._post("/generate", body) as response:
@@ -103,8 +114,9 @@ class SGLangClient:
                     return
                 yield time.perf_counter(), json.loads(data)
 
-    def chat(self, messages: list[dict[str, Any]], hint: WorkflowHint | None = None,
-             model: str = "default", **params: Any) -> dict[str, Any]:
+    def chat(
+        self, messages: list[dict[str, Any]], hint: WorkflowHint | None = None, model: str = "default", **params: Any
+    ) -> dict[str, Any]:
         """POST /v1/chat/completions with the hint in the header (and body)."""
         body: dict[str, Any] = {"model": model, "messages": messages, **params}
         headers = {}

@@ -36,21 +36,26 @@ class WorkflowHint:
 
 
 def _steps_to_json(steps: Mapping[str, float]) -> dict[str, float | None]:
-    return {str(a): (None if math.isinf(s) else (int(s) if float(s).is_integer() else float(s)))
-            for a, s in steps.items()}
+    return {
+        str(a): (None if math.isinf(s) else (int(s) if float(s).is_integer() else float(s))) for a, s in steps.items()
+    }
 
 
 def build_envelope(hint: WorkflowHint, message_id: str | None = None) -> dict[str, Any]:
     """The JSON ``kv_hints`` value for one request."""
-    payload: dict[str, Any] = {"client_id": hint.client_id, "agent_id": hint.agent_id,
-                               "steps": _steps_to_json(hint.steps)}
+    payload: dict[str, Any] = {
+        "client_id": hint.client_id,
+        "agent_id": hint.agent_id,
+        "steps": _steps_to_json(hint.steps),
+    }
     if hint.fixed_tokens is not None:
         payload["fixed_tokens"] = int(hint.fixed_tokens)
     return {
         "protocol_version": PROTOCOL_VERSION,
         "message_id": message_id or uuid.uuid4().hex,
-        "actions": [{"action_id": "kvflow-0", "action_type": ACTION_TYPE,
-                     "action_version": ACTION_VERSION, "payload": payload}],
+        "actions": [
+            {"action_id": "kvflow-0", "action_type": ACTION_TYPE, "action_version": ACTION_VERSION, "payload": payload}
+        ],
     }
 
 

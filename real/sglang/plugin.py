@@ -75,8 +75,9 @@ def register_hooks() -> None:
         HookRegistry.register(target, copy_openai_hints, HookType.AFTER)
 
 
-def copy_openai_hints(result: Any, _serving: Any, request: Any, raw_request: Any = None,
-                      *args: Any, **kwargs: Any) -> None:
+def copy_openai_hints(
+    result: Any, _serving: Any, request: Any, raw_request: Any = None, *args: Any, **kwargs: Any
+) -> None:
     """Give the internal ``GenerateReqInput`` the hints of an OpenAI-style request: a ``kv_hints``
     attribute kept by the request model, else the JSON in the ``X-KVFlow-Hints`` header."""
     adapted = result[0] if isinstance(result, tuple) else result

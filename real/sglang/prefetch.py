@@ -80,8 +80,11 @@ class PrefetchGate:
     # ----- issuing --------------------------------------------------------------------------
     def has_capacity(self) -> bool:
         cache = self.cache
-        return (len(self.inflight) < self.max_prefetch and cache.cache_controller is not None
-                and cache.has_free_load_back_slot())
+        return (
+            len(self.inflight) < self.max_prefetch
+            and cache.cache_controller is not None
+            and cache.has_free_load_back_slot()
+        )
 
     def try_prefetch(self, user: tuple[str, str], key: Any) -> bool:
         """Load ``key``'s CPU-only tail to the GPU in the background, if it fits without evicting
@@ -107,8 +110,7 @@ class PrefetchGate:
         return True
 
 
-def around_get_new_batch_prefill(original: Callable[..., Any], scheduler: Any, *args: Any,
-                                 **kwargs: Any) -> Any:
+def around_get_new_batch_prefill(original: Callable[..., Any], scheduler: Any, *args: Any, **kwargs: Any) -> Any:
     """AROUND hook on ``Scheduler.get_new_batch_prefill``: read new hints, hold requests whose
     prefix is loading, schedule, put them back, then start prefetches for next-step agents."""
     cache = getattr(scheduler, "tree_cache", None)

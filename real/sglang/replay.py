@@ -76,7 +76,8 @@ class _Replayer:
 
     def _ready(self, inv: Any) -> None:  # under self.cond
         self.sessions[inv.client_id].running[inv.agent_id] = (
-            self.sessions[inv.client_id].running.get(inv.agent_id, 0) + 1)
+            self.sessions[inv.client_id].running.get(inv.agent_id, 0) + 1
+        )
         self.ready_s[inv.id] = self.now()
         release_at = max(self.now() + inv.delay_s, inv.arrival_s or 0.0)
         heapq.heappush(self.heap, (release_at, next(self._order), inv.id))
@@ -122,8 +123,12 @@ class _Replayer:
         tokens = self.trace.prompt_tokens(inv)
         if self.cfg.vocab_size:
             tokens = [t % self.cfg.vocab_size for t in tokens]
-        sampling = {"max_new_tokens": inv.output_tokens, "min_new_tokens": inv.output_tokens,
-                    "ignore_eos": True, "temperature": 0.0}
+        sampling = {
+            "max_new_tokens": inv.output_tokens,
+            "min_new_tokens": inv.output_tokens,
+            "ignore_eos": True,
+            "temperature": 0.0,
+        }
         fixed = self.trace.fixed_tokens(inv)
         hint = type(hint)(hint.client_id, hint.agent_id, fixed, hint.steps)
         sent = time.perf_counter()
@@ -141,24 +146,44 @@ class _Replayer:
         host = int(details.get("host", 0) or 0)
         gpu = int(details.get("device", cached - host) or 0)
         return {
-            "request_id": inv.id, "client_id": inv.client_id, "agent_id": inv.agent_id,
-            "warmup": is_warmup(inv), "ready_s": self.ready_s[inv.id], "arrival_s": arrival, "admit_s": arrival,
-            "first_token_s": first - self.t0, "finish_s": last - self.t0, "queue_s": 0.0,
-            "ttft_s": first - sent, "latency_s": last - sent, "prompt_tokens": len(tokens),
-            "fixed_tokens": fixed, "output_tokens": int(meta.get("completion_tokens", inv.output_tokens)),
-            "hit_gpu_tokens": gpu, "loaded_cpu_tokens": host,
-            "recomputed_tokens": max(len(tokens) - gpu - host, 0), "loaded_bytes": 0, "stalled_s": 0.0,
+            "request_id": inv.id,
+            "client_id": inv.client_id,
+            "agent_id": inv.agent_id,
+            "warmup": is_warmup(inv),
+            "ready_s": self.ready_s[inv.id],
+            "arrival_s": arrival,
+            "admit_s": arrival,
+            "first_token_s": first - self.t0,
+            "finish_s": last - self.t0,
+            "queue_s": 0.0,
+            "ttft_s": first - sent,
+            "latency_s": last - sent,
+            "prompt_tokens": len(tokens),
+            "fixed_tokens": fixed,
+            "output_tokens": int(meta.get("completion_tokens", inv.output_tokens)),
+            "hit_gpu_tokens": gpu,
+            "loaded_cpu_tokens": host,
+            "recomputed_tokens": max(len(tokens) - gpu - host, 0),
+            "loaded_bytes": 0,
+            "stalled_s": 0.0,
         }
 
 
-def write_replay(out_dir: str | os.PathLike[str], trace: Any, cfg: ReplayConfig, rows: list[dict[str, Any]],
-                 makespan_s: float, wall_s: float) -> dict[str, Any]:
+def write_replay(
+    out_dir: str | os.PathLike[str],
+    trace: Any,
+    cfg: ReplayConfig,
+    rows: list[dict[str, Any]],
+    makespan_s: float,
+    wall_s: float,
+) -> dict[str, Any]:
     """The run directory of a replay (the contract's writer and summarizer); returns the summary.
     Only the makespan and wall time are counted here: the server reports no copies or prefetches."""
     workflows = workflow_rows(rows)
     workload = str(trace.meta.get("workload", trace.meta.get("name", "")))
-    who = RunIdentity("sglang", cfg.policy, cfg.experiment, workload, cfg.hardware, cfg.model, cfg.seed,
-                      dict(cfg.params))
+    who = RunIdentity(
+        "sglang", cfg.policy, cfg.experiment, workload, cfg.hardware, cfg.model, cfg.seed, dict(cfg.params)
+    )
     summary = summarize(who, RunCounters(makespan_s=makespan_s, wall_s=wall_s), rows, workflows)
     write_run_dir(Path(out_dir), summary, rows, workflows, {"backend": "sglang", **asdict(cfg)})
     return summary
@@ -186,11 +211,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--vocab-size", type=int, default=None)
     args = parser.parse_args(argv)
-    cfg = ReplayConfig(args.url, policy=args.policy, model=args.model, hardware=args.hardware,
-                       concurrency=args.concurrency, vocab_size=args.vocab_size)
+    cfg = ReplayConfig(
+        args.url,
+        policy=args.policy,
+        model=args.model,
+        hardware=args.hardware,
+        concurrency=args.concurrency,
+        vocab_size=args.vocab_size,
+    )
     summary = replay(load_trace(args.trace), args.out_dir, cfg)
-    print(json.dumps({k: summary[k] for k in ("requests", "workflows", "workflow_latency_mean_s",
-                                              "hit_rate_gpu", "makespan_s")}))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("requests", "workflows", "workflow_latency_mean_s", "hit_rate_gpu", "makespan_s")}
+        )
+    )
     return 0
 
 

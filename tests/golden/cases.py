@@ -15,27 +15,56 @@ from sim.runner import load_conf as conf
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
-POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "kvflow_inferred", "kvflow_cost", "kvflow_gd",
-            "oracle")
-PINNED = ("requests", "workflows", "workflow_latency_mean_s", "workflow_latency_p50_s", "workflow_latency_p99_s",
-          "makespan_s", "hit_rate_gpu", "hit_rate_cpu", "recompute_rate", "h2d_bytes", "d2h_bytes",
-          "prefetch_issued", "prefetch_used", "prefetch_wasted", "prefetch_late")
+POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "oracle")
+PINNED = (
+    "requests",
+    "workflows",
+    "workflow_latency_mean_s",
+    "workflow_latency_p50_s",
+    "workflow_latency_p99_s",
+    "makespan_s",
+    "hit_rate_gpu",
+    "hit_rate_cpu",
+    "recompute_rate",
+    "h2d_bytes",
+    "d2h_bytes",
+    "prefetch_issued",
+    "prefetch_used",
+    "prefetch_wasted",
+    "prefetch_late",
+)
 GENERATED = {
-    "sequential": ({"generator": "sequential", "params": dict(agents=5, warmup=1, runs=2, fixed_tokens=600,
-                                                               dynamic_tokens=20, output_tokens=8)}, 2000),
-    "concurrent": ({"generator": "concurrent", "params": dict(workflows=6, agents=4, runs=2, warmup=1,
-                                                               fixed_tokens=300, dynamic_tokens=40,
-                                                               output_tokens=30)}, 3000),
+    "sequential": (
+        {
+            "generator": "sequential",
+            "params": dict(agents=5, warmup=1, runs=2, fixed_tokens=600, dynamic_tokens=20, output_tokens=8),
+        },
+        2000,
+    ),
+    "concurrent": (
+        {
+            "generator": "concurrent",
+            "params": dict(
+                workflows=6, agents=4, runs=2, warmup=1, fixed_tokens=300, dynamic_tokens=40, output_tokens=30
+            ),
+        },
+        3000,
+    ),
 }
 
 
-def _cfg(policy: str, workload: dict[str, Any], name: str, gpu_tokens: int, cpu_tokens: int,
-         hardware: str = "a10g_paper") -> dict[str, Any]:
+def _cfg(
+    policy: str, workload: dict[str, Any], name: str, gpu_tokens: int, cpu_tokens: int, hardware: str = "a10g_paper"
+) -> dict[str, Any]:
     return {
-        "seed": 0, "hardware": conf("hardware", hardware), "model": conf("model", "llama-3.1-8b"),
-        "workload": {"name": name, **workload}, "policy": conf("policy", policy),
+        "seed": 0,
+        "hardware": conf("hardware", hardware),
+        "model": conf("model", "llama-3.1-8b"),
+        "workload": {"name": name, **workload},
+        "policy": conf("policy", policy),
         "cache": {"gpu_capacity_tokens": gpu_tokens, "cpu_capacity_tokens": cpu_tokens},
-        "engine": {}, "sim": {},
+        "engine": {},
+        "sim": {},
     }
 
 
@@ -66,8 +95,9 @@ def cases() -> list[tuple[str, dict[str, Any], Any]]:
         chatdev = _chatdev_slice()
         clients = len({inv.client_id for inv in chatdev.invocations})
         for policy in POLICIES:
-            out.append((f"chatdev3/{policy}", _cfg(policy, {}, "chatdev3", 8192 * clients, 16384 * clients, "h100"),
-                        chatdev))
+            out.append(
+                (f"chatdev3/{policy}", _cfg(policy, {}, "chatdev3", 8192 * clients, 16384 * clients, "h100"), chatdev)
+            )
     if (SHARED_DATA / "mooncake").is_dir():
         mooncake = _mooncake_slice()
         for policy in ("sglang", "hicache", "kvflow"):

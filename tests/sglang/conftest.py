@@ -14,8 +14,9 @@ import pytest
 _SPEC = importlib.util.find_spec("sglang")
 # a regular package only: this very folder can look like a namespace package named "sglang"
 HAVE_SGLANG = _SPEC is not None and _SPEC.origin is not None
-REASON = ("sglang is not importable: the SGLang adapter suite runs in its own virtualenv "
-          "(bash .ci/sglang_stage.sh builds it)")
+REASON = (
+    "sglang is not importable: the SGLang adapter suite runs in its own virtualenv (bash .ci/sglang_stage.sh builds it)"
+)
 
 
 class _Skipped(pytest.Item):

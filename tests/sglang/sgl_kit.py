@@ -19,8 +19,8 @@ from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.srt.server_args import ServerArgs, set_global_server_args_for_scheduler
 from sglang.test.mem_cache_utils import finish_req
 
-from real.sglang.cache import kvflow_cache_factory
 from real.sglang import plugin
+from real.sglang.cache import kvflow_cache_factory
 from real.sglang.hints import WorkflowHint, build_envelope
 
 KV_SIZE = 1024
@@ -33,18 +33,39 @@ def build_cache(eviction_policy: str = "kvflow", backend: str = "kvflow", page_s
     server_args = ServerArgs(model_path="dummy", page_size=page_size)
     set_global_server_args_for_scheduler(server_args)
     pool = ReqToTokenPool(size=64, max_context_len=512, device="cpu", enable_memory_saver=False)
-    kv = MHATokenToKVPool(size=KV_SIZE, page_size=page_size, dtype=torch.bfloat16, head_num=1,
-                          head_dim=8, layer_num=1, device="cpu", enable_memory_saver=False)
-    allocator = TokenToKVPoolAllocator(size=KV_SIZE, dtype=torch.bfloat16, device="cpu",
-                                       kvcache=kv, need_sort=False)
-    params = CacheInitParams(req_to_token_pool=pool, token_to_kv_pool_allocator=allocator,
-                             page_size=page_size, disable=False, eviction_policy=eviction_policy,
-                             tree_components=(ComponentType.FULL,))
+    kv = MHATokenToKVPool(
+        size=KV_SIZE,
+        page_size=page_size,
+        dtype=torch.bfloat16,
+        head_num=1,
+        head_dim=8,
+        layer_num=1,
+        device="cpu",
+        enable_memory_saver=False,
+    )
+    allocator = TokenToKVPoolAllocator(size=KV_SIZE, dtype=torch.bfloat16, device="cpu", kvcache=kv, need_sort=False)
+    params = CacheInitParams(
+        req_to_token_pool=pool,
+        token_to_kv_pool_allocator=allocator,
+        page_size=page_size,
+        disable=False,
+        eviction_policy=eviction_policy,
+        tree_components=(ComponentType.FULL,),
+    )
     if backend == "kvflow":
-        ctx = TreeCacheBuildContext(server_args=server_args, params=params, is_hybrid_swa=False,
-                                    is_hybrid_ssm=False, enable_hierarchical_cache=False,
-                                    disable_radix_cache=False, tp_worker=None, model_config=None,
-                                    tp_size=1, tp_rank=0, tp_group=None)
+        ctx = TreeCacheBuildContext(
+            server_args=server_args,
+            params=params,
+            is_hybrid_swa=False,
+            is_hybrid_ssm=False,
+            enable_hierarchical_cache=False,
+            disable_radix_cache=False,
+            tp_worker=None,
+            model_config=None,
+            tp_size=1,
+            tp_rank=0,
+            tp_group=None,
+        )
         cache = kvflow_cache_factory(ctx)
     else:
         params.tree_core_backend = "python"
@@ -72,9 +93,13 @@ class Driver:
 
     def request(self, tokens: list[int], hint: WorkflowHint | None = None) -> Any:
         self._n += 1
-        req = Req(rid=f"r{self._n}", origin_input_text="", origin_input_ids=array("q", tokens),
-                  sampling_params=SamplingParams(temperature=0, max_new_tokens=1),
-                  kv_hints=build_envelope(hint) if hint else None)
+        req = Req(
+            rid=f"r{self._n}",
+            origin_input_text="",
+            origin_input_ids=array("q", tokens),
+            sampling_params=SamplingParams(temperature=0, max_new_tokens=1),
+            kv_hints=build_envelope(hint) if hint else None,
+        )
         self.pool.alloc([req])
         req.output_ids = array("q")
         req.kv.kv_committed_len = len(tokens)

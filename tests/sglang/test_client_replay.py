@@ -133,8 +133,7 @@ def test_replay_writes_run_directory(server, tmp_path):
 
 
 def test_replay_concurrent_workflows(server, tmp_path):
-    trace = generate("concurrent", agents=3, workflows=4, fixed_tokens=16, dynamic_tokens=4,
-                     output_tokens=2)
+    trace = generate("concurrent", agents=3, workflows=4, fixed_tokens=16, dynamic_tokens=4, output_tokens=2)
     summary = replay(trace, tmp_path, ReplayConfig(server, concurrency=8, vocab_size=1000))
     assert summary["workflows"] == 4 and summary["requests"] == len(trace.invocations)
     bodies = [b for p, _, b in FakeSGLang.seen if p == "/generate"]

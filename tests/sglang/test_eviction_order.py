@@ -14,10 +14,12 @@ from kvflow.policies import make_policy
 from kvflow.step_graph import StepGraph
 from real.sglang.hints import WorkflowHint
 
-GRAPH = StepGraph.from_dict({
-    "agents": {"planner": {}, "coder": {"aggregation": "OR"}, "reviewer": {}, "tester": {}},
-    "edges": [["planner", "coder"], ["coder", "reviewer"], ["reviewer", "coder"], ["reviewer", "tester"]],
-})
+GRAPH = StepGraph.from_dict(
+    {
+        "agents": {"planner": {}, "coder": {"aggregation": "OR"}, "reviewer": {}, "tester": {}},
+        "edges": [["planner", "coder"], ["coder", "reviewer"], ["reviewer", "coder"], ["reviewer", "tester"]],
+    }
+)
 SYSTEM = list(range(1000, 1016))  # shared by every agent of every client
 ROLES = {a: list(range(2000 + 100 * i, 2008 + 100 * i)) for i, a in enumerate(GRAPH.agents)}
 
@@ -26,8 +28,9 @@ class CoreModel:
     """The prediction: the same requests and hints through the policy core's own cache."""
 
     def __init__(self, policy: str) -> None:
-        self.cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=1 << 20, write_policy="none",
-                                                evict_partial=False), make_policy(policy))
+        self.cache = KVCacheManager(
+            CacheConfig(gpu_capacity_tokens=1 << 20, write_policy="none", evict_partial=False), make_policy(policy)
+        )
 
     def request(self, tokens: list[int], hint: WorkflowHint | None) -> None:
         if hint is not None:
@@ -157,4 +160,3 @@ def test_sglang_split_refreshes_suffix_recency():
         model.request(system + a + [60], None)
     assert core_model.evict(1) == [(40,)]
     assert sglang_model.evict(1) == [(30, 31, 50)]
-

@@ -47,8 +47,10 @@ def _assert_registered():
 def test_installed_entry_point_loads_through_load_plugins(monkeypatch):
     installed = [ep for ep in md.entry_points(group="sglang.srt.plugins") if ep.value == EP.value]
     if not installed:
-        pytest.skip("entry point not registered: add [project.entry-points.\"sglang.srt.plugins\"] "
-                    "kvflow = \"real.sglang.plugin:load\" to pyproject.toml and reinstall")
+        pytest.skip(
+            'entry point not registered: add [project.entry-points."sglang.srt.plugins"] '
+            'kvflow = "real.sglang.plugin:load" to pyproject.toml and reinstall'
+        )
     _fresh(monkeypatch)
     sgl_plugins.load_plugins()
     _assert_registered()
@@ -69,9 +71,19 @@ def test_cli_flags_parse():
     plugin.load()
     parser = argparse.ArgumentParser()
     ServerArgs.add_cli_args(parser)
-    args = parser.parse_args(["--model-path", "dummy", "--radix-cache-backend", "kvflow",
-                              "--radix-eviction-policy", "kvflow", "--enable-hierarchical-cache",
-                              "--radix-eviction-policy-config", "{}"])
+    args = parser.parse_args(
+        [
+            "--model-path",
+            "dummy",
+            "--radix-cache-backend",
+            "kvflow",
+            "--radix-eviction-policy",
+            "kvflow",
+            "--enable-hierarchical-cache",
+            "--radix-eviction-policy-config",
+            "{}",
+        ]
+    )
     assert args.radix_cache_backend == "kvflow" and args.radix_eviction_policy == "kvflow"
     assert args.enable_hierarchical_cache
     with pytest.raises(SystemExit):
@@ -116,8 +128,9 @@ def test_prefetch_fits_spares_what_is_needed_sooner():
     driver.request(list(range(1, 9)) + [90], WorkflowHint("c1", "A", 8, {"A": 1, "B": 3}))
     driver.request(list(range(20, 28)) + [91], WorkflowHint("c1", "B", 8, {"A": 1, "B": 3}))
     node_a = cache.tree_core.node_by_id(cache._walk(cache.boundaries[("c1", "A")]).id)
-    free = cache._component_available_size(__import__(
-        "sglang.srt.mem_cache.unified_cache.components.base", fromlist=["ComponentType"]).ComponentType.FULL)
+    free = cache._component_available_size(
+        __import__("sglang.srt.mem_cache.unified_cache.components.base", fromlist=["ComponentType"]).ComponentType.FULL
+    )
     # suffixes (2 tokens) and B's prompt (8, farther away) may go; A's own prompt may not
     assert cache.prefetch_fits(node_a.id, free + 10)
     assert not cache.prefetch_fits(node_a.id, free + 11)

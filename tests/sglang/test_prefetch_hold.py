@@ -84,8 +84,11 @@ def test_request_on_loading_prefix_waits_for_the_ack():
     assert step(scheduler) == []  # empty queue; the hook then starts the prefetch
     assert cache.loads_started == [0] and 7 in cache.ongoing_load_back
 
-    scheduler.waiting_queue = [req("coder", FIXED + [1, 2, 3]), req("other", [5, 6, 7]),
-                               req("same-gpu-part", FIXED[:16] + [9])]
+    scheduler.waiting_queue = [
+        req("coder", FIXED + [1, 2, 3]),
+        req("other", [5, 6, 7]),
+        req("same-gpu-part", FIXED[:16] + [9]),
+    ]
     assert step(scheduler) == ["other", "same-gpu-part"]  # the coder request is held
     assert [r.rid for r in scheduler.waiting_queue] == ["coder"]
     assert step(scheduler) == []  # still loading: still held, nothing else to run
@@ -100,8 +103,7 @@ def test_prefetch_respects_load_slots_and_limit():
     cache = FakeCache(slots=1)
     key = RadixKey(array("q", FIXED))
     assert cache.gate.try_prefetch(("c1", "a"), key)
-    cache.match_prefix = lambda params: SimpleNamespace(best_match_node=8, host_hit_length=4,
-                                                        device_prefix_len=0)
+    cache.match_prefix = lambda params: SimpleNamespace(best_match_node=8, host_hit_length=4, device_prefix_len=0)
     assert not cache.gate.try_prefetch(("c1", "b"), key)  # the only load slot is busy
     cache.finish_load(7)
     cache.gate.reap()
@@ -112,11 +114,9 @@ def test_prefetch_respects_load_slots_and_limit():
 def test_nothing_to_load_or_already_loading_is_skipped():
     cache = FakeCache()
     key = RadixKey(array("q", FIXED))
-    cache.match_prefix = lambda params: SimpleNamespace(best_match_node=7, host_hit_length=0,
-                                                        device_prefix_len=32)
+    cache.match_prefix = lambda params: SimpleNamespace(best_match_node=7, host_hit_length=0, device_prefix_len=32)
     assert not cache.gate.try_prefetch(("c1", "a"), key)  # already on the GPU
-    cache.match_prefix = lambda params: SimpleNamespace(best_match_node=7, host_hit_length=16,
-                                                        device_prefix_len=16)
+    cache.match_prefix = lambda params: SimpleNamespace(best_match_node=7, host_hit_length=16, device_prefix_len=16)
     cache.ongoing_load_back[7] = "a reactive load of another batch"
     assert not cache.gate.try_prefetch(("c1", "a"), key)
     assert cache.loads_started == []

@@ -1,9 +1,10 @@
 """Importers turn real logs into traces: chatdev (ChatDev run logs), mooncake (block-hash JSONL),
 openai (chat sessions), weka (coding-agent sessions with sub-agents), otel (OpenTelemetry GenAI
 spans). Each exposes `import_files(paths, seed=0, warn=print_to_stderr) -> Trace`."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from traces.schema import Trace
 
@@ -11,8 +12,13 @@ from traces.schema import Trace
 def _registry() -> dict[str, Callable[..., Trace]]:
     from traces.importers import chatdev, mooncake, openai, otel, weka
 
-    return {"chatdev": chatdev.import_files, "mooncake": mooncake.import_files,
-            "openai": openai.import_files, "weka": weka.import_files, "otel": otel.import_files}
+    return {
+        "chatdev": chatdev.import_files,
+        "mooncake": mooncake.import_files,
+        "openai": openai.import_files,
+        "weka": weka.import_files,
+        "otel": otel.import_files,
+    }
 
 
 IMPORTERS = ("chatdev", "mooncake", "openai", "weka", "otel")

@@ -5,15 +5,16 @@ response message ("<Role>: **A<->U on : Phase, turn N**"); agent id = "Phase:Rol
 the responder's system prompt + the phase prompt's fixed leading paragraphs (the fixed part),
 then the rest of the phase's conversation so far (dynamic), fitted to the logged prompt_tokens.
 """
+
 from __future__ import annotations
 
 import gzip
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
 
 from traces.graph import loops
 from traces.importers.text import fit_length, text_segments
@@ -77,7 +78,7 @@ def _split_bracket(body: str) -> tuple[str | None, str]:
         if end < 0 and rest.rstrip().endswith("]"):
             return rest.strip()[1:-1], ""
         if end >= 0:
-            return rest[1:end], rest[end + 3:]
+            return rest[1:end], rest[end + 3 :]
     return None, rest
 
 
@@ -143,7 +144,12 @@ class _LogParser:
             self.sys[self.s.assistant] = system
         paras = _paragraphs(content)
         n_fixed = 0
-        while self.s.template and n_fixed < len(paras) and _norm(paras[n_fixed]) and _norm(paras[n_fixed]) in self.s.template:
+        while (
+            self.s.template
+            and n_fixed < len(paras)
+            and _norm(paras[n_fixed])
+            and _norm(paras[n_fixed]) in self.s.template
+        ):
             n_fixed += 1
         self.s.fixed_start = paras[:n_fixed]
         self.s.messages = paras[n_fixed:]
@@ -162,8 +168,18 @@ class _LogParser:
         prompt, completion, send, recv = self.pending.pop(0)
         system = self.sys.get(role) or self.table_sys.get(role) or f"You are {role}."
         fixed = [line for line in system.splitlines(keepends=True)] + self.s.fixed_start
-        self.calls.append(Call(phase, role, fixed, list(self.s.messages), prompt, completion,
-                               send - (self.start_s or 0.0), recv - (self.start_s or 0.0)))
+        self.calls.append(
+            Call(
+                phase,
+                role,
+                fixed,
+                list(self.s.messages),
+                prompt,
+                completion,
+                send - (self.start_s or 0.0),
+                recv - (self.start_s or 0.0),
+            )
+        )
         if content is not None:
             self.s.messages.append(content)
 
@@ -187,12 +203,21 @@ def _invocations(client: str, calls: list[Call]) -> list[Invocation]:
         fixed = text_segments(c.fixed_text)
         segs, n_fixed = fit_length(fixed + text_segments(c.dynamic_text), len(fixed), c.prompt_tokens, "pad")
         prev = calls[i - 1] if i else None
-        out.append(Invocation(
-            id=f"{client}/{i}", client_id=client, workflow=WORKFLOW, agent_id=f"{c.phase}:{c.role}",
-            step=i, segments=segs, fixed_segments=n_fixed, output_tokens=c.completion_tokens,
-            deps=[out[-1].id] if out else [], arrival_s=max(c.send_s, 0.0) if prev is None else None,
-            delay_s=max(0.0, c.send_s - prev.recv_s) if prev else 0.0,
-        ))
+        out.append(
+            Invocation(
+                id=f"{client}/{i}",
+                client_id=client,
+                workflow=WORKFLOW,
+                agent_id=f"{c.phase}:{c.role}",
+                step=i,
+                segments=segs,
+                fixed_segments=n_fixed,
+                output_tokens=c.completion_tokens,
+                deps=[out[-1].id] if out else [],
+                arrival_s=max(c.send_s, 0.0) if prev is None else None,
+                delay_s=max(0.0, c.send_s - prev.recv_s) if prev else 0.0,
+            )
+        )
     return out
 
 
@@ -225,6 +250,10 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
         invocations += _invocations(_client_name(path), calls)
         imported.append(os.path.basename(path))
     agents, graph = _graph(invocations)
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed,
-            "provenance": {"importer": "chatdev", "sources": imported, "skipped": skipped}}
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "provenance": {"importer": "chatdev", "sources": imported, "skipped": skipped},
+    }
     return Trace(meta, {WORKFLOW: WorkflowDef(WORKFLOW, agents, graph)} if invocations else {}, invocations)

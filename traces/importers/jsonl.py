@@ -4,6 +4,7 @@ Plain or gzipped (told by the magic bytes, so a renamed .gz still reads); every 
 unreadable (missing, a directory, corrupt or truncated gzip, invalid UTF-8, invalid JSON) becomes
 one ``ValueError("FILE:LINE: problem")`` so command-line tools can print it as is.
 """
+
 from __future__ import annotations
 
 import json

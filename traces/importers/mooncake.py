@@ -6,12 +6,13 @@ identical ``block_tokens``-token blocks, so a block segment's tokens are keyed b
 block is partial when input_length is not a multiple of the block size. ``timestamp`` (ms) and
 ``output_length`` are optional (a cache-only replay needs neither). No agents, no graph.
 """
+
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from traces.importers.jsonl import json_lines
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Segment, Trace
@@ -20,8 +21,9 @@ BLOCK_TOKENS = 512
 _ID_TYPES = {int, str}  # exact types: a bool is not a hash id
 
 
-def check_request(obj: Any, where: str,
-                  block_tokens: int = BLOCK_TOKENS) -> tuple[float | None, int, int, list[int | str]]:
+def check_request(
+    obj: Any, where: str, block_tokens: int = BLOCK_TOKENS
+) -> tuple[float | None, int, int, list[int | str]]:
     """(timestamp ms or None, input_length, output_length, hash_ids) of one record, or
     ValueError("FILE:LINE: problem") naming the first bad field."""
     if not isinstance(obj, dict):
@@ -31,8 +33,9 @@ def check_request(obj: Any, where: str,
         raise ValueError(f"{where}: hash_ids must be a non-empty list of integers or strings")
     n_in = obj.get("input_length")
     if type(n_in) is not int or not block_tokens * (len(ids) - 1) < n_in <= block_tokens * len(ids):
-        raise ValueError(f"{where}: input_length {n_in!r} does not fit {len(ids)} hash ids "
-                         f"(blocks of {block_tokens} tokens)")
+        raise ValueError(
+            f"{where}: input_length {n_in!r} does not fit {len(ids)} hash ids (blocks of {block_tokens} tokens)"
+        )
     n_out = obj.get("output_length", 0)
     if type(n_out) is not int or n_out < 0:
         raise ValueError(f"{where}: output_length {n_out!r} must be a non-negative integer")
@@ -53,13 +56,22 @@ def read_requests(path: str | os.PathLike[str], block_tokens: int = BLOCK_TOKENS
         last = n_in - block_tokens * (len(ids) - 1)
         if last != block_tokens:
             segs[-1] = Segment("block", ids[-1], last)
-        yield Invocation(id=str(index), client_id="-", workflow="", agent_id="-", step=0, segments=segs,
-                         fixed_segments=0, output_tokens=n_out,
-                         arrival_s=None if ts_ms is None else ts_ms / 1000.0)
+        yield Invocation(
+            id=str(index),
+            client_id="-",
+            workflow="",
+            agent_id="-",
+            step=0,
+            segments=segs,
+            fixed_segments=0,
+            output_tokens=n_out,
+            arrival_s=None if ts_ms is None else ts_ms / 1000.0,
+        )
 
 
-def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None,
-                 block_tokens: int = BLOCK_TOKENS) -> Trace:
+def import_files(
+    paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None, block_tokens: int = BLOCK_TOKENS
+) -> Trace:
     """Import Mooncake traces (several files are concatenated, ids prefixed by the file index),
     in arrival order (stable: file order among equal or missing timestamps)."""
     if type(block_tokens) is not int or block_tokens < 1:
@@ -71,8 +83,13 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
             inv.id = f"{prefix}{len(invocations)}"
             invocations.append(inv)
     invocations.sort(key=lambda inv: inv.arrival_s or 0.0)
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed, "block_tokens": block_tokens,
-            "provenance": {"importer": "mooncake", "sources": [os.path.basename(p) for p in paths]}}
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "block_tokens": block_tokens,
+        "provenance": {"importer": "mooncake", "sources": [os.path.basename(p) for p in paths]},
+    }
     return Trace(meta, {}, invocations)
 
 

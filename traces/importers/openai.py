@@ -5,13 +5,15 @@ list of messages is accepted too). Every assistant turn is an invocation whose p
 messages before it (leading system messages = the fixed part) and whose output is the turn's text.
 Lines with the same session_id continue one client; each turn depends on the session's previous turn.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from traces.importers.text import estimate_tokens, text_segments
 from traces.importers.jsonl import json_lines
+from traces.importers.text import estimate_tokens, text_segments
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Trace, WorkflowDef
 
 WORKFLOW = "openai"
@@ -57,20 +59,33 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
                 if agent not in agents:
                     agents.append(agent)
                 fixed = text_segments(texts[: min(n_sys, i)])
-                segs = fixed + text_segments(texts[min(n_sys, i): i])
+                segs = fixed + text_segments(texts[min(n_sys, i) : i])
                 inv_id = f"{client}/{len(invocations)}"
                 arrival = max(0.0, float(ts) - (t0 or 0.0)) if first and isinstance(ts, (int, float)) else None
                 if first and client not in last_of and arrival is None:
                     arrival = 0.0
-                invocations.append(Invocation(
-                    id=inv_id, client_id=client, workflow=WORKFLOW, agent_id=agent,
-                    step=steps.get(client, 0), segments=segs,
-                    fixed_segments=len(fixed), output_tokens=estimate_tokens(str(msg.get("content") or "")),
-                    deps=[last_of[client]] if client in last_of else [], arrival_s=arrival))
+                invocations.append(
+                    Invocation(
+                        id=inv_id,
+                        client_id=client,
+                        workflow=WORKFLOW,
+                        agent_id=agent,
+                        step=steps.get(client, 0),
+                        segments=segs,
+                        fixed_segments=len(fixed),
+                        output_tokens=estimate_tokens(str(msg.get("content") or "")),
+                        deps=[last_of[client]] if client in last_of else [],
+                        arrival_s=arrival,
+                    )
+                )
                 last_of[client] = inv_id
                 steps[client] = steps.get(client, 0) + 1
                 first = False
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed,
-            "provenance": {"importer": "openai", "sources": [os.path.basename(p) for p in paths]}}
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "provenance": {"importer": "openai", "sources": [os.path.basename(p) for p in paths]},
+    }
     workflows = {WORKFLOW: WorkflowDef(WORKFLOW, agents, None)} if invocations else {}
     return Trace(meta, workflows, invocations)

@@ -11,14 +11,16 @@ started; otherwise on the calls that had ended when it started and that no other
 already depends on (the frontier). `delay` = start - latest dependency end, `service_s` = the
 span's duration, `model` = the response (else request) model.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import sys
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from traces.importers.text import estimate_tokens, fit_length, text_segments
 from traces.importers.weka import transition_graph
@@ -61,7 +63,7 @@ def _time_s(span: dict[str, Any], key: str, where: str) -> float:
             t = datetime.fromisoformat(v.replace("Z", "+00:00"))
         except ValueError:
             raise OtelError(f"{where}.{key}: not an ISO 8601 time: {v!r}") from None
-        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+        return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
     raise OtelError(f"{where}.{key}: expected an ISO 8601 string or nanoseconds, got {v!r}")
 
 
@@ -164,8 +166,9 @@ def _deps(span: _Span, done: list[_Span], closure: dict[str, set[str]]) -> list[
     return [d for d in ended if d.id not in covered]
 
 
-def _invocation(span: _Span, client: str, step: int, agent: str, deps: list[_Span], t0_s: float,
-                where: str) -> Invocation:
+def _invocation(
+    span: _Span, client: str, step: int, agent: str, deps: list[_Span], t0_s: float, where: str
+) -> Invocation:
     texts, n_system = _messages(span.attrs, where)
     fixed = text_segments(texts[:n_system])
     segs = fixed + text_segments(texts[n_system:])
@@ -181,11 +184,20 @@ def _invocation(span: _Span, client: str, step: int, agent: str, deps: list[_Spa
         n_out = estimate_tokens(out if isinstance(out, str) else json.dumps(out))
     model = span.attrs.get("gen_ai.response.model") or span.attrs.get("gen_ai.request.model") or ""
     return Invocation(
-        id=inv_id, client_id=client, workflow=WORKFLOW, agent_id=agent, step=step, segments=segs,
-        fixed_segments=n_fixed, output_tokens=n_out, deps=[f"{client}/{d.id}" for d in deps],
+        id=inv_id,
+        client_id=client,
+        workflow=WORKFLOW,
+        agent_id=agent,
+        step=step,
+        segments=segs,
+        fixed_segments=n_fixed,
+        output_tokens=n_out,
+        deps=[f"{client}/{d.id}" for d in deps],
         arrival_s=None if deps else span.start_s - t0_s,
         delay_s=max(0.0, span.start_s - max(d.end_s for d in deps)) if deps else 0.0,
-        model=str(model), service_s=span.end_s - span.start_s)
+        model=str(model),
+        service_s=span.end_s - span.start_s,
+    )
 
 
 def _file_invocations(path: str, client: str, raw_spans: list[Any]) -> list[Invocation]:
@@ -229,8 +241,12 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
     if invocations:
         agents, graph = transition_graph(invocations)
         workflows[WORKFLOW] = WorkflowDef(WORKFLOW, agents, graph)
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed,
-            "provenance": {"importer": "otel", "sources": sources, "skipped": skipped}}
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "provenance": {"importer": "otel", "sources": sources, "skipped": skipped},
+    }
     return Trace(meta, workflows, invocations)
 
 

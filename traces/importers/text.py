@@ -5,6 +5,7 @@ its exact text, with a length estimated from a GPT-style pre-tokenization. Ident
 maps to identical tokens (shared prefixes survive across calls and logs); importers then scale the
 last dynamic segments so each prompt's length equals the logged token count.
 """
+
 from __future__ import annotations
 
 import hashlib

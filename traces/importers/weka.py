@@ -13,6 +13,7 @@ appears at one position after one predecessor). The importer keeps the session's
 segment per id would, but with ~3 segments per call instead of ~1,900 (85M block segments for the
 642 files would not fit in memory). Files are read one at a time.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -21,8 +22,9 @@ import math
 import os
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from traces.graph import loops
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Segment, Trace, WorkflowDef
@@ -77,11 +79,13 @@ def _int(rec: dict[str, Any], key: str, where: str, minimum: int) -> int:
 def _hash_ids(rec: dict[str, Any], n_in: int, block: int, where: str) -> list[int]:
     ids = rec.get("hash_ids")
     if not isinstance(ids, list) or not set(map(type, ids)) <= {int}:  # C-speed check (bool is not int)
-        raise WekaError(f"{where}.hash_ids: expected a list of integers" if "hash_ids" in rec
-                        else f"{where}: missing 'hash_ids'")
+        raise WekaError(
+            f"{where}.hash_ids: expected a list of integers" if "hash_ids" in rec else f"{where}: missing 'hash_ids'"
+        )
     if len(ids) != n_in // block:
-        raise WekaError(f"{where}.hash_ids: {len(ids)} ids, but in={n_in} has {n_in // block} full "
-                        f"{block}-token blocks")
+        raise WekaError(
+            f"{where}.hash_ids: {len(ids)} ids, but in={n_in} has {n_in // block} full {block}-token blocks"
+        )
     return ids
 
 
@@ -105,9 +109,15 @@ def parse_call(rec: Any, block: int, where: str) -> Call:
     model = rec.get("model", "")
     if not isinstance(model, str):
         raise WekaError(f"{where}.model: expected a string, got {model!r}")
-    return Call(_num(rec, "t", where) or 0.0, model, n_in, _int(rec, "out", where, 0),
-                _hash_ids(rec, n_in, block, where), _num(rec, "api_time", where, False),
-                _num(rec, "think_time", where, False))
+    return Call(
+        _num(rec, "t", where) or 0.0,
+        model,
+        n_in,
+        _int(rec, "out", where, 0),
+        _hash_ids(rec, n_in, block, where),
+        _num(rec, "api_time", where, False),
+        _num(rec, "think_time", where, False),
+    )
 
 
 # ---------------------------------------------------------------- prompts: the block trie as chains
@@ -132,8 +142,10 @@ class _Chains:
                 continue
             chain, offset = loc
             if offset != 0 or self.parent[chain] != (out[-1] if out else None):
-                raise WekaError(f"{where}.hash_ids[{j}]: id {ids[j]} appears after a different prefix "
-                                "elsewhere in the file (ids must identify a block and its prefix)")
+                raise WekaError(
+                    f"{where}.hash_ids[{j}]: id {ids[j]} appears after a different prefix "
+                    "elsewhere in the file (ids must identify a block and its prefix)"
+                )
             m = _common_run(ids, j, self.blocks[chain])
             out.append((chain, m))
             j += m
@@ -144,8 +156,10 @@ class _Chains:
         while j < len(ids) and ids[j] not in self.where:
             j += 1
         if j < len(ids):
-            raise WekaError(f"{where}.hash_ids[{j}]: id {ids[j]} follows new blocks here but was seen "
-                            "before (ids must identify a block and its prefix)")
+            raise WekaError(
+                f"{where}.hash_ids[{j}]: id {ids[j]} follows new blocks here but was seen "
+                "before (ids must identify a block and its prefix)"
+            )
         if out and out[-1][1] == len(self.blocks[out[-1][0]]):
             chain = out.pop()[0]  # the path ends at the chain's tip: the new blocks extend it
         else:
@@ -191,12 +205,12 @@ class _Blocks(_Chains):
 def _common_run(ids: list[int], j: int, blocks: list[int]) -> int:
     """Length of the common run of ids[j:] and blocks[0:] (slice compares run in C)."""
     n = min(len(ids) - j, len(blocks))
-    if ids[j:j + n] == blocks[:n]:
+    if ids[j : j + n] == blocks[:n]:
         return n
     lo, hi = 0, n  # ids[j:j+lo] == blocks[:lo]; they differ within the first hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if ids[j + lo:j + mid] == blocks[lo:mid]:
+        if ids[j + lo : j + mid] == blocks[lo:mid]:
             lo = mid
         else:
             hi = mid
@@ -239,12 +253,14 @@ class _Session:
             start_s = origin_s + call.t_s
             joined = [done for end_s, done in waiting if end_s <= start_s + 1e-6]
             waiting = [(e, d) for e, d in waiting if e > start_s + 1e-6]
-            prev = self.emit(call, agent, start_s, prev, spawner if prev is None else None, joined,
-                             f"{self.path}: {rec_path}")
+            prev = self.emit(
+                call, agent, start_s, prev, spawner if prev is None else None, joined, f"{self.path}: {rec_path}"
+            )
         return prev
 
-    def subagent(self, rec: dict[str, Any], rec_path: str, origin_s: float,
-                 spawner: _Done | None) -> tuple[float, _Done] | None:
+    def subagent(
+        self, rec: dict[str, Any], rec_path: str, origin_s: float, spawner: _Done | None
+    ) -> tuple[float, _Done] | None:
         """A sub-agent: `t` is when it ended (seconds), `duration_ms` how long it ran."""
         where = f"{self.path}: {rec_path}"
         end_s = origin_s + (_num(rec, "t", where) or 0.0)
@@ -256,8 +272,16 @@ class _Session:
         last = self.thread(rec.get("requests"), kind, f"{rec_path}.requests", start_s, spawner)
         return (end_s, last) if last else None
 
-    def emit(self, call: Call, agent: str, start_s: float, prev: _Done | None, spawner: _Done | None,
-             joined: list[_Done], where: str) -> _Done:
+    def emit(
+        self,
+        call: Call,
+        agent: str,
+        start_s: float,
+        prev: _Done | None,
+        spawner: _Done | None,
+        joined: list[_Done],
+        where: str,
+    ) -> _Done:
         deps = ([prev] if prev else [spawner] if spawner else []) + joined
         if not deps:
             arrival, delay = start_s, 0.0
@@ -267,10 +291,20 @@ class _Session:
             arrival, delay = None, max(0.0, start_s - max(d.finish_s for d in deps))
         step = len(self.invocations)
         inv = Invocation(
-            id=f"{self.client}/{step}", client_id=self.client, workflow=WORKFLOW, agent_id=agent,
-            step=step, segments=self.chains.segments(call.hash_ids, call.in_tokens, self.block, where),
-            fixed_segments=0, output_tokens=call.out_tokens, deps=[d.inv_id for d in deps],
-            arrival_s=arrival, delay_s=delay, model=call.model, service_s=call.api_s)
+            id=f"{self.client}/{step}",
+            client_id=self.client,
+            workflow=WORKFLOW,
+            agent_id=agent,
+            step=step,
+            segments=self.chains.segments(call.hash_ids, call.in_tokens, self.block, where),
+            fixed_segments=0,
+            output_tokens=call.out_tokens,
+            deps=[d.inv_id for d in deps],
+            arrival_s=arrival,
+            delay_s=delay,
+            model=call.model,
+            service_s=call.api_s,
+        )
         self.invocations.append(inv)
         return _Done(inv.id, start_s + (call.api_s or 0.0))
 
@@ -298,8 +332,9 @@ def _block_size(obj: dict[str, Any], path: str) -> int:
     return block
 
 
-def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None,
-                 blocks: bool = False) -> Trace:
+def import_files(
+    paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None, blocks: bool = False
+) -> Trace:
     """Import session files, one at a time; WekaError (one line) on the first malformed record.
     `blocks`: one block segment per hash id instead of chains (~1,900 segments per call: for a few
     sessions, e.g. a block-level `kvflow-replay`)."""
@@ -325,9 +360,13 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
         invocations += session.invocations
         sources.append(os.path.basename(path))
     agents, graph = _graph_or_none(invocations)
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed,
-            "block_tokens": block or BLOCK_TOKENS,
-            "provenance": {"importer": "weka", "sources": sources, "skipped": skipped}}
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "block_tokens": block or BLOCK_TOKENS,
+        "provenance": {"importer": "weka", "sources": sources, "skipped": skipped},
+    }
     return Trace(meta, {WORKFLOW: WorkflowDef(WORKFLOW, agents, graph)} if invocations else {}, invocations)
 
 
