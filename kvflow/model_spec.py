@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any
@@ -20,7 +21,10 @@ import yaml
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Shape of a Llama/Qwen-style decoder: what the KV pool size and the FLOP estimate need."""
+    """Shape of a Llama/Qwen-style decoder: what the KV pool size and the FLOP estimate need.
+
+    The derived sizes are computed once per spec (``cached_property``): the cost model reads them
+    on every simulated iteration."""
 
     name: str
     layers: int
@@ -39,17 +43,17 @@ class ModelSpec:
             if f.name != "name" and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"model '{self.name}': {f.name} must be a positive integer, got {value!r}")
 
-    @property
+    @cached_property
     def kv_bytes_per_token(self) -> int:
         """K and V for every layer: 2 x layers x kv_heads x head_dim x dtype bytes."""
         return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
 
-    @property
+    @cached_property
     def weight_bytes(self) -> int:
         """All parameters (incl. embedding) at ``dtype_bytes``: what a decode step streams from HBM."""
         return self.params * self.dtype_bytes
 
-    @property
+    @cached_property
     def matmul_params(self) -> int:
         """N_mm: q/k/v/o + gated MLP per layer, plus lm_head; the embedding lookup is not a matmul."""
         q_width = self.heads * self.head_dim
@@ -57,12 +61,12 @@ class ModelSpec:
         per_layer = 2 * self.hidden * q_width + 2 * self.hidden * kv_width + 3 * self.hidden * self.intermediate
         return self.layers * per_layer + self.vocab * self.hidden
 
-    @property
+    @cached_property
     def matmul_flops_per_token(self) -> int:
         """2 N_mm: one multiply-add per matmul weight per token."""
         return 2 * self.matmul_params
 
-    @property
+    @cached_property
     def attn_flops_per_ctx_token(self) -> int:
         """a = 4 L H Q: QK^T and AV FLOPs for one query token attending to one context token."""
         return 4 * self.layers * self.heads * self.head_dim

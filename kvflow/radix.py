@@ -371,8 +371,9 @@ class RadixTree:
         cpu_nodes: list[RadixNode] = []
         cpu_tokens = 0
         limit = self.page_floor(len(tokens) if max_tokens is None else min(max_tokens, len(tokens)))
-        while pos < limit:
-            child = node.children.get(self.child_key(tokens, pos))
+        page = self.page_size
+        while pos < limit:  # child_key inlined: one call less per level on the admission path
+            child = node.children.get(tokens[pos] if page == 1 else tuple(tokens[pos : pos + page]))
             if child is None:
                 break
             common = self.page_floor(common_prefix_len(child.tokens, tokens, pos, limit))
@@ -513,8 +514,10 @@ class RadixTree:
         if not (gpu or cpu):
             return
         key = self.policy.key(node)
-        if gpu and node.gpu_filed != key:
-            self.gpu_heap.push(node, key)
+        if gpu and node.gpu_filed != key:  # GpuHeap.push inlined (the hottest re-filing path)
+            node.gpu_version += 1
+            node.gpu_filed = key
+            heapq.heappush(self.gpu_heap.entries, (key, node.node_id, node.gpu_version, node))
         if cpu and node.cpu_filed != key:
             cpu_heap.push(node, key)  # type: ignore[union-attr]
 

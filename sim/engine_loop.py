@@ -40,6 +40,7 @@ class EngineLoop:
     ) -> None:
         self.env = env
         self.engine = engine
+        self._pending_ops = engine.cache.pending_ops  # read-only view of the queued ops
         self.cost = cost
         self.pcie = pcie
         self.on_finished = on_finished
@@ -65,7 +66,7 @@ class EngineLoop:
 
     def start_ops(self) -> None:
         """Launch every op the engine queued; called after anything that may queue ops."""
-        if not self.engine.has_ops:
+        if not self._pending_ops:  # the cache's queue itself: no call when, as usual, it is empty
             return
         for op in self.engine.take_ops():
             if isinstance(op, Free):
@@ -101,7 +102,7 @@ class EngineLoop:
                 self._wake = self.env.event()
             start_s = self.env.now
             self.iterations += 1
-            if getattr(it, "blocking_loads", None):
+            if it.blocking_loads:
                 finished = yield from self._run_with_loads(it)
             elif it.decode and not it.prefill and it.decode_steps > 1:
                 finished = yield from self._run_decode(it)
