@@ -27,6 +27,7 @@ from harness.profile import OPTIONAL_MEASURED_KEYS, check_hardware, hardware_val
 from kvflow.model_spec import ModelSpec
 
 MIB = 1 << 20
+COST_MODELS = ("builtin", "aiconfigurator")
 DIRECTIONS = ("h2d", "d2h")
 
 
@@ -94,6 +95,19 @@ class CostModel:
             scheduler_overhead_s=float(hardware_value(hw, "scheduler_overhead_s")),
             mixed_step=str(hardware_value(hw, "mixed_step")),
         )
+
+    @classmethod
+    def for_run(cls, cfg: Mapping[str, Any], model: ModelSpec) -> CostModel:
+        """The run's ``cost_model``: ``builtin`` (this formula) or ``aiconfigurator`` (kernel times
+        from its measured database, extra ``.[aic]``; copies and scheduler overhead still the profile's)."""
+        kind = cfg.get("cost_model") or "builtin"
+        if kind == "aiconfigurator":
+            from harness.aic_cost import AicCostModel
+
+            return AicCostModel.from_config(cfg["hardware"], model)
+        if kind != "builtin":
+            raise SetupError(f"cost_model={kind!r}; valid: {', '.join(COST_MODELS)}")
+        return cls.from_config(cfg["hardware"], model)
 
     # -- compute -----------------------------------------------------------------------------
     def _roofline_s(self, flops: float, nbytes: float) -> float:

@@ -44,6 +44,7 @@ OPTIONAL_KEYS: dict[str, Any] = {
     "scheduler_overhead_s": 0.0,  # per iteration / decode step, CPU side, on top of kernel time
     "mixed_step": "max",  # max: one roofline over the whole step; sum: kernel phases one after another
     "measured_model": None,  # model a `measured` block was fitted for (checked when set)
+    "aic_system": None,  # aiconfigurator's system name (cost_model=aiconfigurator), e.g. h100_sxm
 }
 MIXED_STEPS = ("max", "sum")
 OPTIONAL_MEASURED_KEYS = {"prefill": {"d_s_per_token_pair": 0.0}}  # n(n+1)/2 own causal attention
