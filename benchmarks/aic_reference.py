@@ -1,7 +1,7 @@
 """Regenerate ``tests/golden/aic_step_times.json``: step times from NVIDIA aiconfigurator's measured
 operator database (``pip install -e '.[aic]'``, aiconfigurator-core 0.12.0) over a grid of prefill,
-decode and mixed iterations, for Llama-3.1-8B and Qwen2.5-32B (bf16, TP=1, SGLang data) on H100 and
-H200. The file records the package versions; ``tests/test_cost_model_reference.py`` compares our
+decode and mixed iterations, for Llama-3.1-8B and Qwen2.5-32B (bf16, TP=1, SGLang data) on H100,
+H200 and A100 SXM. The file records the package versions; ``tests/test_cost_model_reference.py`` compares our
 cost model with it without needing aiconfigurator installed.
 
 Usage: python benchmarks/aic_reference.py [--out tests/golden/aic_step_times.json] [--check]
@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "golden" / "aic_step_times.json"
-SYSTEMS = {"h100": "h100_sxm", "h200": "h200_sxm"}
-BACKEND_VERSION = "0.5.14"  # the newest SGLang data the package ships
+SYSTEMS = {"h100": "h100_sxm", "h200": "h200_sxm", "a100": "a100_sxm"}
+# SGLang data version per system: the package's "current" slot (systems/query_versions.yaml)
+BACKEND_VERSIONS = {"h100_sxm": "0.5.14", "h200_sxm": "0.5.14", "a100_sxm": "0.5.10"}
 # Qwen2.5-32B's config.json (REFERENCE_NUMBERS.md section 5 [C1, C4]); the package has no Qwen2.5.
 QWEN25_32B = {
     "architectures": ["Qwen2ForCausalLM"],
@@ -75,7 +76,8 @@ def scheduled(point: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _perf_model(model_name: str, system: str, tmp: Path) -> Any:
+def perf_model(model_name: str, system: str, tmp: Path) -> Any:
+    """aiconfigurator's forward-pass model for one of ``MODELS`` on ``system`` (SGLang, bf16, TP=1)."""
     from aiconfigurator_core.sdk import RustForwardPassPerfModel
 
     if MODELS[model_name] is None:
@@ -91,7 +93,7 @@ def _perf_model(model_name: str, system: str, tmp: Path) -> Any:
             "model_name": name,
             "system_name": system,
             "backend": "sglang",
-            "backend_version": BACKEND_VERSION,
+            "backend_version": BACKEND_VERSIONS[system],
             "tp_size": 1,
             "pp_size": 1,
             "extra": {},
@@ -104,13 +106,13 @@ def compute() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in MODELS:
             for hardware, system in SYSTEMS.items():
-                perf = _perf_model(model_name, system, Path(tmp))
+                perf = perf_model(model_name, system, Path(tmp))
                 for point in grid():
                     ms = perf.estimate_forward_pass_time_ms({"version": 1, "scheduled_requests": scheduled(point)})
                     rows.append({"model": model_name, "hardware": hardware, **point, "aic_ms": round(float(ms), 6)})
     return {
         "source": "aiconfigurator-core measured operator database (bf16, TP=1, SGLang data)",
-        "versions": {"aiconfigurator-core": version("aiconfigurator-core"), "sglang_data": BACKEND_VERSION},
+        "versions": {"aiconfigurator-core": version("aiconfigurator-core"), "sglang_data": BACKEND_VERSIONS},
         "systems": SYSTEMS,
         "command": "python benchmarks/aic_reference.py",
         "points": rows,

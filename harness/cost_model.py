@@ -7,6 +7,11 @@ Two sources of coefficients (docs/cost_model.md):
   REFERENCE_NUMBERS.md section 6;
 - measured (``hardware.measured``, written by real/ calibration): explicit linear coefficients;
   each block present (prefill, decode, h2d, d2h) overrides the spec-derived formula for that part.
+
+``scheduler_overhead_s`` (CPU-side time per iteration and per decode step, outside the kernels) is
+added on top of either; ``mixed_step: sum`` times the roofline per kernel phase (GEMMs over every
+token, then prefill attention, then decode attention) instead of one max over the whole step.
+Both default to the model before they existed.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from harness.errors import SetupError
-from harness.profile import check_hardware
+from harness.profile import OPTIONAL_MEASURED_KEYS, check_hardware, hardware_value
 from kvflow.model_spec import ModelSpec
 
 MIB = 1 << 20
+COST_MODELS = ("builtin", "aiconfigurator")
 DIRECTIONS = ("h2d", "d2h")
 
 
@@ -49,13 +55,21 @@ class CostModel:
     links: dict[str, LinkSpec]
     kv_capacity_tokens: int | None = None
     measured: dict[str, dict[str, float]] = field(default_factory=dict)
+    scheduler_overhead_s: float = 0.0
+    mixed_step: str = "max"
 
     @classmethod
     def from_config(cls, hardware: Mapping[str, Any], model: ModelSpec) -> CostModel:
         """Build from a ``conf/hardware/*.yaml`` mapping (every key required, see
         ``harness.profile``); ``measured`` blocks override the spec."""
         hw = dict(check_hardware(hardware))
-        measured = {k: dict(v) for k, v in dict(hw["measured"] or {}).items() if v}
+        measured = {k: {**OPTIONAL_MEASURED_KEYS.get(k, {}), **v} for k, v in dict(hw["measured"] or {}).items() if v}
+        fitted_for = hardware_value(hw, "measured_model")
+        if measured and fitted_for is not None and fitted_for != model.name:
+            raise SetupError(
+                f"hardware {hw['name']!r}: measured for model {fitted_for!r}, not {model.name!r} "
+                f"(use its spec profile or fit one for {model.name!r})"
+            )
         eff = float(hw["pcie_efficiency"])
         links = {}
         for d in DIRECTIONS:
@@ -78,7 +92,22 @@ class CostModel:
             links=links,
             kv_capacity_tokens=int(cap) if cap is not None else None,
             measured=measured,
+            scheduler_overhead_s=float(hardware_value(hw, "scheduler_overhead_s")),
+            mixed_step=str(hardware_value(hw, "mixed_step")),
         )
+
+    @classmethod
+    def for_run(cls, cfg: Mapping[str, Any], model: ModelSpec) -> CostModel:
+        """The run's ``cost_model``: ``builtin`` (this formula) or ``aiconfigurator`` (kernel times
+        from its measured database, extra ``.[aic]``; copies and scheduler overhead still the profile's)."""
+        kind = cfg.get("cost_model") or "builtin"
+        if kind == "aiconfigurator":
+            from harness.aic_cost import AicCostModel
+
+            return AicCostModel.from_config(cfg["hardware"], model)
+        if kind != "builtin":
+            raise SetupError(f"cost_model={kind!r}; valid: {', '.join(COST_MODELS)}")
+        return cls.from_config(cfg["hardware"], model)
 
     # -- compute -----------------------------------------------------------------------------
     def _roofline_s(self, flops: float, nbytes: float) -> float:
@@ -110,11 +139,23 @@ class CostModel:
         """A mixed iteration: prefill chunks and decode tokens share one weight pass."""
         if not chunks and not len(contexts):
             return 0.0
+        return self.kernel_time_s(chunks, contexts) + self.scheduler_overhead_s
+
+    def kernel_time_s(self, chunks: Sequence[tuple[int, int]], contexts: Sequence[int]) -> float:
+        """GPU time of one iteration (``iteration_overhead_s`` included), without the scheduler."""
+        if not chunks and not len(contexts):
+            return 0.0
         if self.measured.get("prefill") or self.measured.get("decode"):
             return self._measured_iteration_s(chunks, contexts)
         m = self.model
         flops, kv_bytes = self._prefill_work(chunks)
         ctx_sum = float(sum(contexts))
+        if self.mixed_step == "sum":
+            tokens = sum(n for n, _ in chunks) + len(contexts)
+            linear = self._roofline_s(tokens * m.matmul_flops_per_token, m.weight_bytes)
+            prefill_attn = self._roofline_s(flops - m.matmul_flops_per_token * (tokens - len(contexts)), kv_bytes)
+            decode_attn = self._roofline_s(m.attn_flops_per_ctx_token * ctx_sum, ctx_sum * m.kv_bytes_per_token)
+            return linear + prefill_attn + decode_attn + self.iteration_overhead_s
         flops += len(contexts) * m.matmul_flops_per_token + m.attn_flops_per_ctx_token * ctx_sum
         kv_bytes += ctx_sum * m.kv_bytes_per_token
         return self._roofline_s(flops, m.weight_bytes + kv_bytes) + self.iteration_overhead_s
@@ -127,11 +168,12 @@ class CostModel:
             if p:
                 new = sum(n for n, _ in chunks)
                 t += p["a_s"] + p["b_s_per_token"] * new + p["c_s_per_token_ctx"] * sum(n * c for n, c in chunks)
+                t += p["d_s_per_token_pair"] * sum(n * (n + 1) / 2 for n, _ in chunks)
             else:
                 f, b = self._prefill_work(chunks)
                 t += self._roofline_s(f, self.model.weight_bytes + b) + self.iteration_overhead_s
         if len(contexts):
-            t += self.decode_run_times_s(contexts, 1)[0] - (self._decode_fixed_s() if chunks else 0.0)
+            t += self._decode_kernel_s(contexts, 1)[0] - (self._decode_fixed_s() if chunks else 0.0)
         return t
 
     def _decode_fixed_s(self) -> float:
@@ -141,24 +183,24 @@ class CostModel:
     def decode_run_times_s(self, contexts: Sequence[int], steps: int) -> np.ndarray:
         """Cumulative end times of ``steps`` back-to-back decode steps; step k (0-based) runs at
         contexts + k. Closed form per step, so the simulator can jump over many steps at once."""
+        return np.cumsum(self._decode_kernel_s(contexts, steps) + self.scheduler_overhead_s)
+
+    def _decode_kernel_s(self, contexts: Sequence[int], steps: int) -> np.ndarray:
+        """Kernel time of each of ``steps`` decode steps (not cumulative)."""
         batch = len(contexts)
         k = np.arange(steps, dtype=np.float64)
         ctx_sum = float(sum(contexts)) + batch * k
         d = self.measured.get("decode")
         if d:
-            per_step = d["a_s"] + d["b_s_per_seq"] * batch + d["c_s_per_ctx_token"] * ctx_sum
-        else:
-            m = self.model
-            flops = batch * m.matmul_flops_per_token + m.attn_flops_per_ctx_token * ctx_sum
-            nbytes = m.weight_bytes + m.kv_bytes_per_token * ctx_sum
-            per_step = (
-                np.maximum(
-                    flops / (self.peak_flops * self.compute_efficiency),
-                    nbytes / (self.hbm_bytes_per_s * self.memory_efficiency),
-                )
-                + self.iteration_overhead_s
-            )
-        return np.cumsum(per_step)
+            return d["a_s"] + d["b_s_per_seq"] * batch + d["c_s_per_ctx_token"] * ctx_sum
+        m = self.model
+        peak, bw = self.peak_flops * self.compute_efficiency, self.hbm_bytes_per_s * self.memory_efficiency
+        attn_flops, kv_bytes = m.attn_flops_per_ctx_token * ctx_sum, m.kv_bytes_per_token * ctx_sum
+        if self.mixed_step == "sum":
+            linear = max(batch * m.matmul_flops_per_token / peak, m.weight_bytes / bw)
+            return linear + np.maximum(attn_flops / peak, kv_bytes / bw) + self.iteration_overhead_s
+        flops = batch * m.matmul_flops_per_token + attn_flops
+        return np.maximum(flops / peak, (m.weight_bytes + kv_bytes) / bw) + self.iteration_overhead_s
 
     def overlapped_load_time_s(self, compute_s: float, load_s: float) -> float:
         """Iteration with a reactive layer-by-layer load-back (HiCache): layer i's copy overlaps

@@ -38,6 +38,16 @@ HARDWARE_KEYS = (
     "measured",
 )
 NULLABLE_KEYS = ("kv_capacity_tokens", "measured")
+# Keys added after the first profiles: absent means the value that reproduces the model before them
+# (docs/cost_model.md "Kernel phases and scheduler overhead"), so existing profiles keep their results.
+OPTIONAL_KEYS: dict[str, Any] = {
+    "scheduler_overhead_s": 0.0,  # per iteration / decode step, CPU side, on top of kernel time
+    "mixed_step": "max",  # max: one roofline over the whole step; sum: kernel phases one after another
+    "measured_model": None,  # model a `measured` block was fitted for (checked when set)
+    "aic_system": None,  # aiconfigurator's system name (cost_model=aiconfigurator), e.g. h100_sxm
+}
+MIXED_STEPS = ("max", "sum")
+OPTIONAL_MEASURED_KEYS = {"prefill": {"d_s_per_token_pair": 0.0}}  # n(n+1)/2 own causal attention
 MEASURED_KEYS = {
     "prefill": ("a_s", "b_s_per_token", "c_s_per_token_ctx"),
     "decode": ("a_s", "b_s_per_seq", "c_s_per_ctx_token"),
@@ -57,6 +67,8 @@ def check_hardware(hw: Mapping[str, Any]) -> Mapping[str, Any]:
             raise SetupError(f"hardware {name!r}: missing key {key!r}")
         if hw[key] is None and key not in NULLABLE_KEYS:
             raise SetupError(f"hardware {name!r}: key {key!r} is null (only {', '.join(NULLABLE_KEYS)} may be)")
+    if hw.get("mixed_step", "max") not in MIXED_STEPS:
+        raise SetupError(f"hardware {name!r}: mixed_step={hw['mixed_step']!r}; valid: {', '.join(MIXED_STEPS)}")
     for block, value in dict(hw["measured"] or {}).items():
         if block not in MEASURED_KEYS:
             raise SetupError(f"hardware {name!r}: unknown block 'measured.{block}'; valid: {', '.join(MEASURED_KEYS)}")
@@ -64,6 +76,11 @@ def check_hardware(hw: Mapping[str, Any]) -> Mapping[str, Any]:
             if key not in value:
                 raise SetupError(f"hardware {name!r}: missing key 'measured.{block}.{key}'")
     return hw
+
+
+def hardware_value(hw: Mapping[str, Any], key: str) -> Any:
+    """A profile key, or for an ``OPTIONAL_KEYS`` key its behaviour-preserving default."""
+    return hw[key] if key in hw or key not in OPTIONAL_KEYS else OPTIONAL_KEYS[key]
 
 
 def load_profile(path: str | Path) -> dict[str, Any]:

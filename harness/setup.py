@@ -117,7 +117,7 @@ def gain_s_per_token(cost: CostModel, context_tokens: int = 2048) -> float:
 def prepare(cfg: Mapping[str, Any], trace: Trace | None = None) -> Setup:
     """Model, cost model, trace (``trace`` if given) and capacities of one run, fit-checked."""
     model = load_model(cfg["model"])
-    cost = CostModel.from_config(cfg["hardware"], model)
+    cost = CostModel.for_run(cfg, model)
     trace = trace if trace is not None else build_trace(cfg["workload"], int(cfg.get("seed", 0)))
     gpu_tokens, cpu_tokens = capacities(cfg, cost, trace)
     check_fits(trace, gpu_tokens)

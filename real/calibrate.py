@@ -21,8 +21,8 @@ import datetime as _dt
 import itertools
 import statistics
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import yaml
 
+from harness.fit import Fit, fit_copy, fit_decode, fit_prefill
 from kvflow.model_spec import ModelSpec
 from real.model import Seq, Transformer
 
@@ -58,14 +59,6 @@ class Grid:
                 [per_mib * m for m in (1, 8, 64, 256, 1024)],
             )
         return cls([16, 64, 256, 512], [0, 256, 1024], [1, 2, 4, 8], [64, 512, 2048], [64, 256, 1024, 4096, 16384])
-
-
-@dataclass
-class Fit:
-    coef: dict[str, float]
-    mape: float
-    max_err: float
-    points: list[dict[str, float]] = field(default_factory=list)
 
 
 def _sync(device: torch.device) -> None:
@@ -184,53 +177,7 @@ def _measure_bidirectional(
     return rows
 
 
-# ----- fitting --------------------------------------------------------------------------------------
-def nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """min sum(((x c - y) / y)^2) subject to c >= 0, by trying every active set (few columns)."""
-    w = 1.0 / np.maximum(y, 1e-12)
-    xw, yw = x * w[:, None], y * w
-    best, best_err = np.zeros(x.shape[1]), np.inf
-    for k in range(1, x.shape[1] + 1):
-        for cols in itertools.combinations(range(x.shape[1]), k):
-            c, *_ = np.linalg.lstsq(xw[:, cols], yw, rcond=None)
-            if np.any(c < 0):
-                continue
-            full = np.zeros(x.shape[1])
-            full[list(cols)] = c
-            err = float(np.sum((xw @ full - yw) ** 2))
-            if err < best_err:
-                best, best_err = full, err
-    return best
-
-
-def _fit(x: np.ndarray, y: np.ndarray, names: Sequence[str], points: list[dict[str, float]]) -> Fit:
-    c = nnls_relative(x, y)
-    pred = x @ c
-    rel = np.abs(pred - y) / np.maximum(y, 1e-12)
-    for p, v in zip(points, pred):
-        p["fit_s"] = float(v)
-    return Fit({n: float(v) for n, v in zip(names, c)}, float(rel.mean()), float(rel.max()), points)
-
-
-def fit_prefill(points: list[dict[str, float]]) -> Fit:
-    x = np.array([[1.0, p["new_tokens"], p["new_tokens"] * p["context_tokens"]] for p in points])
-    y = np.array([p["time_s"] for p in points])
-    return _fit(x, y, ("a_s", "b_s_per_token", "c_s_per_token_ctx"), points)
-
-
-def fit_decode(points: list[dict[str, float]]) -> Fit:
-    x = np.array([[1.0, p["batch"], p["batch"] * p["context_tokens"]] for p in points])
-    y = np.array([p["time_s"] for p in points])
-    return _fit(x, y, ("a_s", "b_s_per_seq", "c_s_per_ctx_token"), points)
-
-
-def fit_copy(points: list[dict[str, float]]) -> Fit:
-    x = np.array([[1.0, p["bytes"]] for p in points])
-    y = np.array([p["time_s"] for p in points])
-    f = _fit(x, y, ("latency_s", "s_per_byte"), points)
-    per_byte = f.coef.pop("s_per_byte")
-    f.coef["gbps"] = 1.0 / (per_byte * 1e9) if per_byte > 0 else 1e6
-    return f
+# ----- fitting: harness/fit.py (shared with benchmarks/aic_fit.py) -------------------------------
 
 
 # ----- driver ---------------------------------------------------------------------------------------

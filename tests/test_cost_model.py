@@ -97,3 +97,64 @@ def test_overlapped_load(h100_llama):
     assert h100_llama.overlapped_load_time_s(1.0, 0.0) == 1.0
     assert h100_llama.overlapped_load_time_s(1.0, 3.2) == pytest.approx(3.2 + 3.2 / 32)
     assert h100_llama.overlapped_load_time_s(1.0, 0.32) == pytest.approx(1.0 + 0.01)
+
+
+def _with(name: str, **keys) -> dict:
+    return {**hw(name), **keys}
+
+
+def test_new_keys_default_to_the_model_before_them():
+    """Profiles without scheduler_overhead_s / mixed_step time every iteration as before."""
+    llama = load_model_spec("llama-3.1-8b")
+    old = CostModel.from_config(hw("h100"), llama)
+    explicit = CostModel.from_config(_with("h100", scheduler_overhead_s=0.0, mixed_step="max"), llama)
+    for chunks, ctx in (([(512, 4096)], [2048] * 64), ([(8192, 0)], []), ([], [8192] * 8)):
+        assert old.iteration_time_s(chunks, ctx) == explicit.iteration_time_s(chunks, ctx)
+
+
+def test_mixed_step_sum_times_kernel_phases_one_after_another():
+    """sum: GEMMs over every token, then prefill attention, then decode attention, each its own
+    roofline: never cheaper than one max over the step, dearer when the phases are bound differently."""
+    llama = load_model_spec("llama-3.1-8b")
+    m = llama
+    both = CostModel.from_config(_with("h100", mixed_step="sum"), llama)
+    one = CostModel.from_config(hw("h100"), llama)
+    chunks, ctx = [(512, 4096)], [2048] * 64
+    assert both.iteration_time_s(chunks, ctx) > one.iteration_time_s(chunks, ctx)
+    peak, bw = 989e12 * 0.6, 3350e9 * 0.685
+    linear = max((512 + 64) * m.matmul_flops_per_token / peak, m.weight_bytes / bw)
+    pre = max(
+        m.attn_flops_per_ctx_token * (512 * 4096 + 512 * 513 / 2) / peak, (4096 + 512) * m.kv_bytes_per_token / bw
+    )
+    dec = max(m.attn_flops_per_ctx_token * 64 * 2048 / peak, 64 * 2048 * m.kv_bytes_per_token / bw)
+    assert both.iteration_time_s(chunks, ctx) == pytest.approx(linear + pre + dec + 1e-3, rel=1e-12)
+    # a memory-bound decode step reads the same bytes either way
+    assert both.decode_time_s([2048] * 4) == pytest.approx(one.decode_time_s([2048] * 4), rel=1e-12)
+    run = both.decode_run_times_s([100, 5000], 20)
+    assert run == pytest.approx(np.cumsum([both.decode_time_s([100 + k, 5000 + k]) for k in range(20)]))
+
+
+def test_scheduler_overhead_is_added_per_iteration_and_per_decode_step():
+    llama = load_model_spec("llama-3.1-8b")
+    base = CostModel.from_config(hw("h100"), llama)
+    more = CostModel.from_config(_with("h100", scheduler_overhead_s=5e-4), llama)
+    assert more.prefill_time_s([(1000, 0)]) - base.prefill_time_s([(1000, 0)]) == pytest.approx(5e-4)
+    assert more.kernel_time_s([(1000, 0)], [10]) == base.iteration_time_s([(1000, 0)], [10])
+    diff = more.decode_run_times_s([100], 10) - base.decode_run_times_s([100], 10)
+    assert diff == pytest.approx(5e-4 * np.arange(1, 11))
+
+
+def test_bad_mixed_step_is_a_one_line_error():
+    with pytest.raises(ValueError, match="hardware 'h100': mixed_step='mean'; valid: max, sum"):
+        CostModel.from_config(_with("h100", mixed_step="mean"), load_model_spec("llama-3.1-8b"))
+
+
+def test_measured_prefill_own_attention_term():
+    """d_s_per_token_pair charges the new tokens' causal attention among themselves, n(n+1)/2."""
+    measured = {"prefill": {"a_s": 1e-3, "b_s_per_token": 1e-5, "c_s_per_token_ctx": 1e-9, "d_s_per_token_pair": 2e-9}}
+    cost = CostModel.from_config(_with("h100", measured=measured), load_model_spec("llama-3.1-8b"))
+    n, p = 4096, 1024
+    assert cost.prefill_time_s([(n, p)]) == pytest.approx(1e-3 + 1e-5 * n + 1e-9 * n * p + 2e-9 * n * (n + 1) / 2)
+    measured["prefill"].pop("d_s_per_token_pair")  # absent: the calibrate form, no own-attention term
+    cost = CostModel.from_config(_with("h100", measured=measured), load_model_spec("llama-3.1-8b"))
+    assert cost.prefill_time_s([(n, p)]) == pytest.approx(1e-3 + 1e-5 * n + 1e-9 * n * p)
