@@ -97,6 +97,14 @@ def _load_config(run_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def _hashable(value: Any) -> Any:
+    """A swept value as a table cell: lists and mappings (``compare=[a,b]``) as their YAML flow text,
+    so grouping runs by setting never meets an unhashable value."""
+    if isinstance(value, (list, tuple, dict)):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return value
+
+
 def load_run(run_dir: Path) -> Run:
     """Load one complete run; ``RunError`` for anything malformed."""
     run_dir = Path(run_dir)
@@ -106,6 +114,7 @@ def load_run(run_dir: Path) -> Run:
     params = summary.get("params")
     if isinstance(params, dict):
         overrides.update(params)
+    overrides = {k: _hashable(v) for k, v in overrides.items()}
     return Run(run_dir, summary, _load_config(run_dir), overrides, meta.choices, meta.command)
 
 

@@ -90,6 +90,7 @@ def _opts(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.config_schema import validate_config
     from harness.setup import build_trace
     from kvflow.model_spec import load_model_spec
     from real.config import compose
@@ -104,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     net = trace = None
     for policy in policies:
         overrides = base + [f"policy={policy}"]
-        cfg = compose(overrides)
+        cfg = validate_config(compose(overrides))
         trace = trace or build_trace(cfg["workload"], int(cfg.get("seed", 0)))
         net = net or build_model(load_model_spec(cfg["model"]), opts)
         run_dir = out / policy if len(policies) > 1 else out
@@ -175,10 +176,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from harness.config_schema import validate_config
     from real.config import compose
     from real.validate import report, validate
 
-    cfg = compose(args.overrides)
+    cfg = validate_config(compose(args.overrides))
     if not isinstance(cfg.get("policy"), dict):
         raise ValueError("validate needs one policy=NAME override")
     out = args.out or _default_out("validate")

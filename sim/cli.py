@@ -25,6 +25,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.config_schema import validate_config
 from harness.errors import SetupError
 from harness.run_dir import should_skip, write_json_atomic, write_run_dir
 from harness.setup import build_trace
@@ -66,12 +67,13 @@ def _run_one(cfg: dict[str, Any], run_dir: Path, trace: Any, write_csv: bool) ->
 
 
 def _hydra_meta() -> tuple[str | None, dict[str, Any]]:
-    """(experiment preset, swept parameters) from Hydra: the overrides minus policy/output/hydra."""
+    """(experiment preset, swept parameters) from Hydra: the overrides minus policy/compare (each
+    run is one policy), output/force/hydra (they change nothing simulated) and the preset name."""
     hc = HydraConfig.get()
     params: dict[str, Any] = {}
     for item in hc.overrides.task:
         key, _, value = item.lstrip("+~").partition("=")
-        if not key.startswith(("policy", "output.", "hydra", "experiment")):
+        if not key.startswith(("policy", "output.", "hydra", "experiment", "compare", "force")):
             params[key] = yaml.safe_load(value) if value else value
     return hc.runtime.choices.get("experiment"), params
 
@@ -82,6 +84,7 @@ def run(
     """Run the configured policy (or the ``compare`` list) and write outputs under ``run_dir``."""
     plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     plain.pop("hydra", None)
+    validate_config(plain)
     plain["experiment_name"], plain["params"] = experiment, dict(params or {})
     trace = build_trace(plain["workload"], int(plain.get("seed", 0)))
     write_csv = bool(plain.get("output", {}).get("requests_csv", True))
