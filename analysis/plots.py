@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from analysis.speedup import policy_order, sort_key, varying
+from harness.run_dir import atomic_output
 
 DPI = 110
 AXIS_LABELS = {
@@ -67,8 +68,8 @@ def label(values: Mapping[str, Any]) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with atomic_output(path) as tmp:  # a failed save keeps the previous plot
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
 
 

@@ -128,6 +128,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
     from harness.profile import load_profile
+    from harness.run_dir import write_atomic
     from kvflow.model_spec import load_model_spec
     from real.calibrate import Grid, calibrate, fit_report, write_profile
     from real.runner import build_model
@@ -160,7 +161,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"profile written: {path}  (kvflow-sim hardware={name} when under conf/hardware/)")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "calibration.json").write_text(
+        write_atomic(
+            args.out / "calibration.json",
             json.dumps(
                 {
                     "profile": str(path),
@@ -170,7 +172,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                     "loop_overhead": result.get("loop_overhead"),
                 },
                 indent=2,
-            )
+            ),
         )
     return 0
 
@@ -192,7 +194,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    user_errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+    user_errors: tuple[type[BaseException], ...] = (ValueError, OSError)
     try:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
@@ -206,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         text = " ".join(str(exc).split()).split(" Config search path")[0]
         print(f"kvflow-real: error: {text}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "kvflow-real: interrupted; finished run dirs are complete, rerun the same command for the rest",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

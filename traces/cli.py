@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from traces.export import EXPORTERS, export_trace
 from traces.generators import WORKLOADS, generate
 from traces.importers import IMPORTERS, import_trace
 from traces.io import load_trace, write_trace
-from traces.schema import TraceError
+from traces.schema import Trace, TraceError
 from traces.stats import compute_stats, format_stats
 from traces.validate import summary, validate_file
 
@@ -77,17 +79,46 @@ def _key_values(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _finite(params: dict[str, str]) -> dict[str, str]:
+    """``fixed_tokens=nan`` used to drop the fixed prompt: NaN/inf are never a count or a size."""
+    for key, value in params.items():
+        if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise ValueError(f"parameter {key!r}: bad value {value!r}: must be a finite number")
+    return params
+
+
+def _write_trace_atomic(trace: Trace, output: str) -> None:
+    """``write_trace`` into a temp file next to ``output`` (same suffix, so .gz still gzips), then
+    rename: a failed write (disk full) leaves a previous ``output`` intact and names the path."""
+    path = Path(output)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write_trace(trace, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _OutputError(
+            f"kvflow-trace: error: {path}: cannot write ({exc.strerror or exc}); "
+            "the previous file, if any, is unchanged"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _OutputError(Exception):
+    pass
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.cmd == "generate":
-        trace = generate(args.workload, **_key_values(args.params))
-        write_trace(trace, args.output)
+        trace = generate(args.workload, **_finite(_key_values(args.params)))
+        _write_trace_atomic(trace, args.output)
         print(f"{args.output}: {len(trace.invocations)} invocations ({args.workload})")
     elif args.cmd == "import":
         if args.blocks and args.format != "weka":
             raise ValueError(f"--blocks applies to the weka importer only, not {args.format!r}")
         extra = {"blocks": True} if args.blocks else {}
         trace = import_trace(args.format, args.inputs, seed=args.seed, **extra)
-        write_trace(trace, args.output)
+        _write_trace_atomic(trace, args.output)
         skipped = trace.meta.get("provenance", {}).get("skipped", [])
         print(
             f"{args.output}: {len(trace.invocations)} invocations from "
@@ -115,14 +146,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args: argparse.Namespace | None = None
     try:
-        return _run(_parser().parse_args(argv))
+        args = _parser().parse_args(argv)
+        return _run(args)
     except _UsageError as exc:
         print(f"kvflow-trace: error: {exc}", file=sys.stderr)
+    except _OutputError as exc:
+        print(exc, file=sys.stderr)
     except (TraceError, ValueError) as exc:
         print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
     except OSError as exc:
-        print(f"kvflow-trace: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = exc.filename or getattr(args, "file", None) or getattr(args, "output", None) or "kvflow-trace"
+        print(f"kvflow-trace: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("kvflow-trace: interrupted; no output file was replaced", file=sys.stderr)
+        return 130
     return EXIT_USAGE
 
 
