@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -207,6 +208,20 @@ def _splice(path: Path, body: str) -> None:
     write_atomic(path, text)
 
 
+def _check_baselines(baselines: Sequence[str], runs: Sequence[Any]) -> None:
+    """A mistyped baseline used to give empty tables (and leave an older report's plots looking
+    current): refuse, before writing anything, a name that is neither a configured policy nor in
+    the runs, and a list none of whose policies has a run. A known policy missing from some
+    settings is fine: its cells show "—"."""
+    present = sorted({str(r.summary.get("policy")) for r in runs})
+    known = {p.name[:-5] for p in (files("conf") / "policy").iterdir() if p.name.endswith(".yaml")}
+    for b in baselines:
+        if b not in present and b not in known:
+            raise RunError(f"--baseline {b!r}: unknown policy; policies in these runs: {', '.join(present)}")
+    if baselines and not set(baselines) & set(present):
+        raise RunError(f"--baseline {','.join(baselines)}: no run of it; policies in these runs: {', '.join(present)}")
+
+
 def _roots(run_dirs_or_root: Path | str | Iterable[Path | str]) -> list[Path]:
     if isinstance(run_dirs_or_root, (str, os.PathLike)):
         return [Path(run_dirs_or_root)]
@@ -237,6 +252,7 @@ def write_report(
         for p in problems:
             print(f"kvflow-report: skipped {p}", file=stream)
         raise RunError(f"no complete runs (summary.json) under {', '.join(map(str, roots))}")
+    _check_baselines(baselines, runs)
     out.mkdir(parents=True, exist_ok=True)
     df = build_frame(runs)
     longs = [speedups(df, b) for b in baselines or ["hicache"]]

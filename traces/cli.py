@@ -33,14 +33,59 @@ class _UsageError(Exception):
     pass
 
 
+def _known_params(workload: str) -> str:
+    """The generator's parameter names, from the error it gives for an unknown one (the generators
+    keep their specs inside each function)."""
+    try:
+        generate(workload, **{"?": 1})
+    except ValueError as exc:
+        return str(exc).partition("(known: ")[2].rstrip(")")
+    return ""
+
+
+def _generate_epilog() -> str:
+    lines = ["workloads and their parameters (key=value):"]
+    for name, fn in WORKLOADS.items():
+        doc = (fn.__doc__ or "").strip().splitlines()
+        lines += [f"  {name}: {doc[0] if doc else ''}", f"      {_known_params(name)}"]
+    lines.append("example: kvflow-trace generate sequential agents=4 runs=2 fixed_tokens=2048 -o seq.jsonl.gz")
+    return "\n".join(lines)
+
+
+def _import_epilog() -> str:
+    import importlib
+
+    lines = ["formats:"]
+    for fmt in IMPORTERS:
+        doc = (importlib.import_module(f"traces.importers.{fmt}").__doc__ or "").strip().splitlines()
+        lines.append(f"  {fmt}: {doc[0] if doc else ''}")
+    lines.append("example: kvflow-trace import chatdev ../shared/data/chatdev -o chatdev.jsonl.gz")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kvflow-trace", description="KVFlow workload traces: generate, import, export, validate, stats.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    g = sub.add_parser("generate", help=f"synthetic workload: {', '.join(WORKLOADS)}")
-    g.add_argument("workload")
-    g.add_argument("params", nargs="*", metavar="key=value")
+    g = sub.add_parser(
+        "generate",
+        help=f"synthetic workload: {', '.join(WORKLOADS)}",
+        epilog=_generate_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("workload", help=f"one of: {', '.join(WORKLOADS)}")
+    g.add_argument(
+        "params",
+        nargs="*",
+        metavar="key=value",
+        help="parameters (below); values: N or uniform:LO:HI, normal:M:SD, ...",
+    )
     g.add_argument("-o", "--output", required=True)
-    i = sub.add_parser("import", help=f"import real logs: {', '.join(IMPORTERS)}")
+    i = sub.add_parser(
+        "import",
+        help=f"import real logs: {', '.join(IMPORTERS)}",
+        epilog=_import_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     i.add_argument("format", help=f"one of: {', '.join(IMPORTERS)}")
     i.add_argument("inputs", nargs="+")
     i.add_argument("-o", "--output", required=True)
