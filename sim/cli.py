@@ -145,7 +145,7 @@ def _app(cfg: DictConfig) -> None:
         _fail(exc)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     m = re.search(r"Could not find '([^/']+)/([^']+)'.*?Available options in '[^']+':(.*)", text, re.S)
     if m:
@@ -155,7 +155,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _fail(exc: BaseException) -> None:
-    print(f"kvflow-sim: error: {_one_line(exc)}", file=sys.stderr)
+    print(f"kvflow-sim: error: {one_line(exc)}", file=sys.stderr)
     sys.exit(2)
 
 

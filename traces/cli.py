@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import zlib
 from pathlib import Path
 
 from traces.export import EXPORTERS, export_trace
@@ -190,6 +191,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inputs(args: argparse.Namespace | None) -> list[str]:
+    """The input paths of the command (for naming them in an error)."""
+    if args is None:
+        return []
+    return [str(p) for p in ([args.file] if getattr(args, "file", None) else getattr(args, "inputs", None) or [])]
+
+
 def main(argv: list[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
@@ -200,10 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     except _OutputError as exc:
         print(exc, file=sys.stderr)
     except (TraceError, ValueError) as exc:
-        print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        inputs = _inputs(args)
+        print(
+            line if not inputs or any(p in line for p in inputs) else f"{line} ({', '.join(inputs)})", file=sys.stderr
+        )
     except OSError as exc:
-        where = exc.filename or getattr(args, "file", None) or getattr(args, "output", None) or "kvflow-trace"
+        where = exc.filename or ", ".join(_inputs(args)) or "kvflow-trace"
         print(f"kvflow-trace: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+    except (EOFError, zlib.error, MemoryError) as exc:  # a reader that did not say FILE:LINE itself
+        problem = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"kvflow-trace: error: {', '.join(_inputs(args))}: unreadable ({problem})", file=sys.stderr)
     except KeyboardInterrupt:
         print("kvflow-trace: interrupted; no output file was replaced", file=sys.stderr)
         return 130
