@@ -314,7 +314,7 @@ def test_odd_files_never_raise(tmp_path: Path, capsys: pytest.CaptureFixture[str
     """Bad values inside otherwise complete runs: named on stderr or shown as —, never a traceback."""
     root = make_sweep(tmp_path / "mr", timeline=False)
     s = json.loads((root / "0" / "summary.json").read_text())
-    s["workflow_latency_mean_s"] = "fast"  # not a number: no speedup for that setting
+    s["workflow_latency_mean_s"] = "fast"  # not a number: that run is named and skipped
     (root / "0" / "summary.json").write_text(json.dumps(s))
     (root / "1" / "summary.json").write_text(json.dumps({**s, "policy": {"name": "kvflow"}}))
     (root / "2" / "config.yaml").write_text("workload: [unclosed\n")
@@ -325,7 +325,8 @@ def test_odd_files_never_raise(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "Traceback" not in err
     assert f"{root / '1'}/summary.json: missing or non-string field 'policy'" in err
     assert f"{root / '2'}/config.yaml: not valid YAML" in err
-    assert "| 4096 | — | — |" in (root / "report" / "report.md").read_text()
+    assert f"{root / '0'}/summary.json: 'workflow_latency_mean_s' must be a number, got 'fast'" in err
+    assert "from 1 runs" in (root / "report" / "report.md").read_text()  # the one well-formed run
 
 
 def test_mistyped_baseline_is_refused_and_the_previous_report_kept(
