@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from analysis.progress import count_jobs, enabled, finished_jobs, progress
 from analysis.runs import RunError
+from harness.run_dir import lock_dir, unlock_dir
 
 POLL_S = 0.5
 
@@ -65,6 +66,26 @@ class SweepProgress(Callback):
         if self._bar is not None:
             self._refresh(Path(str(config.hydra.sweep.dir)), self._bar.total)
             self._bar.close()
+
+
+class SweepLock(Callback):
+    """Locks the sweep dir for the launching process (``harness.run_dir.lock_dir``): a second sweep
+    into the same ``hydra.sweep.dir`` while this one runs refuses with one line and exit 2, instead of
+    both writing numbered job dirs and mixing their settings. A lock left by a killed sweep is taken
+    over. The lock records the number of jobs, for the Ctrl-C line of ``kvflow-sim``."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        hydra_cfg = config.hydra
+        params = hydra_cfg.sweeper.get("params") if "sweeper" in hydra_cfg else None
+        total = count_jobs(list(hydra_cfg.overrides.task), dict(params) if params else None)
+        try:
+            lock_dir(Path(str(hydra_cfg.sweep.dir)), "sweep", total_runs=total)
+        except RunError as exc:
+            print(f"kvflow-sim: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None  # SystemExit: Hydra turns an Exception here into a warning
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        unlock_dir(Path(str(config.hydra.sweep.dir)))
 
 
 class SweepReport(Callback):

@@ -1,4 +1,4 @@
-"""The KVFlow paper's reported speedups (docs KVFLOW.md section 3), matched to simulated settings so
+"""The KVFlow paper's reported speedups (section 3 of the paper), matched to simulated settings so
 a report can print the paper's number beside ours wherever the settings agree.
 
 A reference matches a setting when every field it names agrees: workload generator, hardware (by
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SOURCE = "KVFlow, arXiv 2507.07400 (docs KVFLOW.md section 3)"
+SOURCE = "KVFlow, arXiv 2507.07400 (section 3 of the paper)"
 
 
 @dataclass(frozen=True)

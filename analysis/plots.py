@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from analysis.speedup import policy_order, sort_key, varying
+from harness.run_dir import atomic_output
 
 DPI = 110
 AXIS_LABELS = {
@@ -39,7 +40,11 @@ POLICY_COLORS = {
     "kvflow_evict_only": "tab:cyan",
     "kvflow": "tab:orange",
     "oracle": "tab:green",
-}  # same colour for a policy in every plot
+    "kvflow_inferred": "tab:brown",
+    "kvflow_cost": "tab:red",
+    "kvflow_gd": "tab:pink",
+}  # same colour for a policy in every plot, no two alike
+SPARE_COLORS = ("tab:olive", "tab:gray", "black", "gold", "navy", "teal", "maroon", "lime")
 # markers and dashes too, so policies with identical results (kvflow and oracle) stay visible
 POLICY_STYLES = {
     "sglang": ("v", ":"),
@@ -47,7 +52,32 @@ POLICY_STYLES = {
     "kvflow_evict_only": ("^", "--"),
     "kvflow": ("o", "-"),
     "oracle": ("x", (0, (4, 3))),
+    "kvflow_inferred": ("D", (0, (1, 1))),
+    "kvflow_cost": ("P", (0, (5, 1, 1, 1))),
+    "kvflow_gd": ("*", (0, (3, 1, 1, 1, 1, 1))),
 }
+
+
+def policy_color(policy: str, others: Sequence[str] = ()) -> str:
+    """The policy's fixed colour; a policy without one gets the first spare colour not taken by
+    another unknown policy among ``others`` (the policies of the same plot, in plot order)."""
+    if policy in POLICY_COLORS:
+        return POLICY_COLORS[policy]
+    unknown = [p for p in dict.fromkeys(others) if p not in POLICY_COLORS]
+    index = unknown.index(policy) if policy in unknown else len(unknown)
+    return SPARE_COLORS[index % len(SPARE_COLORS)]
+
+
+def runs_note(edf: pd.DataFrame) -> str:
+    """What each bar is: one run, or a mean over several runs of that policy."""
+    counts = set(edf.groupby("policy").size().tolist()) if "policy" in edf.columns else set()
+    if counts == {1}:
+        return "one run per policy"
+    if len(counts) == 1:
+        return f"mean over {counts.pop()} runs per policy"
+    return "mean over each policy's runs"
+
+
 MAX_PANELS = 9
 MAX_BAR_SETTINGS = 12
 
@@ -67,8 +97,8 @@ def label(values: Mapping[str, Any]) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with atomic_output(path) as tmp:  # a failed save keeps the previous plot
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
 
 
@@ -113,7 +143,7 @@ def speedup_vs(long: pd.DataFrame, experiment: str, x: str, path: Path) -> Path 
                 marker=marker,
                 linestyle=dashes,
                 label=policy,
-                color=POLICY_COLORS.get(policy),
+                color=policy_color(policy, g["policy"].astype(str).tolist()),
                 markersize=7,
                 linewidth=1.6,
             )
@@ -150,7 +180,7 @@ def speedup_bars(long: pd.DataFrame, experiment: str, path: Path) -> Path | None
     for i, policy in enumerate(policies):
         heights = [g.loc[g["policy"] == policy, "speedup"].mean() for _, g in settings]
         xs = [j + (i - (len(policies) - 1) / 2) * width for j in range(len(settings))]
-        bars = ax.bar(xs, heights, width, label=policy, color=POLICY_COLORS.get(policy))
+        bars = ax.bar(xs, heights, width, label=policy, color=policy_color(policy, policies))
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     names = [label(dict(zip(vary, v if isinstance(v, tuple) else (v,)))) for v, _ in settings]
     ax.set_xticks(range(len(settings)), [n.replace(", ", "\n") for n in names], fontsize=8)
@@ -189,8 +219,8 @@ def hit_rates(edf: pd.DataFrame, experiment: str, path: Path) -> Path | None:
     ax.set_ylabel("share of prompt tokens (%)")
     ax.set_xlabel("policy")
     ax.set_ylim(0, 105)
-    ax.set_title(f"{experiment}: prompt tokens by tier (mean over {len(edf)} runs)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{experiment}: prompt tokens by tier ({runs_note(edf)})")
+    fig.legend(fontsize=8, loc="outside right upper")  # outside the axes: never over bars or title
     return _save(fig, path)
 
 
@@ -210,8 +240,8 @@ def pcie_bytes(edf: pd.DataFrame, experiment: str, path: Path) -> Path | None:
     ax.set_xticks(range(len(m)), m.index.astype(str))
     ax.set_ylabel("PCIe traffic per run (GB)")
     ax.set_xlabel("policy")
-    ax.set_title(f"{experiment}: PCIe bytes per policy (mean over {len(edf)} runs)")
-    ax.legend(fontsize=8)
+    ax.set_title(f"{experiment}: PCIe bytes per policy ({runs_note(edf)})")
+    fig.legend(fontsize=8, loc="outside right upper")
     return _save(fig, path)
 
 
@@ -231,7 +261,7 @@ def latency_cdf(latencies: Mapping[str, Sequence[float]], title: str, path: Path
                 [0.0] + [(i + 1) / len(vals) for i in range(len(vals))],
                 where="post",
                 label=policy,
-                color=POLICY_COLORS.get(policy),
+                color=policy_color(policy, list(latencies)),
                 linestyle=POLICY_STYLES.get(policy, ("", "-"))[1],
             )
     ax.set_xlabel("request latency (s, arrival to last token)")
@@ -240,7 +270,7 @@ def latency_cdf(latencies: Mapping[str, Sequence[float]], title: str, path: Path
     ax.set_xlim(0, right * 1.08 or 1.0)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.legend(fontsize=8, loc="outside right upper", title="policy")
     return _save(fig, path)
 
 

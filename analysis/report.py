@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +23,7 @@ from analysis import paper, plots
 from analysis.frame import build_frame
 from analysis.runs import RunError, load_runs
 from analysis.speedup import policy_order, speedups, wide
+from harness.run_dir import atomic_output, write_atomic
 
 BEGIN = "<!-- BEGIN kvflow-report: generated, edit outside these markers -->"
 END = "<!-- END kvflow-report -->"
@@ -187,10 +189,11 @@ def _experiments(df: pd.DataFrame) -> list[str]:
 
 
 def _write_tables(df: pd.DataFrame, longs: Sequence[pd.DataFrame], out: Path) -> None:
-    df.to_csv(out / "results.csv", index=False)
+    write_atomic(out / "results.csv", df.to_csv(index=False))
     if importlib.util.find_spec("pyarrow") is not None:
-        df.to_parquet(out / "results.parquet", index=False)
-    pd.concat(list(longs), ignore_index=True).to_csv(out / "speedups.csv", index=False)
+        with atomic_output(out / "results.parquet") as tmp:
+            df.to_parquet(tmp, index=False)
+    write_atomic(out / "speedups.csv", pd.concat(list(longs), ignore_index=True).to_csv(index=False))
 
 
 def _splice(path: Path, body: str) -> None:
@@ -202,8 +205,19 @@ def _splice(path: Path, body: str) -> None:
         text = head + block + rest.split(END, 1)[1].lstrip("\n")
     else:
         text = "# Results\n\n" + block if not old else old.rstrip() + "\n\n" + block
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_atomic(path, text)
+
+
+def _check_baselines(baselines: Sequence[str], runs: Sequence[Any]) -> None:
+    """A mistyped baseline used to give empty tables (and leave an older report's plots looking
+    current): refuse, before writing anything, a name that is neither a configured policy nor in
+    the runs, and a list none of whose policies has a run. A known policy missing from some
+    settings is fine: its cells show "—"."""
+    present = sorted({str(r.summary.get("policy")) for r in runs})
+    known = {p.name[:-5] for p in (files("conf") / "policy").iterdir() if p.name.endswith(".yaml")}
+    for b in baselines:
+        if b not in present and b not in known:
+            raise RunError(f"--baseline {b!r}: unknown policy; policies in these runs: {', '.join(present)}")
 
 
 def _roots(run_dirs_or_root: Path | str | Iterable[Path | str]) -> list[Path]:
@@ -236,6 +250,7 @@ def write_report(
         for p in problems:
             print(f"kvflow-report: skipped {p}", file=stream)
         raise RunError(f"no complete runs (summary.json) under {', '.join(map(str, roots))}")
+    _check_baselines(baselines, runs)
     out.mkdir(parents=True, exist_ok=True)
     df = build_frame(runs)
     longs = [speedups(df, b) for b in baselines or ["hicache"]]
@@ -251,7 +266,7 @@ def write_report(
     skipped = ("\n\nSkipped (malformed or partial):\n\n" + "\n".join(f"- `{p}`" for p in problems)) if problems else ""
     sections = [experiment_markdown(df, longs, exp, images[exp], out) for exp in images]
     report = out / "report.md"
-    report.write_text("# kvflow report\n\n" + intro + skipped + "\n\n" + "\n\n".join(sections) + "\n")
+    write_atomic(report, "# kvflow report\n\n" + intro + skipped + "\n\n" + "\n\n".join(sections) + "\n")
     if results_md is not None:
         md = Path(results_md)
         body = [f"Regenerate with `{made_by}`. {paper.SOURCE}: the paper's numbers beside matching settings."]

@@ -27,6 +27,7 @@ from harness.run_dir import (
     validate_run_dir,
     write_json_atomic,
 )
+from harness.summary import SUMMARY_KEYS
 
 __all__ = [
     "Run",
@@ -40,6 +41,9 @@ __all__ = [
     "validate_run_dir",
     "write_json_atomic",
 ]
+
+
+METRIC_KEYS = SUMMARY_KEYS[SUMMARY_KEYS.index("requests") : SUMMARY_KEYS.index("wall_s") + 1]
 
 
 @dataclass
@@ -97,15 +101,34 @@ def _load_config(run_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def _check_metrics(summary: dict[str, Any], path: Path) -> None:
+    """Headline metrics are numbers (or null): a string latency used to break every mean taken
+    over the column; now the run is named and skipped."""
+    for key in METRIC_KEYS:
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RunError(f"{path}: {key!r} must be a number, got {value!r:.40}")
+
+
+def _hashable(value: Any) -> Any:
+    """A swept value as a table cell: lists and mappings (``compare=[a,b]``) as their YAML flow text,
+    so grouping runs by setting never meets an unhashable value."""
+    if isinstance(value, (list, tuple, dict)):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return value
+
+
 def load_run(run_dir: Path) -> Run:
     """Load one complete run; ``RunError`` for anything malformed."""
     run_dir = Path(run_dir)
     summary = read_run_summary(run_dir)  # the contract's schema (harness.run_dir)
+    _check_metrics(summary, run_dir / SUMMARY)
     meta = hydra_meta.read(run_dir)
     overrides = dict(meta.overrides)
     params = summary.get("params")
     if isinstance(params, dict):
         overrides.update(params)
+    overrides = {k: _hashable(v) for k, v in overrides.items()}
     return Run(run_dir, summary, _load_config(run_dir), overrides, meta.choices, meta.command)
 
 

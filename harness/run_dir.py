@@ -11,10 +11,13 @@ is complete, and both a resumed sweep and the report key on that one file.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ TIMELINE = "timeline.csv"
 CSV_FIELDS = {REQUESTS: ROW_FIELDS, WORKFLOWS: WORKFLOW_FIELDS, TIMELINE: TIMELINE_FIELDS}
 RUN_MARKERS = (".hydra", CONFIG, REQUESTS)  # a dir holding one of these looks like a run
 CONFIG_KEYS_IGNORED = ("force", "output", "hydra")  # change nothing simulated: no reason to recompute
+CONFIG_HASH = "config_sha256"  # summary key: hash of the resolved config, CONFIG_KEYS_IGNORED left out
+LOCK = ".kvflow.lock"
 
 Timeline = Sequence[tuple[str, float, float, str]]  # resource (gpu|h2d|d2h), start_s, end_s, label
 
@@ -41,13 +46,35 @@ class RunError(SetupError):
 
 
 # ----- writing ------------------------------------------------------------------------------------
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file + os.replace so a reader never sees a half-written file."""
+class WriteError(OSError):
+    """An output that could not be written; ``str()`` names the path (the previous file is kept)."""
+
+
+@contextmanager
+def atomic_output(path: Path | str) -> Iterator[Path]:
+    """A temp path next to ``path`` (same suffix, so writers that pick a format by name still do)
+    that replaces ``path`` only when the block succeeds; on any failure the temp file is removed,
+    the previous ``path`` is left intact and an ``OSError`` becomes a ``WriteError`` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise WriteError(f"{path}: cannot write ({reason}); the previous file, if any, is unchanged") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write via a temp file + os.replace so a reader never sees a half-written file."""
+    with atomic_output(path) as tmp:
+        if isinstance(text, bytes):
+            tmp.write_bytes(text)
+        else:
+            tmp.write_text(text)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -74,7 +101,9 @@ def write_run_dir(
     overrides: Sequence[str] | None = None,
 ) -> Path:
     """Write one run: ``config`` (resolved; YAML text or a mapping), the CSVs, ``timeline`` if any,
-    ``.hydra/`` when ``overrides`` is given (backends that are not Hydra apps), ``summary.json`` last."""
+    ``.hydra/`` when ``overrides`` is given (backends that are not Hydra apps), ``summary.json`` last.
+    A backend that resumes sweeps puts ``config_hash(config)`` into the summary as ``config_sha256``
+    (``with_config_hash``): ``should_skip`` compares it, so a run counts as done only for its config."""
     run_dir = Path(run_dir)
     text = config if isinstance(config, str) else yaml.safe_dump(dict(config), sort_keys=False)
     write_atomic(run_dir / CONFIG, text)
@@ -172,23 +201,117 @@ def _normalise(config: Mapping[str, Any]) -> Any:
     return yaml.safe_load(yaml.safe_dump(plain, sort_keys=True))
 
 
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 of the resolved config without the keys that change nothing simulated."""
+    text = json.dumps(_normalise(config), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def with_config_hash(summary: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary`` plus ``config_sha256`` of the config the run directory will store."""
+    return {**summary, CONFIG_HASH: config_hash(config)}
+
+
 def should_skip(run_dir: Path, config: Mapping[str, Any] | None = None, force: bool = False) -> bool:
     """Resume rule for sweeps, keyed by the run directory: skip a run whose summary is complete.
 
     With ``config`` (the resolved config the run would write as ``config.yaml``), also require the
-    stored ``config.yaml`` to match it (ignoring ``force``/``output``), so a different sweep pointed
-    at the same ``hydra.sweep.dir`` (job dirs are numbered by job index) recomputes instead of
-    silently reusing another setting's results. ``force`` always recomputes.
+    summary's ``config_sha256`` (or, for older runs without one, the stored ``config.yaml``) to match
+    it (ignoring ``force``/``output``), so a different sweep pointed at the same ``hydra.sweep.dir``
+    (job dirs are numbered by job index) recomputes instead of silently reusing another setting's
+    results. ``force`` always recomputes.
     """
     run_dir = Path(run_dir)
     if force or not is_complete(run_dir):
         return False
     if config is None:
         return True
+    stored_hash = read_summary(run_dir).get(CONFIG_HASH)
+    if stored_hash is not None:
+        return bool(stored_hash == config_hash(config))
     try:
         return _normalise(yaml.safe_load((run_dir / CONFIG).read_text()) or {}) == _normalise(config)
     except (OSError, yaml.YAMLError, AttributeError):
         return False
+
+
+# ----- locking ------------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _lock_owner(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def lock_dir(directory: Path, what: str = "sweep", total_runs: int | None = None) -> Path:
+    """Take ``directory/.kvflow.lock`` for this process: a second live writer is refused with a
+    ``RunError`` naming its pid; a lock left by a dead process (Ctrl-C, kill) is taken over.
+    Re-entrant for the holding process. ``total_runs`` (runs the sweep will make) is kept in the
+    lock for the Ctrl-C message (``lock_total``). Returns the lock path (``unlock_dir`` releases it)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner == os.getpid():
+                return lock
+            if owner is not None and _alive(owner):
+                raise RunError(
+                    f"{directory}: another {what} (pid {owner}) is writing into this directory; wait for it to "
+                    f"finish or choose another directory (delete {lock} only if that process is gone)"
+                ) from None
+            if owner is None and time.time() - _mtime(lock) < 2.0:
+                time.sleep(0.1)  # being written right now by its creator
+                continue
+            lock.unlink(missing_ok=True)  # stale: its process is dead
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n{'' if total_runs is None else total_runs}\n")
+        return lock
+    raise RunError(f"{directory}: could not take {lock} (another process keeps replacing it)")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def lock_total(directory: Path) -> int | None:
+    """The ``total_runs`` recorded in ``directory``'s lock, if any."""
+    try:
+        return int((Path(directory) / LOCK).read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def unlock_dir(directory: Path) -> None:
+    """Release ``directory``'s lock if this process holds it."""
+    lock = Path(directory) / LOCK
+    if _lock_owner(lock) == os.getpid():
+        lock.unlink(missing_ok=True)
+
+
+def complete_runs(root: Path) -> int:
+    """Complete runs (a valid ``summary.json``) at or under ``root``: what a resume would skip."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    return sum(1 for p in root.rglob(SUMMARY) if is_complete(p.parent))
 
 
 def looks_like_run(d: Path) -> bool:

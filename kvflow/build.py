@@ -19,8 +19,11 @@ SGLANG_CONTEXT_LEN = 131072  # max_position_embeddings of the models in conf/mod
 
 
 def max_running_requests(value: int | None, gpu_tokens: int) -> int:
-    """SGLang's rule (REFERENCE_NUMBERS.md section 7) unless the config sets one."""
-    if value:
+    """SGLang's rule (REFERENCE_NUMBERS.md section 7) unless the config sets one (None: not set;
+    0 is an error, never "use the default")."""
+    if value is not None:
+        if int(value) < 1:
+            raise ValueError(f"max_running_requests={value}: must be >= 1 (null: SGLang's rule)")
         return int(value)
     pool = min(max(gpu_tokens * 512 // SGLANG_CONTEXT_LEN, 2048), 4096)
     return max(1, min(gpu_tokens // 2, pool))

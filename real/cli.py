@@ -90,6 +90,7 @@ def _opts(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.config_schema import validate_config
     from harness.setup import build_trace
     from kvflow.model_spec import load_model_spec
     from real.config import compose
@@ -104,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     net = trace = None
     for policy in policies:
         overrides = base + [f"policy={policy}"]
-        cfg = compose(overrides)
+        cfg = validate_config(compose(overrides))
         trace = trace or build_trace(cfg["workload"], int(cfg.get("seed", 0)))
         net = net or build_model(load_model_spec(cfg["model"]), opts)
         run_dir = out / policy if len(policies) > 1 else out
@@ -127,6 +128,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
     from harness.profile import load_profile
+    from harness.run_dir import write_atomic
     from kvflow.model_spec import load_model_spec
     from real.calibrate import Grid, calibrate, fit_report, write_profile
     from real.runner import build_model
@@ -159,7 +161,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"profile written: {path}  (kvflow-sim hardware={name} when under conf/hardware/)")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "calibration.json").write_text(
+        write_atomic(
+            args.out / "calibration.json",
             json.dumps(
                 {
                     "profile": str(path),
@@ -169,16 +172,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                     "loop_overhead": result.get("loop_overhead"),
                 },
                 indent=2,
-            )
+            ),
         )
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from harness.config_schema import validate_config
     from real.config import compose
     from real.validate import report, validate
 
-    cfg = compose(args.overrides)
+    cfg = validate_config(compose(args.overrides))
     if not isinstance(cfg.get("policy"), dict):
         raise ValueError("validate needs one policy=NAME override")
     out = args.out or _default_out("validate")
@@ -190,7 +194,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    user_errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+    user_errors: tuple[type[BaseException], ...] = (ValueError, OSError)
     try:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
@@ -204,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         text = " ".join(str(exc).split()).split(" Config search path")[0]
         print(f"kvflow-real: error: {text}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "kvflow-real: interrupted; finished run dirs are complete, rerun the same command for the rest",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

@@ -22,11 +22,22 @@ import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.config_schema import validate_config
 from harness.errors import SetupError
-from harness.run_dir import should_skip, write_json_atomic, write_run_dir
+from harness.run_dir import (
+    complete_runs,
+    lock_dir,
+    lock_total,
+    should_skip,
+    unlock_dir,
+    with_config_hash,
+    write_json_atomic,
+    write_run_dir,
+)
 from harness.setup import build_trace
 from sim.report import header, speedups, table
 from sim.runner import simulate
@@ -36,6 +47,8 @@ try:
 except ImportError:  # pragma: no cover
     from traces.schema import TraceError
 
+EXIT_INTERRUPTED = 130
+_PROGRESS: dict[str, Any] = {"root": None, "total": None, "multirun": False}  # what the Ctrl-C line counts
 USER_ERRORS = (SetupError, HydraException, OmegaConfBaseException, TraceError, ValueError, OSError)
 
 
@@ -55,7 +68,7 @@ def _run_one(cfg: dict[str, Any], run_dir: Path, trace: Any, write_csv: bool) ->
     config_yaml = OmegaConf.to_yaml(stored)
     write_run_dir(
         run_dir,
-        result.summary,
+        with_config_hash(result.summary, stored),
         result.rows,
         result.workflow_rows,
         config_yaml,
@@ -66,12 +79,13 @@ def _run_one(cfg: dict[str, Any], run_dir: Path, trace: Any, write_csv: bool) ->
 
 
 def _hydra_meta() -> tuple[str | None, dict[str, Any]]:
-    """(experiment preset, swept parameters) from Hydra: the overrides minus policy/output/hydra."""
+    """(experiment preset, swept parameters) from Hydra: the overrides minus policy/compare (each
+    run is one policy), output/force/hydra (they change nothing simulated) and the preset name."""
     hc = HydraConfig.get()
     params: dict[str, Any] = {}
     for item in hc.overrides.task:
         key, _, value = item.lstrip("+~").partition("=")
-        if not key.startswith(("policy", "output.", "hydra", "experiment")):
+        if not key.startswith(("policy", "output.", "hydra", "experiment", "compare", "force")):
             params[key] = yaml.safe_load(value) if value else value
     return hc.runtime.choices.get("experiment"), params
 
@@ -82,6 +96,7 @@ def run(
     """Run the configured policy (or the ``compare`` list) and write outputs under ``run_dir``."""
     plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     plain.pop("hydra", None)
+    validate_config(plain)
     plain["experiment_name"], plain["params"] = experiment, dict(params or {})
     trace = build_trace(plain["workload"], int(plain.get("seed", 0)))
     write_csv = bool(plain.get("output", {}).get("requests_csv", True))
@@ -89,7 +104,12 @@ def run(
         runs = {plain["policy"]["name"]: (plain, run_dir)}
     else:
         runs = {name: ({**plain, "policy": _policy_config(name)}, run_dir / name) for name in plain["compare"]}
-    summaries = {name: _run_one(c, d, trace, write_csv) for name, (c, d) in runs.items()}
+    _note_progress(run_dir, len(runs))
+    lock_dir(run_dir, "kvflow-sim run")  # two runs writing into one dir would mix their files
+    try:
+        summaries = {name: _run_one(c, d, trace, write_csv) for name, (c, d) in runs.items()}
+    finally:
+        unlock_dir(run_dir)
     if len(summaries) > 1:
         comparison = {
             "speedup_of_kvflow": speedups(summaries),
@@ -125,7 +145,7 @@ def _app(cfg: DictConfig) -> None:
         _fail(exc)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     m = re.search(r"Could not find '([^/']+)/([^']+)'.*?Available options in '[^']+':(.*)", text, re.S)
     if m:
@@ -135,8 +155,29 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _fail(exc: BaseException) -> None:
-    print(f"kvflow-sim: error: {_one_line(exc)}", file=sys.stderr)
+    print(f"kvflow-sim: error: {one_line(exc)}", file=sys.stderr)
     sys.exit(2)
+
+
+def _note_progress(run_dir: Path, runs: int) -> None:
+    """Remember what a Ctrl-C should count: this run's dir, or the whole sweep's when in one."""
+    _PROGRESS.update(root=run_dir, total=runs, multirun=False)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        _PROGRESS.update(root=sweep_dir, total=lock_total(sweep_dir), multirun=True)
+
+
+def _interrupted_line(argv: list[str]) -> str:
+    """``interrupted; N of M runs complete; rerun the same command to resume`` for the sweep (its
+    lock holds the total) or the run that was going on."""
+    root, total, multirun = _PROGRESS["root"], _PROGRESS["total"], _PROGRESS["multirun"]
+    if root is None:
+        return "interrupted; no run had started; rerun the same command"
+    done = complete_runs(Path(root))
+    pinned = any(a.startswith("hydra.sweep.dir=" if multirun else "hydra.run.dir=") for a in argv)
+    where = "" if pinned else f" with {'hydra.sweep.dir' if multirun else 'hydra.run.dir'}={root}"
+    of = f" of {total}" if total is not None else ""
+    return f"interrupted; {done}{of} runs complete ({root}); rerun the same command{where} to resume"
 
 
 def main() -> None:
@@ -147,6 +188,9 @@ def main() -> None:
         _app()
     except USER_ERRORS as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        print(_interrupted_line(sys.argv[1:]), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         if old is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from kvflow.model_spec import MODEL_NAMES, load_model_spec
@@ -70,10 +71,12 @@ def run(argv: list[str] | None = None) -> ReplayResult:
         model = load_model_spec(args.model)
     except ValueError as exc:
         raise ReplayInputError(str(exc)) from None
-    if not 0 <= args.warmup_fraction < 1:
+    if not 0 <= args.warmup_fraction < 1:  # NaN fails this too
         raise ReplayInputError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
-    if args.block_tokens <= 0 or args.budget_gib <= 0:
-        raise ReplayInputError("--block-tokens and --budget-gib must be positive")
+    if args.block_tokens <= 0:
+        raise ReplayInputError(f"--block-tokens must be a positive integer, got {args.block_tokens}")
+    if not math.isfinite(args.budget_gib) or args.budget_gib <= 0:
+        raise ReplayInputError(f"--budget-gib must be a positive finite number of GiB, got {args.budget_gib}")
     started = time.perf_counter()
     requests, block_mode = load_requests(args.trace, args.block_tokens)
     unit_bytes = model.kv_bytes_per_token * (args.block_tokens if block_mode else 1)
@@ -90,12 +93,30 @@ def run(argv: list[str] | None = None) -> ReplayResult:
     return result
 
 
+def _trace_arg(argv: list[str] | None) -> str:
+    words = list(sys.argv[1:] if argv is None else argv)
+    for i, word in enumerate(words):
+        if word.startswith("--trace="):
+            return word.split("=", 1)[1]
+        if word == "--trace" and i + 1 < len(words):
+            return words[i + 1]
+    return "kvflow-replay"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         result = run(argv)
     except ReplayInputError as exc:
         print(f"kvflow-replay: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, MemoryError) as exc:
+        # a reader problem that escaped its FILE:LINE report: still one line naming the input
+        where = getattr(exc, "filename", None) or _trace_arg(argv)
+        print(f"kvflow-replay: error: {where}: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kvflow-replay: interrupted; nothing written (the replay writes only stdout)", file=sys.stderr)
+        return 130
     try:
         print(
             f"{result['policy']}: hit rate {100 * result['hit_rate']:.2f}% "

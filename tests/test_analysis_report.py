@@ -314,7 +314,7 @@ def test_odd_files_never_raise(tmp_path: Path, capsys: pytest.CaptureFixture[str
     """Bad values inside otherwise complete runs: named on stderr or shown as —, never a traceback."""
     root = make_sweep(tmp_path / "mr", timeline=False)
     s = json.loads((root / "0" / "summary.json").read_text())
-    s["workflow_latency_mean_s"] = "fast"  # not a number: no speedup for that setting
+    s["workflow_latency_mean_s"] = "fast"  # not a number: that run is named and skipped
     (root / "0" / "summary.json").write_text(json.dumps(s))
     (root / "1" / "summary.json").write_text(json.dumps({**s, "policy": {"name": "kvflow"}}))
     (root / "2" / "config.yaml").write_text("workload: [unclosed\n")
@@ -325,4 +325,30 @@ def test_odd_files_never_raise(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "Traceback" not in err
     assert f"{root / '1'}/summary.json: missing or non-string field 'policy'" in err
     assert f"{root / '2'}/config.yaml: not valid YAML" in err
-    assert "| 4096 | — | — |" in (root / "report" / "report.md").read_text()
+    assert f"{root / '0'}/summary.json: 'workflow_latency_mean_s' must be a number, got 'fast'" in err
+    assert "from 1 runs" in (root / "report" / "report.md").read_text()  # the one well-formed run
+
+
+def test_mistyped_baseline_is_refused_and_the_previous_report_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_sweep(tmp_path / "mr")
+    assert main([str(root)]) == 0
+    before = {p.name: p.read_bytes() for p in (root / "report").iterdir()}
+    capsys.readouterr()
+    assert main([str(root), "--baseline", "hicahe"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kvflow-report: error: --baseline 'hicahe': unknown policy; policies in these runs:")
+    assert {p.name: p.read_bytes() for p in (root / "report").iterdir()} == before
+
+
+def test_every_policy_has_its_own_colour_and_bars_say_what_they_are() -> None:
+    from analysis import plots
+
+    names = sorted(p.name[:-5] for p in (Path(__file__).parents[1] / "conf" / "policy").glob("*.yaml"))
+    shown = names + ["custom_a", "custom_b"]  # policies without a fixed colour get distinct spares
+    colours = [plots.policy_color(n, shown) for n in shown]
+    assert len(set(colours)) == len(colours), dict(zip(names, colours))
+    one = pd.DataFrame({"policy": ["a", "b"]})
+    assert plots.runs_note(one) == "one run per policy"
+    assert plots.runs_note(pd.DataFrame({"policy": ["a", "a", "b", "b"]})) == "mean over 2 runs per policy"

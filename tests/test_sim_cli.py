@@ -57,6 +57,9 @@ def test_single_policy_run(tmp_path):
         (["workload.params.dynamic_tokens=-3"], "dynamic_tokens"),
         (["cache.gpu_capacity_tokens=100"], "can never run"),
         (["~hardware.pcie_latency_s"], "hardware 'a10g_paper': missing key 'pcie_latency_s'"),  # no silent default
+        (["hardware.pcie_h2d_gbps=0"], "hardware.pcie_h2d_gbps=0: must be a number > 0"),  # was ZeroDivisionError
+        (["engine.chunk_tokens=0"], "engine.chunk_tokens=0"),  # was replaced by the default
+        (["workload=trace"], "workload.trace is required"),  # was "no such file: ???"
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
@@ -75,3 +78,12 @@ def test_chatdev_preset_imports_logs_on_the_fly(tmp_path):
     assert "skipped" in p.stderr  # the fixture log without usage blocks is named, not fatal
     bad = run(tmp_path, "experiment=chatdev", "policy=kvflow", f"workload.import_from={tmp_path}/none")
     assert bad.returncode == 2 and "no such file or folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_compare_list_override_runs_and_reports(tmp_path):
+    p = run(tmp_path, "compare=[kvflow,sglang,hicache,oracle]", *SMALL)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr and "raised" not in p.stderr  # the run report used to fail on the list
+    assert (tmp_path / "run" / "report" / "report.md").is_file()
+    summary = json.loads((tmp_path / "run" / "kvflow" / "summary.json").read_text())
+    assert "compare" not in summary["params"] and len(summary["config_sha256"]) == 64

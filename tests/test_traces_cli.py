@@ -107,3 +107,28 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
         [exe, "generate", "fanout", "width=2", "-o", str(tmp_path / "f.jsonl")], capture_output=True, text=True
     )
     assert ok.returncode == 0 and len(load_trace(tmp_path / "f.jsonl").invocations) == 4
+
+
+@pytest.mark.parametrize(
+    "cmd, needles",
+    [
+        ("generate", ["sequential", "peer_loop", "fanout", "fixed_tokens", "shared_fraction", "width"]),
+        ("import", ["chatdev", "mooncake", "openai", "weka", "otel"]),
+    ],
+)
+def test_help_lists_workloads_formats_and_keys(
+    cmd: str, needles: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in needles), out
+
+
+def test_generate_rejects_nan_and_inf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for value in ("nan", "inf", "-inf"):
+        assert main(["generate", "sequential", f"fixed_tokens={value}", "-o", str(tmp_path / "t.jsonl")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "fixed_tokens" in err and value in err and "\n" not in err
+    assert not (tmp_path / "t.jsonl").exists()

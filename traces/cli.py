@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import zlib
+from pathlib import Path
 
 from traces.export import EXPORTERS, export_trace
 from traces.generators import WORKLOADS, generate
 from traces.importers import IMPORTERS, import_trace
 from traces.io import load_trace, write_trace
-from traces.schema import TraceError
+from traces.schema import Trace, TraceError
 from traces.stats import compute_stats, format_stats
 from traces.validate import summary, validate_file
 
@@ -31,14 +34,59 @@ class _UsageError(Exception):
     pass
 
 
+def _known_params(workload: str) -> str:
+    """The generator's parameter names, from the error it gives for an unknown one (the generators
+    keep their specs inside each function)."""
+    try:
+        generate(workload, **{"?": 1})
+    except ValueError as exc:
+        return str(exc).partition("(known: ")[2].rstrip(")")
+    return ""
+
+
+def _generate_epilog() -> str:
+    lines = ["workloads and their parameters (key=value):"]
+    for name, fn in WORKLOADS.items():
+        doc = (fn.__doc__ or "").strip().splitlines()
+        lines += [f"  {name}: {doc[0] if doc else ''}", f"      {_known_params(name)}"]
+    lines.append("example: kvflow-trace generate sequential agents=4 runs=2 fixed_tokens=2048 -o seq.jsonl.gz")
+    return "\n".join(lines)
+
+
+def _import_epilog() -> str:
+    import importlib
+
+    lines = ["formats:"]
+    for fmt in IMPORTERS:
+        doc = (importlib.import_module(f"traces.importers.{fmt}").__doc__ or "").strip().splitlines()
+        lines.append(f"  {fmt}: {doc[0] if doc else ''}")
+    lines.append("example: kvflow-trace import chatdev ../shared/data/chatdev -o chatdev.jsonl.gz")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kvflow-trace", description="KVFlow workload traces: generate, import, export, validate, stats.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    g = sub.add_parser("generate", help=f"synthetic workload: {', '.join(WORKLOADS)}")
-    g.add_argument("workload")
-    g.add_argument("params", nargs="*", metavar="key=value")
+    g = sub.add_parser(
+        "generate",
+        help=f"synthetic workload: {', '.join(WORKLOADS)}",
+        epilog=_generate_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("workload", help=f"one of: {', '.join(WORKLOADS)}")
+    g.add_argument(
+        "params",
+        nargs="*",
+        metavar="key=value",
+        help="parameters (below); values: N or uniform:LO:HI, normal:M:SD, ...",
+    )
     g.add_argument("-o", "--output", required=True)
-    i = sub.add_parser("import", help=f"import real logs: {', '.join(IMPORTERS)}")
+    i = sub.add_parser(
+        "import",
+        help=f"import real logs: {', '.join(IMPORTERS)}",
+        epilog=_import_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     i.add_argument("format", help=f"one of: {', '.join(IMPORTERS)}")
     i.add_argument("inputs", nargs="+")
     i.add_argument("-o", "--output", required=True)
@@ -77,17 +125,46 @@ def _key_values(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _finite(params: dict[str, str]) -> dict[str, str]:
+    """``fixed_tokens=nan`` used to drop the fixed prompt: NaN/inf are never a count or a size."""
+    for key, value in params.items():
+        if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise ValueError(f"parameter {key!r}: bad value {value!r}: must be a finite number")
+    return params
+
+
+def _write_trace_atomic(trace: Trace, output: str) -> None:
+    """``write_trace`` into a temp file next to ``output`` (same suffix, so .gz still gzips), then
+    rename: a failed write (disk full) leaves a previous ``output`` intact and names the path."""
+    path = Path(output)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write_trace(trace, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _OutputError(
+            f"kvflow-trace: error: {path}: cannot write ({exc.strerror or exc}); "
+            "the previous file, if any, is unchanged"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _OutputError(Exception):
+    pass
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.cmd == "generate":
-        trace = generate(args.workload, **_key_values(args.params))
-        write_trace(trace, args.output)
+        trace = generate(args.workload, **_finite(_key_values(args.params)))
+        _write_trace_atomic(trace, args.output)
         print(f"{args.output}: {len(trace.invocations)} invocations ({args.workload})")
     elif args.cmd == "import":
         if args.blocks and args.format != "weka":
             raise ValueError(f"--blocks applies to the weka importer only, not {args.format!r}")
         extra = {"blocks": True} if args.blocks else {}
         trace = import_trace(args.format, args.inputs, seed=args.seed, **extra)
-        write_trace(trace, args.output)
+        _write_trace_atomic(trace, args.output)
         skipped = trace.meta.get("provenance", {}).get("skipped", [])
         print(
             f"{args.output}: {len(trace.invocations)} invocations from "
@@ -114,15 +191,37 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inputs(args: argparse.Namespace | None) -> list[str]:
+    """The input paths of the command (for naming them in an error)."""
+    if args is None:
+        return []
+    return [str(p) for p in ([args.file] if getattr(args, "file", None) else getattr(args, "inputs", None) or [])]
+
+
 def main(argv: list[str] | None = None) -> int:
+    args: argparse.Namespace | None = None
     try:
-        return _run(_parser().parse_args(argv))
+        args = _parser().parse_args(argv)
+        return _run(args)
     except _UsageError as exc:
         print(f"kvflow-trace: error: {exc}", file=sys.stderr)
+    except _OutputError as exc:
+        print(exc, file=sys.stderr)
     except (TraceError, ValueError) as exc:
-        print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        inputs = _inputs(args)
+        print(
+            line if not inputs or any(p in line for p in inputs) else f"{line} ({', '.join(inputs)})", file=sys.stderr
+        )
     except OSError as exc:
-        print(f"kvflow-trace: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = exc.filename or ", ".join(_inputs(args)) or "kvflow-trace"
+        print(f"kvflow-trace: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+    except (EOFError, zlib.error, MemoryError) as exc:  # a reader that did not say FILE:LINE itself
+        problem = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"kvflow-trace: error: {', '.join(_inputs(args))}: unreadable ({problem})", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("kvflow-trace: interrupted; no output file was replaced", file=sys.stderr)
+        return 130
     return EXIT_USAGE
 
 

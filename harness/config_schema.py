@@ -1,0 +1,288 @@
+"""The schema of the composed config (``conf/config.yaml`` + groups), checked once at load.
+
+Every backend used to read numbers with ``int(x)`` / ``float(x)`` deep inside the run, so a NaN went
+into ``summary.json``, a zero became a ZeroDivisionError and ``abc`` for a flag read as true. This
+module checks the whole composed config before anything runs: wrong types, NaN/inf, zero or negative
+where a positive value is needed, fractions outside (0, 1], unknown keys. A problem is one
+``ConfigError`` line naming the key and the value (``hardware.pcie_h2d_gbps=0: must be a number >
+0``); the CLIs print it and exit 2. Value ranges live here; which keys a profile must have is
+``harness.profile.check_hardware``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from harness.errors import SetupError
+from harness.profile import MEASURED_KEYS, check_hardware
+
+
+class ConfigError(SetupError):
+    """A composed config value out of its type or range; ``str()`` names the key and the value."""
+
+
+TINY = 1e-12  # smallest value accepted where a positive one is needed
+Check = Callable[[str, Any], None]  # raises ConfigError naming the key, or returns
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fail(key: str, value: Any, need: str) -> None:
+    raise ConfigError(f"{key}={_show(value)}: {need}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number(low: float = -math.inf, high: float = math.inf, low_open: bool = False, integer: bool = False) -> Check:
+    """A finite number (an integer when ``integer``) in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
+    kind = "an integer" if integer else "a number"
+    lo = "" if low == -math.inf else (f" > {low:g}" if low_open else f" >= {low:g}")
+    hi = "" if high == math.inf else f" <= {high:g}"
+    need = f"must be {kind}{lo}{' and' if lo and hi else ''}{hi}"
+
+    def check(key: str, value: Any) -> None:
+        if not _is_number(value) or not math.isfinite(value):
+            _fail(key, value, need)
+        if integer and not isinstance(value, int):  # 1.0 is not a count: the model spec and int() disagree
+            _fail(key, value, need)
+        if value > high or value < low or (low_open and value == low):
+            _fail(key, value, need)
+        if low_open and low == 0 and value < TINY:  # a subnormal rate divides into inf seconds
+            _fail(key, value, f"{need} (and >= {TINY:g})")
+
+    return check
+
+
+POSITIVE = number(0, low_open=True)
+NON_NEGATIVE = number(0)
+FRACTION = number(0, 1, low_open=True)  # efficiencies, shares: (0, 1]
+POSITIVE_INT = number(1, integer=True)
+NON_NEGATIVE_INT = number(0, integer=True)
+FINITE = number()
+
+
+def boolean(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(key, value, "must be true or false")
+
+
+def text(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        _fail(key, value, "must be a non-empty string")
+
+
+def one_of(*choices: str) -> Check:
+    def check(key: str, value: Any) -> None:
+        if value not in choices:
+            _fail(key, value, f"must be one of {', '.join(choices)}")
+
+    return check
+
+
+def optional(inner: Check) -> Check:
+    """``null`` allowed (it means "derive it"); otherwise ``inner``."""
+
+    def check(key: str, value: Any) -> None:
+        if value is not None:
+            inner(key, value)
+
+    return check
+
+
+def anything(key: str, value: Any) -> None:
+    """Free-form metadata (a calibration record): not read by any run."""
+
+
+HARDWARE: dict[str, Check] = {
+    "name": text,
+    "gpu": text,
+    "gpu_memory_mib": POSITIVE,
+    "peak_bf16_flops": POSITIVE,
+    "hbm_gbps": POSITIVE,
+    "compute_efficiency": FRACTION,
+    "memory_efficiency": FRACTION,
+    "iteration_overhead_s": NON_NEGATIVE,
+    "pcie_h2d_gbps": POSITIVE,
+    "pcie_d2h_gbps": POSITIVE,
+    "pcie_efficiency": FRACTION,
+    "pcie_latency_s": NON_NEGATIVE,
+    "bidirectional_h2d_factor": FRACTION,
+    "bidirectional_d2h_factor": FRACTION,
+    "mem_fraction_static": FRACTION,
+    "chunked_prefill_tokens": POSITIVE_INT,
+    "kv_capacity_tokens": optional(POSITIVE_INT),
+    "measured": anything,  # checked block by block below
+    "calibration": anything,
+}
+MODEL: dict[str, Check] = {
+    "name": text,
+    **{k: POSITIVE_INT for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab")},
+    "params": POSITIVE_INT,
+    "dtype_bytes": POSITIVE_INT,
+}
+CACHE: dict[str, Check] = {
+    "gpu_capacity_tokens": optional(POSITIVE_INT),
+    "gpu_tokens_per_client": optional(POSITIVE_INT),
+    "cpu_capacity_tokens": optional(NON_NEGATIVE_INT),
+    "page_size": POSITIVE_INT,
+}
+ENGINE: dict[str, Check] = {"chunk_tokens": optional(POSITIVE_INT), "max_running_requests": optional(POSITIVE_INT)}
+SIM: dict[str, Check] = {"bidirectional_penalty": boolean, "check_invariants": boolean, "timeline": boolean}
+OUTPUT: dict[str, Check] = {"report": boolean, "requests_csv": boolean, "table": boolean}
+POLICY: dict[str, Check] = {
+    "name": text,
+    "eviction": anything,  # checked against the policy class below
+    "cpu_capacity_ratio": NON_NEGATIVE,  # 0: no CPU tier
+    "write_policy": one_of("write_through", "write_back", "none"),
+    "write_through_hits": POSITIVE_INT,
+    "load_back": boolean,
+    "prefetch": boolean,
+    "status_aware": boolean,
+    "max_prefetch": NON_NEGATIVE_INT,
+    "hints": boolean,
+    "infer_steps": boolean,
+    "release_finished": boolean,
+    "prefetch_mode": one_of("next_step", "deadline"),
+    "prefetch_lookahead_steps": POSITIVE_INT,
+}
+WORKLOAD: dict[str, Check] = {
+    "name": text,
+    "generator": optional(text),
+    "trace": optional(text),
+    "import_format": optional(text),
+    "import_from": optional(text),
+    "params": anything,  # checked below; the generator checks names and ranges
+}
+SECTIONS: dict[str, dict[str, Check]] = {
+    "hardware": HARDWARE,
+    "model": MODEL,
+    "cache": CACHE,
+    "engine": ENGINE,
+    "sim": SIM,
+    "output": OUTPUT,
+    "policy": POLICY,
+    "workload": WORKLOAD,
+}
+TOP_LEVEL = ("seed", "force", "compare", "experiment_name", "params", *SECTIONS)
+MEASURED_RULES: dict[str, Check] = {"gbps": POSITIVE, "latency_s": NON_NEGATIVE}
+
+
+def _check_section(name: str, data: Any, rules: Mapping[str, Check]) -> None:
+    if not isinstance(data, Mapping):
+        _fail(name, data, "must be a mapping")
+    for key, value in data.items():
+        if key not in rules:
+            raise ConfigError(f"{name}.{key}={_show(value)}: unknown key; valid: {', '.join(rules)}")
+        rules[key](f"{name}.{key}", value)
+
+
+def _check_measured(measured: Any) -> None:
+    if measured is None:
+        return
+    if not isinstance(measured, Mapping):
+        _fail("hardware.measured", measured, "must be a mapping or null")
+    for block, values in measured.items():
+        if values is not None and not isinstance(values, Mapping):
+            _fail(f"hardware.measured.{block}", values, "must be a mapping or null")
+        for key in MEASURED_KEYS.get(block, ()) if values else ():
+            if key in values:
+                MEASURED_RULES.get(key, FINITE)(f"hardware.measured.{block}.{key}", values[key])
+
+
+def _check_workload(workload: Mapping[str, Any]) -> None:
+    if workload.get("trace") == "???":
+        raise ConfigError(
+            "workload.trace is required with workload=trace: add workload.trace=PATH "
+            "(or workload.import_format=FORMAT workload.import_from=DIR)"
+        )
+    if not any(workload.get(k) for k in ("trace", "import_format", "generator")):
+        raise ConfigError("workload: set one of workload.trace, workload.import_format or workload.generator")
+    params = workload.get("params")
+    if params is None:
+        return
+    if not isinstance(params, Mapping):
+        _fail("workload.params", params, "must be a mapping")
+    for key, value in params.items():
+        if _is_number(value):
+            NON_NEGATIVE(f"workload.params.{key}", value)
+        elif not isinstance(value, (str, bool)):
+            _fail(f"workload.params.{key}", value, "must be a number, a distribution string or true/false")
+
+
+def _policy_kwargs(target: str) -> set[str] | None:
+    """Keyword arguments the policy class accepts (None: cannot tell, let the build decide)."""
+    from kvflow.policies import load_policy_class
+
+    try:
+        cls = load_policy_class(target)
+    except ValueError:
+        return None
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return set()
+
+
+def _check_eviction(eviction: Any) -> None:
+    if eviction is None:
+        return
+    if not isinstance(eviction, Mapping):
+        _fail("policy.eviction", eviction, "must be a mapping")
+    target = eviction.get("_target_")
+    if target is not None:
+        text("policy.eviction._target_", target)
+    accepted = _policy_kwargs(str(target)) if target else None
+    for key, value in eviction.items():
+        if key in ("_target_", "name"):
+            continue
+        full = f"policy.eviction.{key}"
+        if key in ("gain_from_cost_model", "aging"):
+            boolean(full, value)
+        elif accepted is not None and key not in accepted:
+            valid = ", ".join(sorted(accepted)) or "none (this policy takes no arguments)"
+            raise ConfigError(f"{full}={_show(value)}: unknown key; valid: {valid}")
+        elif _is_number(value):
+            FINITE(full, value)
+
+
+def _check_top(cfg: Mapping[str, Any]) -> None:
+    for key, value in cfg.items():
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{key}={_show(value)}: unknown key; valid: {', '.join(TOP_LEVEL)}")
+    if "seed" in cfg:
+        NON_NEGATIVE_INT("seed", cfg["seed"])
+    if "force" in cfg:
+        boolean("force", cfg["force"])
+    compare = cfg.get("compare")
+    if compare is not None and (not isinstance(compare, list) or not all(isinstance(n, str) for n in compare)):
+        _fail("compare", compare, "must be a list of policy names, e.g. [kvflow,hicache,sglang]")
+
+
+def validate_config(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``cfg`` itself when every value has its type and range; else a one-line ``ConfigError``."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"config: expected a mapping, got {type(cfg).__name__}")
+    _check_top(cfg)
+    for name, rules in SECTIONS.items():
+        if cfg.get(name) is not None:
+            _check_section(name, cfg[name], rules)
+    if cfg.get("hardware") is not None:
+        _check_measured(cfg["hardware"].get("measured"))
+        check_hardware(cfg["hardware"])
+    if cfg.get("policy") is not None:
+        _check_eviction(cfg["policy"].get("eviction"))
+    if cfg.get("workload") is not None:
+        _check_workload(cfg["workload"])
+    return cfg
