@@ -16,8 +16,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from harness.cost_model import COST_MODELS
 from harness.errors import SetupError
-from harness.profile import MEASURED_KEYS, check_hardware
+from harness.profile import MEASURED_KEYS, MIXED_STEPS, check_hardware
 
 
 class ConfigError(SetupError):
@@ -121,6 +122,11 @@ HARDWARE: dict[str, Check] = {
     "kv_capacity_tokens": optional(POSITIVE_INT),
     "measured": anything,  # checked block by block below
     "calibration": anything,
+    # optional keys (harness.profile.OPTIONAL_KEYS): absent = the model before them
+    "scheduler_overhead_s": NON_NEGATIVE,
+    "mixed_step": one_of(*MIXED_STEPS),
+    "measured_model": optional(text),
+    "aic_system": optional(text),
 }
 MODEL: dict[str, Check] = {
     "name": text,
@@ -171,7 +177,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "policy": POLICY,
     "workload": WORKLOAD,
 }
-TOP_LEVEL = ("seed", "force", "compare", "experiment_name", "params", *SECTIONS)
+TOP_LEVEL = ("seed", "force", "compare", "experiment_name", "params", "cost_model", *SECTIONS)
 MEASURED_RULES: dict[str, Check] = {"gbps": POSITIVE, "latency_s": NON_NEGATIVE}
 
 
@@ -265,6 +271,8 @@ def _check_top(cfg: Mapping[str, Any]) -> None:
         NON_NEGATIVE_INT("seed", cfg["seed"])
     if "force" in cfg:
         boolean("force", cfg["force"])
+    if "cost_model" in cfg:
+        one_of(*COST_MODELS)("cost_model", cfg["cost_model"])
     compare = cfg.get("compare")
     if compare is not None and (not isinstance(compare, list) or not all(isinstance(n, str) for n in compare)):
         _fail("compare", compare, "must be a list of policy names, e.g. [kvflow,hicache,sglang]")
