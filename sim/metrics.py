@@ -7,14 +7,17 @@ the other backends.
 from __future__ import annotations
 
 from harness.setup import Setup
-from harness.summary import RunCounters
+from harness.summary import RunCounters, WhyFacts
 from kvflow.cache import KVCacheManager
 from sim.engine_loop import EngineLoop
 from sim.pcie import PCIeLink
 
 
-def counters(setup: Setup, loop: EngineLoop, pcie: PCIeLink, cache: KVCacheManager, makespan_s: float) -> RunCounters:
-    """The engine loop's, the PCIe channels' and the cache's counters after a run."""
+def counters(
+    setup: Setup, loop: EngineLoop, pcie: PCIeLink, cache: KVCacheManager, makespan_s: float, hints: str = "none"
+) -> RunCounters:
+    """The engine loop's, the PCIe channels' and the cache's counters after a run; ``hints``: where
+    the policy's workflow hints came from (declared | inferred | none)."""
     run = RunCounters(
         makespan_s=makespan_s,
         gpu_capacity_tokens=setup.gpu_tokens,
@@ -32,4 +35,12 @@ def counters(setup: Setup, loop: EngineLoop, pcie: PCIeLink, cache: KVCacheManag
         blocking_load_exposed_s=loop.blocking_load_exposed_s,
     )
     run.take_cache_stats(cache.stats)
+    release = setup.release
+    run.why = WhyFacts(
+        replay=release.mode if release else "open",
+        start=release.start if release else "recorded",
+        hints=hints,
+        gpu_demand_tokens=cache.gpu_used_tokens + cache.stats.gpu_evicted_tokens,
+        busy_kind_s=dict(loop.busy_kind_s),
+    )
     return run
