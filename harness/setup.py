@@ -22,7 +22,7 @@ from kvflow.model_spec import ModelSpec
 from kvflow.release import ReleaseOptions, ReleaseRule
 from traces.schema import Trace
 
-LOG_SUFFIXES = (".log.gz", ".log", ".jsonl", ".jsonl.gz")
+LOG_SUFFIXES = (".log.gz", ".log", ".jsonl", ".jsonl.gz", ".json.gz", ".json")  # chatdev, openai, weka, otel
 GAIN_CHUNK_TOKENS = 512
 HELD_OUT_EVERY = 5  # workload.sessions=test: every 5th session (file order) is held out
 

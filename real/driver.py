@@ -102,7 +102,7 @@ class WallClockDriver:
             app_id=inv.workflow,
             tokens=self.trace.prompt_tokens(inv),
             fixed_tokens=self.trace.fixed_tokens(inv),
-            output_tokens=inv.output_tokens,
+            output_tokens=max(1, inv.output_tokens),  # a call returns at least one token (logs may say 0)
         )
         self.requests[inv.id] = req
         self._inv_of[id(req)] = inv.id
