@@ -97,6 +97,7 @@ class WhyFacts:
     hints: str  # declared | inferred | none (the policy got no workflow hints: KVFlow acts as LRU)
     gpu_demand_tokens: int  # tokens that entered the GPU pool: resident at the end + evicted from it
     busy_kind_s: dict[str, float] = field(default_factory=dict)  # prefill | decode | copy_stall seconds
+    agents_per_client: float = 0.0  # mean distinct agents per workflow instance (1: hints cannot rank)
 
 
 def why(c: RunCounters) -> dict[str, Any] | None:
@@ -113,6 +114,7 @@ def why(c: RunCounters) -> dict[str, Any] | None:
         "hints": w.hints,
         "replay": w.replay,
         "start": w.start,
+        "agents_per_client": w.agents_per_client,
         "time_share": shares,
     }
     facts["notes"] = _notes(facts)
@@ -125,6 +127,11 @@ def _notes(f: dict[str, Any]) -> list[str]:
         notes.append("nothing was evicted (demand fits the pool): every policy keeps the same KV")
     if f["hints"] == "none":
         notes.append("no workflow hints (declared or inferred): KVFlow ranks like LRU")
+    if f["hints"] != "none" and 0 < f["agents_per_client"] < 1.5:
+        notes.append(
+            f"{f['agents_per_client']:.2f} agents per workflow instance: step hints barely rank one "
+            "instance's prefix against another's (KVFlow ~ LRU)"
+        )
     if f["replay"] == "open":
         notes.append("open loop: arrivals are pinned, a faster cache cannot finish a session sooner")
     share = f["time_share"]

@@ -6,6 +6,8 @@ the other backends.
 
 from __future__ import annotations
 
+from typing import Any
+
 from harness.setup import Setup
 from harness.summary import RunCounters, WhyFacts
 from kvflow.cache import KVCacheManager
@@ -42,5 +44,13 @@ def counters(
         hints=hints,
         gpu_demand_tokens=cache.gpu_used_tokens + cache.stats.gpu_evicted_tokens,
         busy_kind_s=dict(loop.busy_kind_s),
+        agents_per_client=_agents_per_client(setup.trace),
     )
     return run
+
+
+def _agents_per_client(trace: Any) -> float:
+    agents: dict[str, set[str]] = {}
+    for inv in trace.invocations:
+        agents.setdefault(inv.client_id, set()).add(inv.agent_id)
+    return sum(len(a) for a in agents.values()) / len(agents) if agents else 0.0

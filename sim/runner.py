@@ -62,11 +62,10 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
             gc.enable()
 
 
-def hints_source(policy: Any, policy_cfg: Mapping[str, Any], trace: Any) -> str:
-    """Where the policy's workflow hints come from: a declared step graph, the learned one, or none."""
-    if not policy.uses_hints or not policy_cfg.get("hints", True):
-        return "none"
-    if any(wf.graph for wf in trace.workflows.values()):
+def hints_source(policy_cfg: Mapping[str, Any], trace: Any) -> str:
+    """Whether workflow hints existed: a declared step graph (used unless ``policy.hints`` is false),
+    one the policy learns (``infer_steps``), or none (a workflow-aware policy then ranks like LRU)."""
+    if policy_cfg.get("hints", True) and any(wf.graph for wf in trace.workflows.values()):
         return "declared"
     return "inferred" if policy_cfg.get("infer_steps") else "none"
 
@@ -119,7 +118,7 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
         bar.close()
     rows = request_rows(trace, driver)
     wf_rows = workflow_rows(rows)
-    run = counters(setup, loop, pcie, cache, env.now, hints_source(policy, policy_cfg, trace))
+    run = counters(setup, loop, pcie, cache, env.now, hints_source(policy_cfg, trace))
     run.wall_s = time.perf_counter() - wall0
     summary = summarize(RunIdentity.from_config("sim", cfg), run, rows, wf_rows)
     return SimResult(summary, rows, wf_rows, run.wall_s, sorted(timeline or [], key=lambda r: (r[1], r[0])))
