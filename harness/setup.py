@@ -8,7 +8,7 @@ it with the profile's link rate and gain per token. The backends then only add t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,12 @@ from harness.profile import load_model
 from kvflow.build import build_engine
 from kvflow.engine import Engine
 from kvflow.model_spec import ModelSpec
+from kvflow.release import ReleaseOptions, ReleaseRule
 from traces.schema import Trace
 
-LOG_SUFFIXES = (".log.gz", ".log", ".jsonl", ".jsonl.gz")
+LOG_SUFFIXES = (".log.gz", ".log", ".jsonl", ".jsonl.gz", ".json.gz", ".json")  # chatdev, openai, weka, otel
 GAIN_CHUNK_TOKENS = 512
+HELD_OUT_EVERY = 5  # workload.sessions=test: every 5th session (file order) is held out
 
 
 @dataclass
@@ -34,11 +36,24 @@ class Setup:
     trace: Trace
     gpu_tokens: int
     cpu_tokens: int
+    release: ReleaseRule | None = None  # when each invocation is released (workload.replay / start)
 
 
 def build_trace(workload: Mapping[str, Any], seed: int) -> Trace:
     """A trace file (``workload.trace``), raw logs imported on the fly (``workload.import_format`` +
-    ``workload.import_from``: files or folders), or a generated workload (``generator`` + ``params``)."""
+    ``workload.import_from``: files or folders), or a generated workload (``generator`` + ``params``);
+    then ``workload.model_map`` (``traces.model_map``) and ``workload.sessions`` (a held-out split)."""
+    from traces.model_map import apply_model_map
+
+    trace = _raw_trace(workload, seed)
+    trace = select_sessions(trace, workload.get("sessions"))
+    try:
+        return apply_model_map(trace, workload.get("model_map"))
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def _raw_trace(workload: Mapping[str, Any], seed: int) -> Trace:
     from traces.generators import generate
     from traces.io import load_trace
 
@@ -52,6 +67,21 @@ def build_trace(workload: Mapping[str, Any], seed: int) -> Trace:
         return generate(str(workload["generator"]), **params)
     except ValueError as exc:
         raise SetupError(f"workload {workload.get('name')!r}: {exc}") from None
+
+
+def select_sessions(trace: Trace, split: Any) -> Trace:
+    """``workload.sessions``: ``all`` (default), ``test`` (every 5th session in the trace's order,
+    the 5th, 10th, ...: the held-out set) or ``train`` (the others, for tuning)."""
+    if split in (None, "all"):
+        return trace
+    if split not in ("test", "train"):
+        raise SetupError(f"workload.sessions: {split!r} is not one of all, test, train")
+    order = list(dict.fromkeys(inv.client_id for inv in trace.invocations))
+    test = set(order[HELD_OUT_EVERY - 1 :: HELD_OUT_EVERY])
+    keep = [inv for inv in trace.invocations if (inv.client_id in test) == (split == "test")]
+    if not keep:
+        raise SetupError(f"workload.sessions: {split!r} selects no session of {len(order)}")
+    return Trace({**trace.meta, "sessions": split}, trace.workflows, keep)
 
 
 def import_logs(fmt: str, source: str, seed: int) -> Trace:
@@ -121,7 +151,54 @@ def prepare(cfg: Mapping[str, Any], trace: Trace | None = None) -> Setup:
     trace = trace if trace is not None else build_trace(cfg["workload"], int(cfg.get("seed", 0)))
     gpu_tokens, cpu_tokens = capacities(cfg, cost, trace)
     check_fits(trace, gpu_tokens)
-    return Setup(model, cost, trace, gpu_tokens, cpu_tokens)
+    release = release_rule(cfg, cost, trace)
+    return Setup(model, cost, trace, gpu_tokens, cpu_tokens, release)
+
+
+def release_options(cfg: Mapping[str, Any]) -> ReleaseOptions:
+    """``workload.replay`` (open|closed; default closed for traces with dependencies), ``workload.start``
+    (recorded|together|poisson) and ``workload.start_rate_per_s``, with the run's seed."""
+    wl = cfg.get("workload") or {}
+    try:
+        rate = float(wl.get("start_rate_per_s") or 0.0)
+    except (TypeError, ValueError):
+        raise SetupError(f"workload.start_rate_per_s: {wl.get('start_rate_per_s')!r} is not a number") from None
+    replay = wl.get("replay")
+    opts = ReleaseOptions(
+        replay=None if replay in (None, "auto") else str(replay),
+        start=str(wl.get("start") or "recorded"),
+        start_rate_per_s=rate,
+        seed=int(cfg.get("seed", 0)),
+    )
+    try:
+        opts.check()
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+    return opts
+
+
+def service_estimate_s(cost: CostModel, trace: Trace, chunk: int) -> Callable[[Any], float]:
+    """A call's service time alone on the configured hardware (chunked prefill of its whole prompt,
+    then its decode steps): what a closed-loop gap subtracts where the log recorded no service time."""
+
+    def estimate(inv: Any) -> float:
+        prompt = trace.prompt_len(inv)
+        t = sum(cost.prefill_time_s([(min(chunk, prompt - c), c)]) for c in range(0, prompt, chunk))
+        if inv.output_tokens > 0:
+            t += float(cost.decode_run_times_s([prompt], inv.output_tokens)[-1])
+        return t
+
+    return estimate
+
+
+def release_rule(cfg: Mapping[str, Any], cost: CostModel, trace: Trace) -> ReleaseRule:
+    """The release rule every backend's driver applies (``kvflow.release``)."""
+    chunk = int(
+        ((cfg.get("engine") or {}).get("chunk_tokens"))
+        or (cfg.get("hardware") or {}).get("chunked_prefill_tokens")
+        or 8192
+    )
+    return ReleaseRule(trace, release_options(cfg), service_estimate_s(cost, trace, chunk))
 
 
 def chunk_tokens(cfg: Mapping[str, Any]) -> int:

@@ -79,12 +79,65 @@ class RunCounters:
     blocking_load_wait_s: float = 0.0
     blocking_load_exposed_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # backend-only facts, under ``details``
+    why: WhyFacts | None = None  # what explains the result (summary key ``why``); None: not known
 
     def take_cache_stats(self, stats: Any) -> None:
         """Copy the prefetch and eviction counters of a ``KVCacheManager.stats``."""
         self.prefetch_issued, self.prefetch_used = stats.prefetch_issued, stats.prefetch_used
         self.prefetch_wasted, self.prefetch_late = stats.prefetch_wasted, stats.prefetch_late
         self.gpu_evicted_tokens, self.cpu_evicted_tokens = stats.gpu_evicted_tokens, stats.cpu_evicted_tokens
+
+
+@dataclass
+class WhyFacts:
+    """The facts that explain a near-1.00x comparison (summary key ``why``), as a backend saw them."""
+
+    replay: str  # closed | open (kvflow.release)
+    start: str  # recorded | together | poisson
+    hints: str  # declared | inferred | none (the policy got no workflow hints: KVFlow acts as LRU)
+    gpu_demand_tokens: int  # tokens that entered the GPU pool: resident at the end + evicted from it
+    busy_kind_s: dict[str, float] = field(default_factory=dict)  # prefill | decode | copy_stall seconds
+    agents_per_client: float = 0.0  # mean distinct agents per workflow instance (1: hints cannot rank)
+
+
+def why(c: RunCounters) -> dict[str, Any] | None:
+    """The ``why`` block: eviction (demand vs pool), hints, loop, time shares, one-line notes."""
+    w = c.why
+    if w is None:
+        return None
+    shares = {k: _ratio(v, c.makespan_s) for k, v in w.busy_kind_s.items()}
+    shares["idle"] = max(0.0, 1.0 - sum(shares.values())) if c.makespan_s else 0.0
+    facts: dict[str, Any] = {
+        "evicted": c.gpu_evicted_tokens > 0,
+        "gpu_pool_tokens": c.gpu_capacity_tokens,
+        "gpu_demand_tokens": w.gpu_demand_tokens,
+        "hints": w.hints,
+        "replay": w.replay,
+        "start": w.start,
+        "agents_per_client": w.agents_per_client,
+        "time_share": shares,
+    }
+    facts["notes"] = _notes(facts)
+    return facts
+
+
+def _notes(f: dict[str, Any]) -> list[str]:
+    notes = []
+    if not f["evicted"]:
+        notes.append("nothing was evicted (demand fits the pool): every policy keeps the same KV")
+    if f["hints"] == "none":
+        notes.append("no workflow hints (declared or inferred): KVFlow ranks like LRU")
+    if f["hints"] != "none" and 0 < f["agents_per_client"] < 1.5:
+        notes.append(
+            f"{f['agents_per_client']:.2f} agents per workflow instance: step hints barely rank one "
+            "instance's prefix against another's (KVFlow ~ LRU)"
+        )
+    if f["replay"] == "open":
+        notes.append("open loop: arrivals are pinned, a faster cache cannot finish a session sooner")
+    share = f["time_share"]
+    if share.get("decode", 0.0) > 0.8:
+        notes.append(f"decode-bound: prefill, what a cache hit saves, is {share.get('prefill', 0.0):.0%} of the time")
+    return notes
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -112,7 +165,7 @@ def summarize(
     loaded = sum(r["loaded_cpu_tokens"] for r in measured)
     recomputed = sum(r["recomputed_tokens"] for r in measured)
     makespan = c.makespan_s
-    return {
+    out = {
         "backend": who.backend,
         "policy": who.policy,
         "experiment": who.experiment,
@@ -142,6 +195,10 @@ def summarize(
         "params": dict(who.params),
         "details": {**_details(c, rows, measured), **c.extra},
     }
+    facts = why(c)
+    if facts is not None:
+        out["why"] = facts  # an addition: every contract key above is unchanged
+    return out
 
 
 def _details(c: RunCounters, rows: list[dict[str, Any]], measured: list[dict[str, Any]]) -> dict[str, Any]:

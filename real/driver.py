@@ -1,10 +1,11 @@
 """Wall-clock workflow driver: releases a trace's invocations as their dependencies finish.
 
-The release rules, frontiers, hints and the oracle's next-use table are the core's
-(``kvflow.workflow``, shared with the simulator's driver); this driver supplies wall-clock time:
-a workflow's first invocation becomes ready at its ``arrival_s``, every invocation is released to
-the engine ``delay_s`` after it is ready (never before its own arrival), and the client's hints go
-to the engine whenever its frontier changes (KVFLOW.md 2.2).
+The release rule (``kvflow.release.ReleaseRule``: closed or open loop, session starts), frontiers,
+hints and the oracle's next-use table are the core's (``kvflow.workflow``), shared with the
+simulator's driver; this driver supplies wall-clock time: a root becomes ready at
+``rule.root_ready_s``, a later invocation when its dependencies finish, each is released at
+``rule.release_s(inv, ready)``, and the client's hints go to the engine whenever its frontier
+changes (KVFLOW.md 2.2).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvflow.engine import Request
+from kvflow.release import ReleaseRule
 from kvflow.workflow import OracleFeed, WorkflowTracker
 
 __all__ = ["RealRequest", "WallClockDriver"]
@@ -45,11 +47,13 @@ class WallClockDriver:
         hints: bool = True,
         oracle_policy: Any = None,
         on_submit: Callable[[Any], None] | None = None,
+        rule: ReleaseRule | None = None,
     ) -> None:
         self.trace = trace
         self.engine = engine
         self.on_submit = on_submit
         self.tracker = WorkflowTracker(trace, hints)
+        self.rule = rule or ReleaseRule(trace)
         self.by_id = self.tracker.by_id
         self.requests: dict[str, RealRequest] = {}
         self.ready_s: dict[str, float] = {}
@@ -58,7 +62,7 @@ class WallClockDriver:
         self._inv_of: dict[int, str] = {}
         self.oracle = OracleFeed(trace, engine.cache) if oracle_policy is not None else None
         for inv in self.tracker.roots:
-            self._push(inv.arrival_s or 0.0, "ready", inv.id)
+            self._push(self.rule.root_ready_s(inv), "ready", inv.id)
 
     # ----- time ---------------------------------------------------------------------------------
     def _push(self, at_s: float, kind: str, inv_id: str) -> None:
@@ -88,7 +92,7 @@ class WallClockDriver:
         self.tracker.ready(inv)
         if not inv.deps:
             self._send_hints(inv.client_id, now_s)
-        self._push(max(now_s + inv.delay_s, inv.arrival_s or 0.0), "release", inv.id)
+        self._push(self.rule.release_s(inv, now_s), "release", inv.id)
 
     def _release(self, inv: Any, now_s: float) -> None:
         req = RealRequest(
@@ -98,7 +102,7 @@ class WallClockDriver:
             app_id=inv.workflow,
             tokens=self.trace.prompt_tokens(inv),
             fixed_tokens=self.trace.fixed_tokens(inv),
-            output_tokens=inv.output_tokens,
+            output_tokens=max(1, inv.output_tokens),  # a call returns at least one token (logs may say 0)
         )
         self.requests[inv.id] = req
         self._inv_of[id(req)] = inv.id

@@ -113,7 +113,8 @@ def run_real(
     clock = make_clock()
     executor = CopyExecutor(store, clock, copy_delay_s=opts.copy_delay_s)
     oracle = engine.cache.policy if engine.cache.policy.reads_future else None
-    driver = WallClockDriver(setup.trace, engine, hints=bool(cfg["policy"].get("hints", True)), oracle_policy=oracle)
+    hints = bool(cfg["policy"].get("hints", True))
+    driver = WallClockDriver(setup.trace, engine, hints=hints, oracle_policy=oracle, rule=setup.release)
     loop = RealEngineLoop(engine, net, store, executor, driver, clock, check_invariants=opts.check_invariants)
     try:
         loop.run()

@@ -1,23 +1,30 @@
 """Workflow driver: turns a trace into timed engine requests and step hints (KVFLOW.md 2.2).
 
-The release rules and hints are the core's (``kvflow.workflow.WorkflowTracker``, shared with the
-real backend); this driver only supplies SimPy time: a workflow's first invocation becomes ready
-at its arrival, every invocation is released to the engine ``delay_s`` (tool/think time) after it
-is ready, never before its own arrival, and the client's hints go to the engine whenever its
-frontier changes. Workflows without a graph get no hints (LRU behaviour, no prefetch).
+The release rule (closed or open loop, session starts: ``kvflow.release.ReleaseRule``) and the hints
+(``kvflow.workflow.WorkflowTracker``) are the core's, shared with the real backend and the SGLang
+replay; this driver only supplies SimPy time: a root becomes ready at ``rule.root_ready_s``, a later
+invocation when its dependencies finish, each is released at ``rule.release_s(inv, ready)``, and the
+client's hints go to the engine whenever its frontier changes. Workflows without a graph get no
+hints (LRU behaviour, no prefetch).
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from typing import Any
 
 import simpy
 
 from kvflow.engine import Request
+from kvflow.release import ReleaseRule
 from kvflow.workflow import WorkflowTracker
+from traces.tokens import TOKEN_TYPECODE
 
 __all__ = ["WorkflowDriver"]
+
+
+_NO_TOKENS = array(TOKEN_TYPECODE)
 
 
 def _nothing() -> None:
@@ -34,6 +41,7 @@ class WorkflowDriver:
         engine: Any,
         hints: bool = True,
         on_submit: Callable[[Any], None] | None = None,
+        rule: ReleaseRule | None = None,
     ) -> None:
         self.env = env
         self.trace = trace
@@ -41,6 +49,7 @@ class WorkflowDriver:
         self.on_engine_input: Callable[[], None] = _nothing  # set by start(): the engine loop's poke
         self.on_submit = on_submit
         self.tracker = WorkflowTracker(trace, hints)
+        self.rule = rule or ReleaseRule(trace)
         self.requests: dict[str, Request] = {}
         self.release_s: dict[str, float] = {}
         self.ready_s: dict[str, float] = {}
@@ -62,7 +71,7 @@ class WorkflowDriver:
             self.env.process(self._root(inv))
 
     def _root(self, inv: Any):
-        yield self.env.timeout(max(0.0, (inv.arrival_s or 0.0) - self.env.now))
+        yield self.env.timeout(max(0.0, self.rule.root_ready_s(inv) - self.env.now))
         self._ready(inv)
         self._send_hints(inv.client_id)
 
@@ -70,7 +79,7 @@ class WorkflowDriver:
     def _ready(self, inv: Any) -> None:
         self.ready_s[inv.id] = self.env.now
         self.tracker.ready(inv)
-        release_at = max(self.env.now + inv.delay_s, inv.arrival_s or 0.0)
+        release_at = self.rule.release_s(inv, self.env.now)
         if release_at > self.env.now:
             self.env.process(self._release_later(inv, release_at - self.env.now))
         else:
@@ -88,7 +97,7 @@ class WorkflowDriver:
             agent_id=inv.agent_id,
             tokens=self.trace.prompt_array(inv),  # machine ints: cheap to slice and compare
             fixed_tokens=self.trace.fixed_tokens(inv),
-            output_tokens=inv.output_tokens,
+            output_tokens=max(1, inv.output_tokens),  # a call returns at least one token (logs may say 0)
             app_id=inv.workflow,
         )
         self.requests[inv.id] = req
@@ -103,6 +112,7 @@ class WorkflowDriver:
         clients = set()
         for req in requests:
             inv = self.tracker.by_id[req.request_id]
+            req.tokens = _NO_TOKENS  # the rows need only its counters: 100K-token prompts x calls add up
             self.finish_s[inv.id] = self.env.now
             ready, client_done = self.tracker.finished(inv)
             for succ in ready:

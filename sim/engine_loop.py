@@ -51,6 +51,8 @@ class EngineLoop:
         self.decode_steps = 0
         self.blocking_load_wait_s = 0.0
         self.blocking_load_exposed_s = 0.0
+        self.busy_kind_s = {"prefill": 0.0, "decode": 0.0, "copy_stall": 0.0}  # busy_s split by what ran
+        self._stall_s = 0.0  # copy wait + exposed load time of the iteration in progress
         self.after_iteration = after_iteration  # e.g. invariant checks in tests
         self.timeline = timeline  # a list to record GPU iterations into (Gantt plots), or None
 
@@ -111,6 +113,7 @@ class EngineLoop:
                 self.decode_steps += 1 if it.decode else 0
                 finished = self.engine.finish(it, self.env.now)
             self.busy_s += self.env.now - start_s
+            self._count_kind(it, self.env.now - start_s)
             if self.timeline is not None:
                 self.timeline.append(("gpu", start_s, self.env.now, "prefill" if it.prefill else "decode"))
             self.start_ops()
@@ -118,6 +121,12 @@ class EngineLoop:
                 self.after_iteration()
             if finished:
                 self.on_finished(finished)
+
+    def _count_kind(self, it: Any, elapsed_s: float) -> None:
+        """Split an iteration's time: copy stall (waiting for / exposed reactive loads), else its kind."""
+        stall, self._stall_s = self._stall_s, 0.0
+        self.busy_kind_s["copy_stall"] += stall
+        self.busy_kind_s["prefill" if it.prefill else "decode"] += elapsed_s - stall
 
     def _compute_s(self, it: Any) -> float:
         chunks = [(c.new_tokens, c.context_tokens) for c in it.prefill]
@@ -149,6 +158,7 @@ class EngineLoop:
         compute_s = self._compute_s(it)
         total_s = self.cost.overlapped_load_time_s(compute_s, load_s)
         self.blocking_load_exposed_s += total_s - compute_s
+        self._stall_s = self.env.now - asked + total_s - compute_s
         yield self.env.timeout(total_s)
         self.decode_steps += 1 if it.decode else 0
         return self.engine.finish(it, self.env.now)

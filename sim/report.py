@@ -37,9 +37,24 @@ def table(summaries: Sequence[dict[str, Any]]) -> str:
 
 
 def header(s: dict[str, Any]) -> str:
+    """The run's context line, then the ``why`` facts (when the summary has them)."""
     d = s["details"]
-    return (
+    line = (
         f"workload {s['workload']} ({s['workflows']} workflows, {s['requests']} requests, "
         f"{d['measured_requests']} timed) | {s['model']} on {s['hardware']} | "
         f"KV pool {d['gpu_capacity_tokens']:,} GPU / {d['cpu_capacity_tokens']:,} CPU tokens"
     )
+    return line if "why" not in s else line + "\n" + why_lines(s["why"])
+
+
+def why_lines(w: dict[str, Any]) -> str:
+    """What explains the comparison: eviction, hints, loop, where the simulated time went."""
+    share = w["time_share"]
+    lines = [
+        f"why: {'evicted' if w['evicted'] else 'nothing evicted'} (GPU demand {w['gpu_demand_tokens']:,} vs pool "
+        f"{w['gpu_pool_tokens']:,} tokens) | hints {w['hints']} | {w['replay']} loop, starts {w['start']} | "
+        f"time: prefill {share.get('prefill', 0.0):.0%}, decode {share.get('decode', 0.0):.0%}, "
+        f"copy stalls {share.get('copy_stall', 0.0):.0%}, idle {share.get('idle', 0.0):.0%}"
+    ]
+    lines += [f"why: {note}" for note in w.get("notes", [])]
+    return "\n".join(lines)

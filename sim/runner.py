@@ -62,6 +62,14 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
             gc.enable()
 
 
+def hints_source(policy_cfg: Mapping[str, Any], trace: Any) -> str:
+    """Whether workflow hints existed: a declared step graph (used unless ``policy.hints`` is false),
+    one the policy learns (``infer_steps``), or none (a workflow-aware policy then ranks like LRU)."""
+    if policy_cfg.get("hints", True) and any(wf.graph for wf in trace.workflows.values()):
+        return "declared"
+    return "inferred" if policy_cfg.get("infer_steps") else "none"
+
+
 def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
     wall0 = time.perf_counter()
     setup = prepare(cfg, trace)
@@ -76,7 +84,12 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
     )  # GPU compute and PCIe copies share one list, for Gantt plots
     feed = OracleFeed(trace, cache) if policy.reads_future else None
     driver = WorkflowDriver(
-        env, trace, engine, hints=bool(policy_cfg.get("hints", True)), on_submit=feed.on_submit if feed else None
+        env,
+        trace,
+        engine,
+        hints=bool(policy_cfg.get("hints", True)),
+        on_submit=feed.on_submit if feed else None,
+        rule=setup.release,
     )
     bar = progress(total=len(trace.invocations), desc=str(policy_cfg.get("name", "sim")), unit="req")
 
@@ -105,7 +118,7 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
         bar.close()
     rows = request_rows(trace, driver)
     wf_rows = workflow_rows(rows)
-    run = counters(setup, loop, pcie, cache, env.now)
+    run = counters(setup, loop, pcie, cache, env.now, hints_source(policy_cfg, trace))
     run.wall_s = time.perf_counter() - wall0
     summary = summarize(RunIdentity.from_config("sim", cfg), run, rows, wf_rows)
     return SimResult(summary, rows, wf_rows, run.wall_s, sorted(timeline or [], key=lambda r: (r[1], r[0])))

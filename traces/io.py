@@ -42,6 +42,8 @@ INV_KEYS = {
     "deps",
     "arrival",
     "delay",
+    "model",
+    "service",
 }
 _LINE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
 GZIP_MAGIC = b"\x1f\x8b"
@@ -98,6 +100,10 @@ def _inv_obj(inv: Invocation) -> dict[str, Any]:
         obj["arrival"] = round(float(inv.arrival_s), 6)
     if inv.delay_s:
         obj["delay"] = round(float(inv.delay_s), 6)
+    if inv.model:
+        obj["model"] = inv.model
+    if inv.service_s is not None:
+        obj["service"] = round(float(inv.service_s), 6)
     return obj
 
 
@@ -134,7 +140,12 @@ def read_trace(path: str | os.PathLike[str], max_errors: int = 20) -> tuple[Trac
     except READ_ERRORS as exc:
         reader.errors.append(TraceError(str(path), reader.last_line + 1, f"cannot read file: {read_problem(exc)}"))
     errors = reader.errors[:max_errors]
-    return (None if errors else reader.trace()), errors
+    if errors:
+        return None, errors
+    try:
+        return reader.trace(), errors
+    except TraceError as exc:
+        return None, [exc]
 
 
 def _lines(path: str) -> Iterator[tuple[int, bytes]]:
@@ -194,7 +205,10 @@ class _Reader:
             self.errors.append(TraceError(self.path, self.last_line + 1, "no header line: empty trace"))
 
     def trace(self) -> Trace:
-        return Trace(self.meta or {}, self.workflows, self.invocations)
+        try:
+            return Trace(self.meta or {}, self.workflows, self.invocations)
+        except ValueError as exc:  # a malformed legacy header.inv_extra table
+            raise TraceError(self.path, 1, str(exc)) from None
 
     def _record(self, obj: Any) -> None:
         if not isinstance(obj, dict):
@@ -284,6 +298,9 @@ def _inv(obj: dict[str, Any], block_tokens: int) -> Invocation:
     arrival = obj.get("arrival")
     if arrival is not None:
         arrival = _float(obj, "arrival")
+    model = obj.get("model", "")
+    if not isinstance(model, str):
+        raise _Bad("model must be a string")
     return Invocation(
         id=_str(obj, "id"),
         client_id=_str(obj, "client"),
@@ -296,6 +313,8 @@ def _inv(obj: dict[str, Any], block_tokens: int) -> Invocation:
         deps=deps,
         arrival_s=arrival,
         delay_s=_float(obj, "delay") if "delay" in obj else 0.0,
+        model=model,
+        service_s=_float(obj, "service") if obj.get("service") is not None else None,
     )
 
 

@@ -16,10 +16,9 @@ FORMAT_NAME = "kvflow-trace"
 FORMAT_VERSION = 1
 SEGMENT_KINDS = ("shared", "unique", "tokens", "block")
 DEFAULT_BLOCK_TOKENS = 512
-# Header key holding the per-invocation `model` / `service_s` of imported traces. The invocation
-# line format has no such fields yet (its reader rejects unknown fields), so they travel in the
-# header, keyed by client and step: {"models": [name...], "calls": {client: [[step, model index
-# or -1, service_s or null], ...]}}. `Trace` rebuilds it from the invocations on construction.
+# Legacy header key: files written before `model` / `service` moved onto the invocation lines kept
+# them here, keyed by client and step: {"models": [name...], "calls": {client: [[step, model index
+# or -1, service_s or null], ...]}}. Still read (`Trace` applies it and drops it); never written.
 INV_EXTRA_KEY = "inv_extra"
 
 
@@ -131,24 +130,14 @@ class Trace:
 
 
 def _sync_inv_extra(trace: Trace) -> None:
-    """Invocations carrying model/service_s define the header table; otherwise the table (as read
-    from a file) fills them in. So a trace rebuilt from a subset of invocations stays consistent."""
-    invs = trace.invocations
-    if any(inv.model or inv.service_s is not None for inv in invs):
-        trace.meta = {k: v for k, v in trace.meta.items() if k != INV_EXTRA_KEY}
-        trace.meta[INV_EXTRA_KEY] = _extra_table(invs)
-    elif INV_EXTRA_KEY in trace.meta:
-        _apply_extra_table(trace.meta[INV_EXTRA_KEY], invs)
-
-
-def _extra_table(invs: list[Invocation]) -> dict[str, Any]:
-    models: dict[str, int] = {}
-    calls: dict[str, list[list[Any]]] = {}
-    for inv in invs:
-        index = models.setdefault(inv.model, len(models)) if inv.model else -1
-        service = None if inv.service_s is None else round(float(inv.service_s), 6)
-        calls.setdefault(inv.client_id, []).append([inv.step, index, service])
-    return {"models": list(models), "calls": calls}
+    """A legacy header table (older files) fills model/service_s of invocations that carry none; the
+    table is then dropped from the header, so writing the trace puts them on the invocation lines."""
+    if INV_EXTRA_KEY not in trace.meta:
+        return
+    table = trace.meta[INV_EXTRA_KEY]
+    trace.meta = {k: v for k, v in trace.meta.items() if k != INV_EXTRA_KEY}
+    if not any(inv.model or inv.service_s is not None for inv in trace.invocations):
+        _apply_extra_table(table, trace.invocations)
 
 
 def _apply_extra_table(table: Any, invs: list[Invocation]) -> None:

@@ -1,8 +1,10 @@
 """Replay a kvflow trace against a running SGLang server over HTTP and write a run directory.
 
-Release semantics follow the simulator's driver: an invocation is *ready* when its dependencies
-finished (a workflow's first one at once), is sent ``delay_s`` later and never before its own
-``arrival_s`` (seconds from the replay start). A client's frontier is its ready or running agents;
+Release semantics are the simulator's (``kvflow.release.ReleaseRule``, closed loop by default for
+traces with dependencies; ``ReplayConfig.replay`` / ``start`` / ``start_rate_per_s``): a root is
+ready at its session's start, a later invocation when its dependencies finished, and each is sent
+at ``rule.release_s(inv, ready)`` (seconds from the replay start). Gaps derived from timestamps
+subtract recorded service times only (the replay has no cost model to estimate one). A client's frontier is its ready or running agents;
 every request carries ``steps_to_execution(frontier)`` of its workflow's step graph in
 ``kv_hints`` (none when the workflow has no graph). Requests stream, so TTFT is the first chunk.
 
@@ -29,6 +31,7 @@ from typing import Any
 from harness.rows import is_warmup, workflow_rows
 from harness.run_dir import write_run_dir
 from harness.summary import RunCounters, RunIdentity, summarize
+from kvflow.release import ReleaseOptions, ReleaseRule
 from kvflow.step_graph import StepGraph
 from real.sglang.client import SGLangClient, WorkflowSession
 
@@ -44,6 +47,9 @@ class ReplayConfig:
     concurrency: int = 64  # HTTP requests in flight at most
     vocab_size: int | None = None  # map trace token ids into the model's vocabulary
     timeout_s: float = 600.0
+    replay: str | None = None  # open|closed; None: closed when the trace has dependencies
+    start: str = "recorded"  # session starts: recorded|together|poisson
+    start_rate_per_s: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,6 +58,7 @@ class _Replayer:
         self.trace, self.cfg = trace, cfg
         self.client = SGLangClient(cfg.base_url, cfg.timeout_s)
         self.by_id = {inv.id: inv for inv in trace.invocations}
+        self.rule = ReleaseRule(trace, ReleaseOptions(cfg.replay, cfg.start, cfg.start_rate_per_s, cfg.seed))
         self.waiting_on = {inv.id: len(inv.deps) for inv in trace.invocations}
         self.dependents: dict[str, list[str]] = {inv.id: [] for inv in trace.invocations}
         for inv in trace.invocations:
@@ -78,8 +85,9 @@ class _Replayer:
         self.sessions[inv.client_id].running[inv.agent_id] = (
             self.sessions[inv.client_id].running.get(inv.agent_id, 0) + 1
         )
-        self.ready_s[inv.id] = self.now()
-        release_at = max(self.now() + inv.delay_s, inv.arrival_s or 0.0)
+        ready_s = self.rule.root_ready_s(inv) if not inv.deps else self.now()
+        self.ready_s[inv.id] = ready_s
+        release_at = self.rule.release_s(inv, ready_s)
         heapq.heappush(self.heap, (release_at, next(self._order), inv.id))
 
     def run(self) -> float:
@@ -210,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hardware", default="")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--vocab-size", type=int, default=None)
+    parser.add_argument("--replay", choices=["open", "closed"], default=None, help="default: closed if deps")
+    parser.add_argument("--start", choices=["recorded", "together", "poisson"], default="recorded")
+    parser.add_argument("--start-rate", type=float, default=0.0, help="sessions per second (--start poisson)")
     args = parser.parse_args(argv)
     cfg = ReplayConfig(
         args.url,
@@ -218,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         hardware=args.hardware,
         concurrency=args.concurrency,
         vocab_size=args.vocab_size,
+        replay=args.replay,
+        start=args.start,
+        start_rate_per_s=args.start_rate,
     )
     summary = replay(load_trace(args.trace), args.out_dir, cfg)
     print(

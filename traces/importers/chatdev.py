@@ -254,6 +254,11 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "seed": seed,
-        "provenance": {"importer": "chatdev", "sources": imported, "skipped": skipped},
+        "provenance": {
+            "importer": "chatdev",
+            "sources": imported,
+            "skipped": skipped,
+            "gaps": "recorded: each call's send time - the previous call's receive time (delay)",
+        },
     }
     return Trace(meta, {WORKFLOW: WorkflowDef(WORKFLOW, agents, graph)} if invocations else {}, invocations)

@@ -85,7 +85,15 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "seed": seed,
-        "provenance": {"importer": "openai", "sources": [os.path.basename(p) for p in paths]},
+        "provenance": {
+            "importer": "openai",
+            "sources": [os.path.basename(p) for p in paths],
+            "gaps": (
+                "derived: only request timestamps are recorded (arrival); closed-loop replay uses "
+                "timestamp - previous timestamp - the calls' service time (none recorded: the backend's "
+                "estimate), floored at 0"
+            ),
+        },
     }
     workflows = {WORKFLOW: WorkflowDef(WORKFLOW, agents, None)} if invocations else {}
     return Trace(meta, workflows, invocations)

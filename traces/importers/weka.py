@@ -365,7 +365,12 @@ def import_files(
         "version": FORMAT_VERSION,
         "seed": seed,
         "block_tokens": block or BLOCK_TOKENS,
-        "provenance": {"importer": "weka", "sources": sources, "skipped": skipped},
+        "provenance": {
+            "importer": "weka",
+            "sources": sources,
+            "skipped": skipped,
+            "gaps": "recorded: think time (delay); after a spawn or join: start - latest dependency's start + api_time",
+        },
     }
     return Trace(meta, {WORKFLOW: WorkflowDef(WORKFLOW, agents, graph)} if invocations else {}, invocations)
 
