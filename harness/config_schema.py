@@ -19,6 +19,7 @@ from typing import Any
 from harness.cost_model import COST_MODELS
 from harness.errors import SetupError
 from harness.profile import MEASURED_KEYS, MIXED_STEPS, check_hardware
+from kvflow.release import REPLAY_MODES, START_MODES
 
 
 class ConfigError(SetupError):
@@ -166,6 +167,12 @@ WORKLOAD: dict[str, Check] = {
     "import_format": optional(text),
     "import_from": optional(text),
     "params": anything,  # checked below; the generator checks names and ranges
+    # release (kvflow/release.py; harness.setup.release_options checks the combinations)
+    "replay": optional(one_of(*REPLAY_MODES)),
+    "start": one_of(*START_MODES),
+    "start_rate_per_s": NON_NEGATIVE,
+    "model_map": anything,  # {MODEL: keep|separate|drop}: traces.model_map checks the actions
+    "sessions": one_of("all", "test", "train"),
 }
 SECTIONS: dict[str, dict[str, Check]] = {
     "hardware": HARDWARE,

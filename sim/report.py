@@ -16,23 +16,53 @@ def speedups(summaries: dict[str, dict[str, Any]], target: str = "kvflow") -> di
     return {name: s["workflow_latency_mean_s"] / base for name, s in summaries.items() if name != target and base > 0}
 
 
-def table(summaries: Sequence[dict[str, Any]]) -> str:
-    """Fixed-width comparison table, one line per policy."""
-    head = (
-        f"{'policy':<18}{'wf mean s':>10}{'p50 s':>9}{'p99 s':>9}{'makespan':>10}{'req/s':>8}"
-        f"{'gpu hit':>8}{'cpu ld':>8}{'recomp':>8}{'H2D GB':>8}{'D2H GB':>8}{'H2D %':>7}"
-        f"{'pf i/u/w/l':>14}{'stall s':>9}"
+# (header, format of the value): every column is right-aligned to the wider of its header and its
+# values and separated by two spaces, so large values (10,000 s latencies) never run together
+_COLUMNS = (
+    ("wf mean s", "{:,.3f}"),
+    ("p50 s", "{:,.3f}"),
+    ("p99 s", "{:,.3f}"),
+    ("makespan", "{:,.2f}"),
+    ("req/s", "{:,.2f}"),
+    ("gpu hit", "{:.1%}"),
+    ("cpu ld", "{:.1%}"),
+    ("recomp", "{:.1%}"),
+    ("H2D GB", "{:,.2f}"),
+    ("D2H GB", "{:,.2f}"),
+    ("H2D %", "{:.1%}"),
+    ("pf i/u/w/l", "{}"),
+    ("stall s", "{:,.3f}"),
+)
+
+
+def _cells(s: dict[str, Any]) -> list[str]:
+    values = (
+        s["workflow_latency_mean_s"],
+        s["workflow_latency_p50_s"],
+        s["workflow_latency_p99_s"],
+        s["makespan_s"],
+        s["throughput_req_s"],
+        s["hit_rate_gpu"],
+        s["hit_rate_cpu"],
+        s["recompute_rate"],
+        s["h2d_bytes"] / GB,
+        s["d2h_bytes"] / GB,
+        s["h2d_utilization"],
+        f"{s['prefetch_issued']}/{s['prefetch_used']}/{s['prefetch_wasted']}/{s['prefetch_late']}",
+        s["details"]["stalled_s_total"],
     )
+    return [fmt.format(v) for (_, fmt), v in zip(_COLUMNS, values)]
+
+
+def table(summaries: Sequence[dict[str, Any]]) -> str:
+    """Comparison table, one line per policy; columns sized to their contents."""
+    rows = [(str(s["policy"]), _cells(s)) for s in summaries]
+    name_w = max([len("policy"), *(len(name) for name, _ in rows)])
+    widths = [max([len(h), *(len(cells[i]) for _, cells in rows)]) for i, (h, _) in enumerate(_COLUMNS)]
+    head = "policy".ljust(name_w) + "".join(f"  {h:>{w}}" for (h, _), w in zip(_COLUMNS, widths))
     lines = [head, "-" * len(head)]
-    for s in summaries:
-        pf_text = f"{s['prefetch_issued']}/{s['prefetch_used']}/{s['prefetch_wasted']}/{s['prefetch_late']}"
-        lines.append(
-            f"{s['policy']:<18}{s['workflow_latency_mean_s']:>10.3f}{s['workflow_latency_p50_s']:>9.3f}"
-            f"{s['workflow_latency_p99_s']:>9.3f}{s['makespan_s']:>10.2f}{s['throughput_req_s']:>8.2f}"
-            f"{s['hit_rate_gpu']:>8.1%}{s['hit_rate_cpu']:>8.1%}{s['recompute_rate']:>8.1%}"
-            f"{s['h2d_bytes'] / GB:>8.2f}{s['d2h_bytes'] / GB:>8.2f}{s['h2d_utilization']:>7.1%}"
-            f"{pf_text:>14}{s['details']['stalled_s_total']:>9.3f}"
-        )
+    for name, cells in rows:
+        lines.append(name.ljust(name_w) + "".join(f"  {c:>{w}}" for c, w in zip(cells, widths)))
     return "\n".join(lines)
 
 
