@@ -19,12 +19,16 @@ class NextStepPrefetcher(CopyingPrefetcher):
     def __init__(self, cache: KVCacheManager, hints: HintsView) -> None:
         super().__init__(cache, hints)
         self.starved: dict[str, None] = {}  # a dict keeps insertion order: oldest waiter first
+        self.next: dict[str, list[str]] = {}  # per client: its agents one step ahead, sorted
 
     def next_agents(self, client_id: str) -> list[str]:
-        """The client's agents one step ahead, sorted."""
-        return sorted(a for a, v in self.hints.get(client_id, {}).items() if v == 1)
+        """The client's agents one step ahead, sorted (as of its last hints; none once the engine
+        dropped the client's hints, e.g. its workflow finished)."""
+        return self.next.get(client_id, []) if client_id in self.hints else []
 
     def on_hints(self, client_id: str) -> None:
+        # computed once per hint change: retries after a freed slot reuse the list
+        self.next[client_id] = sorted(a for a, v in self.hints.get(client_id, {}).items() if v == 1)
         self.prefetch(client_id)
 
     def slot_freed(self) -> None:
