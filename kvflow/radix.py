@@ -438,6 +438,11 @@ class RadixTree:
         self._transition(node, node.gpu and not demote, node.cpu, InFlight.OFFLOAD)
 
     def end_offload(self, node: RadixNode) -> None:
+        if node.inflight is InFlight.OFFLOAD:  # the usual case: the copy already counted as CPU
+            node.cpu, node.inflight = True, None  # for the parent, so no counter moves
+            if not node.lock_ref:
+                self.refresh(node)
+            return
         self._transition(node, node.gpu, True, None)
 
     def begin_load(self, node: RadixNode) -> None:
@@ -445,6 +450,11 @@ class RadixTree:
         self._transition(node, node.gpu, node.cpu, InFlight.LOAD)
 
     def end_load(self, node: RadixNode) -> None:
+        if node.inflight is InFlight.LOAD:  # the usual case: the copy already counted as GPU
+            node.gpu, node.inflight = True, None  # for the parent, so no counter moves
+            if not node.lock_ref:
+                self.refresh(node)
+            return
         self._transition(node, True, node.cpu, None)
 
     def _transition(self, node: RadixNode, gpu: bool, cpu: bool, inflight: InFlight | None) -> None:

@@ -31,12 +31,13 @@ class CpuTier:
 
     def alloc(self, n_tokens: int) -> bool:
         """Reserve ``n_tokens`` for a CPU copy, evicting as needed; all or nothing."""
-        if self.config.cpu_capacity_tokens == 0:
+        capacity = self.config.cpu_capacity_tokens  # (free space as plain arithmetic: a hot path)
+        if capacity == 0:
             return False
-        if self.free_tokens < n_tokens:
-            self.evict(n_tokens - self.free_tokens)
-        if self.free_tokens < n_tokens:
-            return False
+        if capacity - self.used_tokens < n_tokens:
+            self.evict(n_tokens - (capacity - self.used_tokens))
+            if capacity - self.used_tokens < n_tokens:
+                return False
         self.used_tokens += n_tokens
         return True
 
@@ -83,9 +84,10 @@ class GpuTier:
         """Reserve ``n_tokens``, evicting as needed. Returns the tokens granted: ``n_tokens`` or 0
         (all or nothing), or as many as possible when ``partial``. With ``limit_key`` only victims
         whose policy key is below it are evicted (a prefetch must not evict what is needed sooner)."""
-        if self.free_tokens < n_tokens:
-            self.evict(n_tokens - self.free_tokens, limit_key)
-        granted = min(n_tokens, max(self.free_tokens, 0))
+        capacity = self.config.gpu_capacity_tokens  # (free space as plain arithmetic: a hot path)
+        if capacity - self.used_tokens < n_tokens:
+            self.evict(n_tokens - (capacity - self.used_tokens), limit_key)
+        granted = min(n_tokens, max(capacity - self.used_tokens, 0))
         if granted < n_tokens and not partial:
             return 0
         self.used_tokens += granted

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from kvflow.ops import Free, Offload, Op
 from kvflow.policies.base import Policy
-from kvflow.radix import RadixNode, RadixTree
+from kvflow.radix import InFlight, RadixNode, RadixTree
 from kvflow.tiers import CpuTier
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class WritePolicy:
         if (
             not node.cpu
             and self.write_back
+            and self._cpu_anchored(node)
             and (self.worth_keeping is None or self.worth_keeping(node))
             and self.cpu.alloc(n)
         ):
@@ -67,6 +68,14 @@ class WritePolicy:
                 self.ops.append(Free(node, n, 0, tier="gpu"))
         return n
 
+    def _cpu_anchored(self, node: RadixNode) -> bool:
+        """CPU copies stay prefix-closed: a node gets one only below the root or a parent that has
+        (or is writing) one. A CPU copy below a parent without one would be unreachable, and once
+        the parent left the GPU it would have to leave the tree with children (the bug hypothesis
+        found: a parent whose backup found no CPU space, its 1-token child's did)."""
+        parent = node.parent
+        return parent is self.tree.root or parent is None or parent.cpu or parent.inflight is InFlight.OFFLOAD
+
     def _backup_due(self, node: RadixNode) -> bool:
         """Write-through wants a CPU copy of ``node`` (on the GPU) now, and CPU space was reserved."""
         if (
@@ -75,6 +84,8 @@ class WritePolicy:
             or node.inflight is not None
             or node.hits + 1 < self.config.write_through_hits
         ):
+            return False
+        if not self._cpu_anchored(node):
             return False
         if self.worth_keeping is not None and not self.worth_keeping(node):
             return False  # the policy expects no reuse: save the PCIe bandwidth and the CPU space

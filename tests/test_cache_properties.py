@@ -172,3 +172,16 @@ def test_relock_equals_lock_then_unlock():
         got.lock(nodes[old])
         got.relock(nodes[old], nodes[new])
         assert {k: n.lock_ref for k, n in nodes.items()} == {k: n.lock_ref for k, n in nodes_ref.items()}, (old, new)
+
+
+def test_cpu_copies_stay_prefix_closed_when_a_parent_backup_finds_no_space():
+    """Regression (found by hypothesis): the parent's write-through backup found no CPU space while
+    its 1-token child's did; once both left the GPU the parent had to leave the tree with a child.
+    A CPU copy is now made only below a parent that has (or is writing) one."""
+    ops = [
+        ("insert", [0, 1, 2, 3] + [3] * 11, 0, "a"),
+        ("insert", [0] * 20, 19, "a"),
+        ("complete", 1),
+        ("insert", [0, 1, 2, 3] * 3, 0, "a"),
+    ]
+    run_ops(ops, "lru", 1, 30)  # raised AssertionError in RadixTree._detach before the fix
