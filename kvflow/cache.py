@@ -10,7 +10,7 @@ engine's prefetcher's (``kvflow.prefetch``), ranking the policy's (``kvflow.poli
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kvflow.insert import Insertion, add_new, walk_cached
@@ -116,13 +116,9 @@ class KVCacheManager:
         return ops
 
     @property
-    def has_pending_ops(self) -> bool:
-        """Ops are queued (cheaper than ``take_ops`` when, as usual, none are)."""
-        return bool(self._pending)
-
-    @property
     def pending_ops(self) -> list[Op]:
-        """The queue itself, read-only for callers (the engine's hot ``has_ops`` test)."""
+        """The queue itself, read-only for callers: ``bool(cache.pending_ops)`` is the cheap "any
+        ops queued?" test (the engine's ``has_ops``, the simulator's loop)."""
         return self._pending
 
     def queue_ops(self, ops: Iterable[Op]) -> None:
@@ -259,7 +255,7 @@ class KVCacheManager:
             node = node.parent
 
     # ----- hints -----------------------------------------------------------------------------
-    def set_hints(self, client_id: str, steps: dict[str, float | None]) -> None:
+    def set_hints(self, client_id: str, steps: Mapping[str, float | None]) -> None:
         """New steps-to-execution for a client's agents (None = unknown): the policy takes them
         and names the users whose keys may have dropped; their fixed-prompt paths are re-filed
         (a key that rises is corrected when its stale heap entry surfaces)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kvflow.cache import KVCacheManager
@@ -151,22 +151,18 @@ class Engine:
         if self.transitions is not None and request.user is not None:
             self.transitions.observe(request.app_id, request.client_id, request.agent_id)
             if request.client_id not in self.declared_clients:  # a declared graph wins
-                inferred = self.transitions.steps_from(request.app_id, request.agent_id)
-                # not confident: forget this client's hints, rank it by LRU
-                steps: dict[str, float | None] = (
-                    dict(inferred)
-                    if inferred is not None
-                    else {agent: None for agent in self.hints.get(request.client_id, {})}
-                )
+                steps: Mapping[str, float | None] | None = self.transitions.steps_from(request.app_id, request.agent_id)
+                if steps is None:  # not confident: forget this client's hints, rank it by LRU
+                    steps = {agent: None for agent in self.hints.get(request.client_id, {})}
                 self._apply_hints(request.client_id, steps)
 
-    def set_hints(self, client_id: str, steps: dict[str, float | None], now_s: float) -> None:
+    def set_hints(self, client_id: str, steps: Mapping[str, float | None], now_s: float) -> None:
         """Declared steps-to-execution for a client (None = unknown), from its workflow's graph:
         re-rank its cache entries and maybe prefetch."""
         self.declared_clients.add(client_id)
         self._apply_hints(client_id, steps)
 
-    def _apply_hints(self, client_id: str, steps: dict[str, float | None]) -> None:
+    def _apply_hints(self, client_id: str, steps: Mapping[str, float | None]) -> None:
         known = {a: v for a, v in steps.items() if v is not None}
         self.hints[client_id] = known
         self.cache.set_hints(client_id, steps)
