@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from harness import interrupt
+
 POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "oracle")
 
 
@@ -194,6 +196,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupt.watch()
     user_errors: tuple[type[BaseException], ...] = (ValueError, OSError)
     try:
         from hydra.errors import HydraException
@@ -205,15 +208,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "calibrate": cmd_calibrate, "validate": cmd_validate}[args.cmd](args)
     except user_errors as exc:  # bad input: one line, no traceback
+        if interrupt.received():  # a Ctrl-C that a library turned into its own error
+            return _interrupted()
         text = " ".join(str(exc).split()).split(" Config search path")[0]
         print(f"kvflow-real: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "kvflow-real: interrupted; finished run dirs are complete, rerun the same command for the rest",
-            file=sys.stderr,
-        )
-        return 130
+        return _interrupted()
+    except Exception:
+        if interrupt.received():
+            return _interrupted()
+        raise
+
+
+def _interrupted() -> int:
+    print(
+        "kvflow-real: interrupted; finished run dirs are complete, rerun the same command for the rest", file=sys.stderr
+    )
+    return interrupt.EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import re
 import sys
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import yaml
@@ -26,8 +26,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness import interrupt
 from harness.config_schema import validate_config
 from harness.errors import SetupError
+from harness.interrupt import EXIT_INTERRUPTED
 from harness.run_dir import (
     complete_runs,
     lock_dir,
@@ -47,7 +49,6 @@ try:
 except ImportError:  # pragma: no cover
     from traces.schema import TraceError
 
-EXIT_INTERRUPTED = 130
 _PROGRESS: dict[str, Any] = {"root": None, "total": None, "multirun": False}  # what the Ctrl-C line counts
 USER_ERRORS = (SetupError, HydraException, OmegaConfBaseException, TraceError, ValueError, OSError)
 
@@ -155,6 +156,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def _fail(exc: BaseException) -> None:
+    if interrupt.received():  # Ctrl-C that a library turned into its own error (harness/interrupt.py)
+        raise KeyboardInterrupt from exc
     print(f"kvflow-sim: error: {one_line(exc)}", file=sys.stderr)
     sys.exit(2)
 
@@ -180,17 +183,26 @@ def _interrupted_line(argv: list[str]) -> str:
     return f"interrupted; {done}{of} runs complete ({root}); rerun the same command{where} to resume"
 
 
+def _interrupted() -> NoReturn:
+    print(_interrupted_line(sys.argv[1:]), file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def main() -> None:
     """Console entry point: Hydra errors are re-raised (HYDRA_FULL_ERROR) and shown as one line."""
     old = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    interrupt.watch()
     try:
         _app()
-    except USER_ERRORS as exc:
-        _fail(exc)
     except KeyboardInterrupt:
-        print(_interrupted_line(sys.argv[1:]), file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted()
+    except Exception as exc:
+        if interrupt.received():  # whatever a library made of the Ctrl-C (harness/interrupt.py)
+            _interrupted()
+        if isinstance(exc, USER_ERRORS):
+            _fail(exc)
+        raise
     finally:
         if old is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra.errors import ConfigCompositionException
 
+from harness import interrupt
 from harness import run_dir as rd
 from traces import cli as trace_cli
 
@@ -186,3 +188,55 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
         rf"interrupted; \d of 6 runs complete \({re.escape(str(sweep))}\); rerun the same command to resume", last
     )
     assert "Traceback" not in err
+
+
+def _sigint_turned_into(error: Exception):
+    """What OmegaConf did in CI: the Ctrl-C landed in its flag_override ``__exit__``, which then
+    failed with its own error (ConfigCompositionException, or a raw AttributeError)."""
+
+    def app() -> None:
+        try:
+            interrupt._on_sigint(signal.SIGINT, None)
+        except KeyboardInterrupt as exc:
+            raise error from exc
+
+    return app
+
+
+@pytest.mark.parametrize("error", [ConfigCompositionException(), AttributeError("'NoneType' object has no attribute")])
+def test_ctrl_c_that_a_library_turns_into_its_own_error_is_still_exit_130(monkeypatch, capsys, error):
+    import sim.cli as sim_cli
+
+    monkeypatch.setattr(interrupt, "_received", False)
+    monkeypatch.setattr(interrupt, "watch", lambda: None)
+    monkeypatch.setattr(sim_cli, "_app", _sigint_turned_into(error))
+    with pytest.raises(SystemExit) as exit_:
+        sim_cli.main()
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.startswith("interrupted; ")
+
+
+def test_an_error_without_a_ctrl_c_is_still_an_error(monkeypatch, capsys):
+    import sim.cli as sim_cli
+
+    monkeypatch.setattr(interrupt, "_received", False)
+    monkeypatch.setattr(interrupt, "watch", lambda: None)
+
+    def app() -> None:
+        raise ConfigCompositionException("bad override")
+
+    monkeypatch.setattr(sim_cli, "_app", app)
+    with pytest.raises(SystemExit) as exit_:
+        sim_cli.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == "kvflow-sim: error: bad override"
+
+
+def test_ctrl_c_while_the_entry_point_imports_is_one_line(monkeypatch, tmp_path, capsys):
+    (tmp_path / "slow_cli.py").write_text("raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(interrupt, "watch", lambda: None)
+    with pytest.raises(SystemExit) as exit_:
+        interrupt.launch("slow_cli", "kvflow-sim")
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip() == "kvflow-sim: interrupted while starting; nothing was run or written"
