@@ -90,9 +90,14 @@ def annotate_next_use(requests: list[ReplayRequest]) -> list[list[int]]:
 
 
 def replay(
-    requests: list[ReplayRequest], policy_name: str, capacity_units: int, warmup_fraction: float = 0.5
+    requests: list[ReplayRequest],
+    policy_name: str,
+    capacity_units: int,
+    warmup_fraction: float = 0.5,
+    measured: list[bool] | None = None,
 ) -> ReplayResult:
-    """Run the requests through a GPU-only cache; returns hit statistics."""
+    """Run the requests through a GPU-only cache; returns hit statistics over the requests after
+    the warm-up fraction, or over those ``measured`` marks (a simulated run's own warm-up rule)."""
     if capacity_units <= 0:
         raise ReplayInputError(f"cache capacity is {capacity_units} units: budget too small for one block")
     cache = KVCacheManager(
@@ -100,20 +105,24 @@ def replay(
     )
     next_use = annotate_next_use(requests) if policy_name == "oracle" else None
     warmup = math.floor(len(requests) * warmup_fraction)
+    counted = measured if measured is not None else [index >= warmup for index in range(len(requests))]
+    if len(counted) != len(requests):
+        raise ValueError(f"measured marks {len(counted)} requests of {len(requests)}")
+    first_measured = next((i for i, m in enumerate(counted) if m), len(requests))
     hit_tokens = total_tokens = 0
     filled_before_measurement = False
     for index, req in enumerate(requests):
         hit_units = _replay_one(cache, req, None if next_use is None else next_use[index])
-        if index >= warmup:
+        if counted[index]:
             weights = req.unit_tokens
             hit_tokens += hit_units if weights is None else sum(weights[:hit_units])
             total_tokens += len(req.keys) if weights is None else sum(weights)
-        if index < warmup and cache.gpu_free_tokens == 0:
+        if index < first_measured and cache.gpu_free_tokens == 0:
             filled_before_measurement = True
     return {
         "policy": policy_name,
         "requests": len(requests),
-        "measured_requests": len(requests) - warmup,
+        "measured_requests": sum(counted),
         "hit_tokens": hit_tokens,
         "total_tokens": total_tokens,
         "hit_rate": hit_tokens / total_tokens if total_tokens else 0.0,
