@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness import interrupt
 
@@ -53,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cal = sub.add_parser("calibrate", help="measure prefill/decode/PCIe and write a hardware profile")
     _backend_args(cal)
-    cal.add_argument("--model", default="llama-3.1-8b", help="conf/model name (tiny for CPU)")
+    cal.add_argument("--model", default=None, help="conf/model name (default llama-3.1-8b on a GPU, tiny on CPU)")
     cal.add_argument("--base", default="h200", help="hardware profile whose spec fields are kept (name or path)")
-    cal.add_argument("--name", default=None, help="profile name (default <base>_<model>_measured)")
+    cal.add_argument(
+        "--name", default=None, help="profile name (default <base>_<model>_measured; cpu_<model>_measured on CPU)"
+    )
     cal.add_argument(
         "--profile-out",
         type=Path,
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="fixed prompt of the short engine-loop run whose per-iteration overhead is added "
-        "to a_s (default 4096 on GPU, 256 on CPU; 0 disables)",
+        "to a_s (default 4096 on GPU; on CPU the default CPU workload's fixed prompt; 0 disables)",
     )
     for flag in ("prefill-new", "prefill-ctx", "decode-batch", "decode-ctx", "copy-tokens"):
         cal.add_argument(f"--{flag}", default=None, help="comma list overriding the default grid")
@@ -100,7 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     out = args.out or _default_out("run")
     policies = [p for p in (args.policies or "").split(",") if p]
-    base = [o for o in args.overrides if not o.startswith("policy=")]
+    given = _cpu_overrides(args, "run", args.overrides)
+    base = [o for o in given if not o.startswith("policy=")]
     if not policies:
         policies = [o.split("=", 1)[1] for o in args.overrides if o.startswith("policy=")] or ["kvflow"]
     opts = _opts(args)
@@ -130,16 +134,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
     from harness.profile import load_profile
-    from harness.run_dir import write_atomic
     from kvflow.model_spec import load_model_spec
-    from real.calibrate import Grid, calibrate, fit_report, write_profile
-    from real.runner import build_model
+    from real.calibrate import Grid
+    from real.model import pick_device
 
-    spec = load_model_spec(args.model)
-    net = build_model(spec, _opts(args))
-    grid = Grid.default(net.device, spec)
+    on_cpu = pick_device(args.device).type == "cpu"
+    spec = load_model_spec(args.model or ("tiny" if on_cpu else "llama-3.1-8b"))
+    grid = Grid.default(pick_device(args.device), spec)
+    loop_tokens = args.loop_fixed_tokens
+    if on_cpu and not any(getattr(args, a) for a in _GRID_FLAGS):  # the shapes of the default CPU workload
+        grid, fixed = _cpu_grid(spec.name)
+        loop_tokens = fixed if loop_tokens is None else loop_tokens
     grid.reps = args.reps
-    for attr in ("prefill_new", "prefill_ctx", "decode_batch", "decode_ctx", "copy_tokens"):
+    for attr in _GRID_FLAGS:
         value = _ints(getattr(args, attr))
         if value:
             setattr(grid, attr, value)
@@ -149,10 +156,57 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         else Path(str(files("conf") / "hardware" / f"{args.base}.yaml"))
     )
     base = load_profile(base_path)
-    name = args.name or f"{base.get('name', 'custom')}_{spec.name}_measured".replace(".", "")
+    prefix = "cpu" if on_cpu else base.get("name", "custom")
+    name = args.name or f"{prefix}_{spec.name}_measured".replace(".", "")
     path = args.profile_out or Path(str(files("conf") / "hardware" / f"{name}.yaml"))
+    _calibrate_to(path, spec, grid, base, name, _opts(args), loop_tokens, args.out)
+    print(f"profile written: {path}  (kvflow-sim hardware={name} when under conf/hardware/)")
+    return 0
+
+
+_GRID_FLAGS = ("prefill_new", "prefill_ctx", "decode_batch", "decode_ctx", "copy_tokens")
+
+
+def _cpu_grid(model: str) -> tuple[Any, int]:
+    """Calibration grid of the default CPU workload's shapes, and its fixed prompt length."""
+    from harness.config_schema import validate_config
+    from harness.setup import build_trace
+    from real.config import compose
+    from real.cpu_defaults import CPU_WORKLOAD, describe_workload
+
+    cfg = validate_config(compose([f"model={model}", *CPU_WORKLOAD]))
+    trace = build_trace(cfg["workload"], int(cfg.get("seed", 0)))
+    print(f"cpu: model={model}, grid from the shapes of the default CPU workload {describe_workload()}", flush=True)
+    return _grid_for(cfg, trace), max(trace.fixed_tokens(i) for i in trace.invocations)
+
+
+def _grid_for(cfg: dict[str, Any], trace: Any) -> Any:
+    from harness.setup import chunk_tokens
+    from real.calibrate import Grid
+
+    clients = len({inv.client_id for inv in trace.invocations})
+    running = (cfg.get("engine") or {}).get("max_running_requests") or clients
+    return Grid.for_trace(trace, chunk_tokens(cfg), min(clients, int(running), 8))
+
+
+def _calibrate_to(
+    path: Path,
+    spec: Any,
+    grid: Any,
+    base: dict[str, Any],
+    name: str,
+    opts: Any,
+    loop_tokens: int | None,
+    out: Path | None,
+    net: Any = None,
+) -> Any:
+    """Measure, fit and write the profile YAML at ``path`` (and ``out/calibration.json``); returns the net."""
+    from harness.run_dir import write_atomic
+    from real.calibrate import calibrate, fit_report, write_profile
+    from real.runner import build_model
+
+    net = net or build_model(spec, opts)
     print(f"calibrating {spec.name} on {net.device} ({str(net.dtype).replace('torch.', '')})", flush=True)
-    loop_tokens = args.loop_fixed_tokens
     if loop_tokens is None:
         loop_tokens = 4096 if net.device.type == "cuda" else 256
     result = calibrate(net, grid, log=lambda m: print(m, flush=True), loop_fixed_tokens=loop_tokens)
@@ -160,11 +214,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if result["bidirectional"]:
         print("bidirectional factors:", result["bidirectional"])
     write_profile(path, base, name, result, net, grid)
-    print(f"profile written: {path}  (kvflow-sim hardware={name} when under conf/hardware/)")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
         write_atomic(
-            args.out / "calibration.json",
+            out / "calibration.json",
             json.dumps(
                 {
                     "profile": str(path),
@@ -176,7 +229,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 indent=2,
             ),
         )
-    return 0
+    return net
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -184,14 +237,57 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from real.config import compose
     from real.validate import report, validate
 
-    cfg = validate_config(compose(args.overrides))
+    overrides = _cpu_overrides(args, "validate", args.overrides)
+    cfg = validate_config(compose(overrides))
     if not isinstance(cfg.get("policy"), dict):
         raise ValueError("validate needs one policy=NAME override")
     out = args.out or _default_out("validate")
-    summary = validate(cfg, out, _opts(args), overrides=args.overrides)
+    net = None
+    if overrides is not args.overrides and not _has_key(args.overrides, "hardware"):
+        path, net = _calibrate_first(cfg, out, _opts(args))
+        overrides = [*overrides, f"hardware={path}"]
+        cfg = validate_config(compose(overrides))
+    summary = validate(cfg, out, _opts(args), overrides=overrides, net=net)
     print(report(summary))
     print(f"written: {out}/validation.json, comparison_*.csv, scatter.png")
     return 0
+
+
+def _has_key(overrides: list[str], key: str) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
+
+
+def _cpu_overrides(args: argparse.Namespace, cmd: str, overrides: list[str]) -> list[str]:
+    """On a CPU device: the CPU-sized defaults (printed in one line) under the user's overrides;
+    elsewhere the overrides unchanged (the same list object)."""
+    import torch
+
+    from real.cpu_defaults import apply
+    from real.model import pick_device
+
+    if pick_device(args.device).type != "cpu":
+        return overrides
+    why = "no CUDA device" if not torch.cuda.is_available() else "--device cpu"
+    choice = apply(cmd, list(overrides), why=why)
+    print(choice.line, flush=True)
+    return choice.overrides
+
+
+def _calibrate_first(cfg: dict[str, Any], out: Path, opts: Any) -> tuple[Path, Any]:
+    """No ``hardware=`` on CPU: calibrate this CPU on the workload's shapes, profile in ``out``."""
+    from harness.setup import build_trace
+    from kvflow.model_spec import load_model_spec
+
+    trace = build_trace(cfg["workload"], int(cfg.get("seed", 0)))
+    spec = load_model_spec(cfg["model"])
+    path = out / "cpu_profile.yaml"
+    print(f"cpu: no hardware= given: calibrating {spec.name} on this CPU first -> {path}", flush=True)
+    fixed = max(trace.fixed_tokens(i) for i in trace.invocations)
+    name = f"cpu_{spec.name}_measured".replace(".", "")
+    net = _calibrate_to(
+        path, spec, _grid_for(cfg, trace), dict(cfg["hardware"]), name, opts, fixed, out / "calibration"
+    )
+    return path, net
 
 
 def main(argv: list[str] | None = None) -> int:

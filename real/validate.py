@@ -129,13 +129,14 @@ def validate(
     opts: RealOptions | None = None,
     overrides: list[str] | None = None,
     log: Any = print,
+    net: Any = None,
 ) -> dict[str, Any]:
     """Replay ``cfg``'s workload on both backends; ``cfg['hardware']`` should be a calibrated profile."""
     from sim.runner import simulate  # lazy: real/ never imports sim/ at module level
 
     out = Path(out)
     trace = build_trace(cfg["workload"], int(cfg.get("seed", 0)))
-    real = run_real(cfg, trace, out / "real", opts, overrides=overrides)
+    real = run_real(cfg, trace, out / "real", opts, net=net, overrides=overrides)
     log(f"real: {len(real.rows)} requests, makespan {real.summary['makespan_s']:.3f}s")
     sim = simulate(copy.deepcopy(cfg), trace)
     write_run_dir(
