@@ -8,7 +8,8 @@ Measures, on the real backend's own code paths:
   with the other direction busy (the bidirectional factor).
 Then fits, with non-negative least squares on relative error, the blocks that
 ``harness/cost_model.py`` reads from ``hardware.measured`` (docs/cost_model.md):
-``prefill: a + b sum(n) + c sum(n p)``, ``decode: a + b B + c sum(context)``,
+``prefill: a + b sum(n) + c sum(n p) + d sum(n(n+1)/2)`` (d: the new tokens' own causal attention),
+``decode: a + b B + c sum(context)``,
 ``h2d/d2h: latency + bytes / gbps``. Bytes are the model's bf16 KV bytes (``ModelSpec``), the unit
 the simulator uses, whatever dtype the measurement ran in. Writes a hardware profile YAML: the
 base profile's fields, the ``measured`` block, and a ``calibration`` block with the raw points
@@ -81,7 +82,7 @@ class Grid:
             decode_batch=[b for b in (1, 2, 4, 8, 16) if b <= max(1, max_batch)],
             decode_ctx=sorted({min(64, longest), longest // 2 or 1, longest + out}),
             copy_tokens=sorted({16, *_geometric(64, 4 * fixed)}),
-            reps=7,
+            reps=15,
             max_prompt_tokens=longest,
             interleave=True,
         )

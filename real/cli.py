@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from harness import interrupt
 
@@ -65,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="YAML path (default conf/hardware/<name>.yaml, so kvflow-sim hardware=<name> finds it)",
     )
-    cal.add_argument("--reps", type=int, default=3)
+    cal.add_argument("--reps", type=int, default=None, help="timed repetitions per point (default 3; 15 on CPU)")
     cal.add_argument(
         "--loop-fixed-tokens",
         type=int,
@@ -136,6 +134,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from harness.profile import load_profile
     from kvflow.model_spec import load_model_spec
     from real.calibrate import Grid
+    from real.cpu_calibration import calibrate_to, cpu_grid
     from real.model import pick_device
 
     on_cpu = pick_device(args.device).type == "cpu"
@@ -143,9 +142,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     grid = Grid.default(pick_device(args.device), spec)
     loop_tokens = args.loop_fixed_tokens
     if on_cpu and not any(getattr(args, a) for a in _GRID_FLAGS):  # the shapes of the default CPU workload
-        grid, fixed = _cpu_grid(spec.name)
+        grid, fixed = cpu_grid(spec.name)
         loop_tokens = fixed if loop_tokens is None else loop_tokens
-    grid.reps = args.reps
+    grid.reps = args.reps or grid.reps
     for attr in _GRID_FLAGS:
         value = _ints(getattr(args, attr))
         if value:
@@ -159,7 +158,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     prefix = "cpu" if on_cpu else base.get("name", "custom")
     name = args.name or f"{prefix}_{spec.name}_measured".replace(".", "")
     path = args.profile_out or Path(str(files("conf") / "hardware" / f"{name}.yaml"))
-    _calibrate_to(path, spec, grid, base, name, _opts(args), loop_tokens, args.out)
+    calibrate_to(path, spec, grid, base, name, _opts(args), loop_tokens, args.out)
     print(f"profile written: {path}  (kvflow-sim hardware={name} when under conf/hardware/)")
     return 0
 
@@ -167,74 +166,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 _GRID_FLAGS = ("prefill_new", "prefill_ctx", "decode_batch", "decode_ctx", "copy_tokens")
 
 
-def _cpu_grid(model: str) -> tuple[Any, int]:
-    """Calibration grid of the default CPU workload's shapes, and its fixed prompt length."""
-    from harness.config_schema import validate_config
-    from harness.setup import build_trace
-    from real.config import compose
-    from real.cpu_defaults import CPU_WORKLOAD, describe_workload
-
-    cfg = validate_config(compose([f"model={model}", *CPU_WORKLOAD]))
-    trace = build_trace(cfg["workload"], int(cfg.get("seed", 0)))
-    print(f"cpu: model={model}, grid from the shapes of the default CPU workload {describe_workload()}", flush=True)
-    return _grid_for(cfg, trace), max(trace.fixed_tokens(i) for i in trace.invocations)
-
-
-def _grid_for(cfg: dict[str, Any], trace: Any) -> Any:
-    from harness.setup import chunk_tokens
-    from real.calibrate import Grid
-
-    clients = len({inv.client_id for inv in trace.invocations})
-    running = (cfg.get("engine") or {}).get("max_running_requests") or clients
-    return Grid.for_trace(trace, chunk_tokens(cfg), min(clients, int(running), 8))
-
-
-def _calibrate_to(
-    path: Path,
-    spec: Any,
-    grid: Any,
-    base: dict[str, Any],
-    name: str,
-    opts: Any,
-    loop_tokens: int | None,
-    out: Path | None,
-    net: Any = None,
-) -> Any:
-    """Measure, fit and write the profile YAML at ``path`` (and ``out/calibration.json``); returns the net."""
-    from harness.run_dir import write_atomic
-    from real.calibrate import calibrate, fit_report, write_profile
-    from real.runner import build_model
-
-    net = net or build_model(spec, opts)
-    print(f"calibrating {spec.name} on {net.device} ({str(net.dtype).replace('torch.', '')})", flush=True)
-    if loop_tokens is None:
-        loop_tokens = 4096 if net.device.type == "cuda" else 256
-    result = calibrate(net, grid, log=lambda m: print(m, flush=True), loop_fixed_tokens=loop_tokens)
-    print(fit_report(result["fits"]))
-    if result["bidirectional"]:
-        print("bidirectional factors:", result["bidirectional"])
-    write_profile(path, base, name, result, net, grid)
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            out / "calibration.json",
-            json.dumps(
-                {
-                    "profile": str(path),
-                    "measured": result["measured"],
-                    "fit_error": {k: {"mape": f.mape, "max": f.max_err} for k, f in result["fits"].items()},
-                    "bidirectional": result["bidirectional"],
-                    "loop_overhead": result.get("loop_overhead"),
-                },
-                indent=2,
-            ),
-        )
-    return net
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from harness.config_schema import validate_config
     from real.config import compose
+    from real.cpu_calibration import Bracket
     from real.validate import report, validate
 
     overrides = _cpu_overrides(args, "validate", args.overrides)
@@ -242,12 +177,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not isinstance(cfg.get("policy"), dict):
         raise ValueError("validate needs one policy=NAME override")
     out = args.out or _default_out("validate")
-    net = None
+    bracket = None
     if overrides is not args.overrides and not _has_key(args.overrides, "hardware"):
-        path, net = _calibrate_first(cfg, out, _opts(args))
-        overrides = [*overrides, f"hardware={path}"]
+        bracket = Bracket(cfg, out, _opts(args))  # no profile on CPU: calibrate this host around the run
+        overrides = [*overrides, f"hardware={bracket.before()}"]
         cfg = validate_config(compose(overrides))
-    summary = validate(cfg, out, _opts(args), overrides=overrides, net=net)
+    summary = validate(
+        cfg,
+        out,
+        _opts(args),
+        overrides=overrides,
+        net=bracket.net if bracket else None,
+        recalibrate=bracket.after if bracket else None,
+    )
     print(report(summary))
     print(f"written: {out}/validation.json, comparison_*.csv, scatter.png")
     return 0
@@ -271,23 +213,6 @@ def _cpu_overrides(args: argparse.Namespace, cmd: str, overrides: list[str]) -> 
     choice = apply(cmd, list(overrides), why=why)
     print(choice.line, flush=True)
     return choice.overrides
-
-
-def _calibrate_first(cfg: dict[str, Any], out: Path, opts: Any) -> tuple[Path, Any]:
-    """No ``hardware=`` on CPU: calibrate this CPU on the workload's shapes, profile in ``out``."""
-    from harness.setup import build_trace
-    from kvflow.model_spec import load_model_spec
-
-    trace = build_trace(cfg["workload"], int(cfg.get("seed", 0)))
-    spec = load_model_spec(cfg["model"])
-    path = out / "cpu_profile.yaml"
-    print(f"cpu: no hardware= given: calibrating {spec.name} on this CPU first -> {path}", flush=True)
-    fixed = max(trace.fixed_tokens(i) for i in trace.invocations)
-    name = f"cpu_{spec.name}_measured".replace(".", "")
-    net = _calibrate_to(
-        path, spec, _grid_for(cfg, trace), dict(cfg["hardware"]), name, opts, fixed, out / "calibration"
-    )
-    return path, net
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,12 +117,16 @@ def test_validate_on_cpu_calibrates_first_and_reports_a_mape(tmp_path, capsys):
     assert main(["validate", "--device", "cpu", "--out", str(out), *SMALL]) == 0
     printed = capsys.readouterr().out
     print(printed)  # visible with -s
-    assert printed.startswith("cpu: model=tiny") and "calibrating tiny on this CPU first" in printed
-    prof = yaml.safe_load((out / "cpu_profile.yaml").read_text())
-    assert prof["measured_model"] == "tiny" and prof["calibration"]["device"] == "cpu"
-    assert (out / "cpu_profile.yaml").read_text().startswith("# CPU PROFILE")
+    assert printed.startswith("cpu: model=tiny") and "calibrating tiny on this CPU before and after the run" in printed
+    before = yaml.safe_load((out / "cpu_profile_before.yaml").read_text())
+    assert before["measured_model"] == "tiny" and before["calibration"]["device"] == "cpu"
+    assert (out / "cpu_profile_before.yaml").read_text().startswith("# CPU PROFILE")
+    used = yaml.safe_load((out / "cpu_profile.yaml").read_text())  # the mean of before and after
+    after = yaml.safe_load((out / "cpu_profile_after.yaml").read_text())
+    a_s = (before["measured"]["decode"]["a_s"] + after["measured"]["decode"]["a_s"]) / 2
+    assert used["measured"]["decode"]["a_s"] == pytest.approx(a_s) and used["measured_model"] == "tiny"
     val = json.loads((out / "validation.json").read_text())
     wf = val["workflow_latency_s"]
     assert wf["n"] == 2 and math.isfinite(wf["mape"]) and wf["mape"] >= 0
     assert val["policy"] == "kvflow" and val["hardware"] == "cpu_tiny_measured"
-    assert "workflow_latency_s   MAPE" in printed
+    assert "workflow_latency_s   MAPE" in printed and set(val["calibration_drift"]) == {"decode_step", "prefill"}
