@@ -112,7 +112,7 @@ def test_memory_error_names_the_pool_key(monkeypatch, capsys):
     assert "GPU KV pool (100000 tokens) 51.20 MB" in err and "change cache.gpu_capacity_tokens" in err
 
 
-def test_validate_on_cpu_calibrates_first_and_reports_a_mape(tmp_path, capsys):
+def test_validate_on_cpu_calibrates_around_the_run_and_reports_a_mape(tmp_path, capsys):
     out = tmp_path / "val"
     assert main(["validate", "--device", "cpu", "--out", str(out), *SMALL]) == 0
     printed = capsys.readouterr().out
