@@ -8,7 +8,8 @@ Measures, on the real backend's own code paths:
   with the other direction busy (the bidirectional factor).
 Then fits, with non-negative least squares on relative error, the blocks that
 ``harness/cost_model.py`` reads from ``hardware.measured`` (docs/cost_model.md):
-``prefill: a + b sum(n) + c sum(n p)``, ``decode: a + b B + c sum(context)``,
+``prefill: a + b sum(n) + c sum(n p) + d sum(n(n+1)/2)`` (d: the new tokens' own causal attention),
+``decode: a + b B + c sum(context)``,
 ``h2d/d2h: latency + bytes / gbps``. Bytes are the model's bf16 KV bytes (``ModelSpec``), the unit
 the simulator uses, whatever dtype the measurement ran in. Writes a hardware profile YAML: the
 base profile's fields, the ``measured`` block, and a ``calibration`` block with the raw points
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -46,6 +48,8 @@ class Grid:
     copy_tokens: list[int]
     reps: int = 3
     memory_budget_bytes: int = 24 * GIB  # KV buffers of the decode grid at most
+    max_prompt_tokens: int | None = None  # prefill points need n + p <= this (shapes a workload can have)
+    interleave: bool = False  # reps in shuffled rounds over all points (a shared host's load hits every point)
 
     @classmethod
     def default(cls, device: torch.device, spec: ModelSpec) -> Grid:
@@ -59,6 +63,37 @@ class Grid:
                 [per_mib * m for m in (1, 8, 64, 256, 1024)],
             )
         return cls([16, 64, 256, 512], [0, 256, 1024], [1, 2, 4, 8], [64, 512, 2048], [64, 256, 1024, 4096, 16384])
+
+    @classmethod
+    def for_trace(cls, trace: Any, chunk_tokens: int, max_batch: int) -> Grid:
+        """The shapes ``trace`` can produce, so the fit interpolates instead of extrapolating: new
+        tokens up to the longest prompt (or chunk), contexts up to the longest fixed prompt, the
+        median suffix exactly, decode batches up to ``max_batch``, copies up to four fixed prompts."""
+        invs = trace.invocations
+        longest = max(trace.prompt_len(i) for i in invs)
+        fixed = max(1, max(trace.fixed_tokens(i) for i in invs))
+        suffix = int(statistics.median(trace.prompt_len(i) - trace.fixed_tokens(i) for i in invs))
+        out = max(i.output_tokens for i in invs)
+        new_max = max(16, min(longest, chunk_tokens))
+        new = {n for n in _geometric(16, new_max) if n * 1.5 < new_max} | {new_max, max(1, suffix)}
+        return cls(
+            prefill_new=sorted(new),
+            prefill_ctx=sorted({0, fixed // 2, fixed}),
+            decode_batch=[b for b in (1, 2, 4, 8, 16) if b <= max(1, max_batch)],
+            decode_ctx=sorted({min(64, longest), longest // 2 or 1, longest + out}),
+            copy_tokens=sorted({16, *_geometric(64, 4 * fixed)}),
+            reps=15,
+            max_prompt_tokens=longest,
+            interleave=True,
+        )
+
+
+def _geometric(lo: int, hi: int, factor: int = 4) -> list[int]:
+    out, v = [], lo
+    while v < hi:
+        out.append(v)
+        v *= factor
+    return [*out, hi]
 
 
 def _sync(device: torch.device) -> None:
@@ -79,6 +114,28 @@ def _time(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
     return statistics.median(samples)
 
 
+def _time_all(fns: list[Callable[[], Any]], device: torch.device, reps: int, interleave: bool) -> list[float]:
+    """Median time of each function: point after point, or (``interleave``) in ``reps`` rounds that
+    visit every point in a shuffled order, so a burst of load from other processes is spread over
+    all points instead of skewing a few (the fit's slope would follow the burst)."""
+    if not interleave:
+        return [_time(fn, device, reps) for fn in fns]
+    samples: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    rng = random.Random(0)
+    for fn in fns:
+        fn()
+    _sync(device)
+    for _ in range(reps):
+        rng.shuffle(order)
+        for i in order:
+            t0 = time.perf_counter()
+            fns[i]()
+            _sync(device)
+            samples[i].append(time.perf_counter() - t0)
+    return [statistics.median(x) for x in samples]
+
+
 # ----- measurements -------------------------------------------------------------------------------
 def measure_prefill(net: Transformer, grid: Grid) -> list[dict[str, float]]:
     s = net.spec
@@ -87,8 +144,10 @@ def measure_prefill(net: Transformer, grid: Grid) -> list[dict[str, float]]:
     token_shape = (s.layers, 2, s.kv_heads, s.head_dim)
     prefix = torch.randn((max(grid.prefill_ctx) or 1, *token_shape), device=net.device).to(net.dtype)
     gen = np.random.default_rng(0)
-    points = []
+    shapes, fns = [], []
     for n, p in itertools.product(grid.prefill_new, grid.prefill_ctx):
+        if grid.max_prompt_tokens is not None and p and n + p > grid.max_prompt_tokens:
+            continue  # no prompt of the workload has this shape
         ids = gen.integers(0, s.vocab, n).tolist()
 
         def step(n: int = n, p: int = p, ids: list[int] = ids) -> None:
@@ -97,18 +156,20 @@ def measure_prefill(net: Transformer, grid: Grid) -> list[dict[str, float]]:
             net.greedy(net.forward(ids, [Seq(kv, p, n)]))
             kv[:, :, :, p : p + n].permute(3, 0, 1, 2, 4).contiguous()  # new node's own tensor
 
-        points.append({"new_tokens": n, "context_tokens": p, "time_s": _time(step, net.device, grid.reps)})
-    return points
+        shapes.append((n, p))
+        fns.append(step)
+    times = _time_all(fns, net.device, grid.reps, grid.interleave)
+    return [{"new_tokens": n, "context_tokens": p, "time_s": t} for (n, p), t in zip(shapes, times)]
 
 
 def measure_decode(net: Transformer, grid: Grid) -> list[dict[str, float]]:
     s = net.spec
     token_bytes = 2 * s.layers * s.kv_heads * s.head_dim * torch.tensor([], dtype=net.dtype).element_size()
     points = []
-    bufs: list[torch.Tensor] = []
+    shapes, fns = [], []  # interleaved: every context's buffers stay alive until all are timed
     for c in sorted(grid.decode_ctx):
-        bufs.clear()
-        if net.device.type == "cuda":
+        bufs: list[torch.Tensor] = []
+        if net.device.type == "cuda" and not grid.interleave:
             torch.cuda.empty_cache()
         for b in sorted(grid.decode_batch):
             if b * (c + 1) * token_bytes > grid.memory_budget_bytes:
@@ -119,10 +180,17 @@ def measure_decode(net: Transformer, grid: Grid) -> list[dict[str, float]]:
                 bufs.append(t)
             seqs = [Seq(bufs[i], c, 1) for i in range(b)]
             ids = list(range(b))
-            t = _time(lambda: net.greedy(net.forward(ids, seqs)), net.device, max(grid.reps, 5))
-            points.append({"batch": b, "context_tokens": c, "time_s": t})
-    bufs.clear()
-    return points
+
+            def step(ids: list[int] = ids, seqs: list[Seq] = seqs) -> None:
+                net.greedy(net.forward(ids, seqs))
+
+            if grid.interleave:
+                shapes.append((b, c))
+                fns.append(step)
+            else:
+                points.append({"batch": b, "context_tokens": c, "time_s": _time(step, net.device, max(grid.reps, 5))})
+    times = _time_all(fns, net.device, max(grid.reps, 5), True)
+    return points + [{"batch": b, "context_tokens": c, "time_s": t} for (b, c), t in zip(shapes, times)]
 
 
 def measure_copies(net: Transformer, grid: Grid, spec_token_bytes: int) -> dict[str, list[dict[str, float]]]:
@@ -187,7 +255,7 @@ def calibrate(
     """Measure and fit; returns {'measured': {...}, 'fits': {...}, 'bidirectional': {...}}."""
     spec_token_bytes = net.spec.kv_bytes_per_token
     t0 = time.perf_counter()
-    pre = fit_prefill(measure_prefill(net, grid))
+    pre = fit_prefill(measure_prefill(net, grid), own_attention=True)
     log(f"prefill: {len(pre.points)} points in {time.perf_counter() - t0:.1f}s")
     t1 = time.perf_counter()
     dec = fit_decode(measure_decode(net, grid))
@@ -212,20 +280,23 @@ def calibrate(
         "raw_bidirectional": copies["bidirectional"],
     }
     if loop_fixed_tokens:
-        measure_loop(net, result, loop_fixed_tokens, log)
+        measure_loop(net, result, loop_fixed_tokens, log, typical=grid.interleave)
     return result
 
 
 def loop_overheads(
-    measured: dict[str, dict[str, float]], log_rows: list[tuple[str, list, int, float]]
+    measured: dict[str, dict[str, float]], log_rows: list[tuple[str, list, int, float]], percentile: float = 25
 ) -> dict[str, float]:
     """Time the engine loop spends per prefill iteration / per decode step beyond what the
     fitted compute terms predict (scheduling, KV gathers and fills, sampling, bookkeeping)."""
     pre, dec = measured["prefill"], measured["decode"]
+    d = pre.get("d_s_per_token_pair", 0.0)
     r_pre, r_dec = [], []
     for kind, shape, steps, seconds in log_rows:
         if kind == "prefill":
-            pred = pre["a_s"] + sum(pre["b_s_per_token"] * n + pre["c_s_per_token_ctx"] * n * p for n, p in shape)
+            pred = pre["a_s"] + sum(
+                pre["b_s_per_token"] * n + pre["c_s_per_token_ctx"] * n * p + d * n * (n + 1) / 2 for n, p in shape
+            )
             r_pre.append(seconds - pred)
         elif steps:
             b = len(shape)
@@ -234,20 +305,26 @@ def loop_overheads(
                 for k in range(steps)
             )
             r_dec.append((seconds - pred) / steps)
-    # lower quartile, not mean: interference from other processes only ever adds time
+    # lower quartile by default, not mean: on a dedicated host interference only ever adds time
     return {
-        "prefill_s": max(0.0, float(np.percentile(r_pre, 25))) if r_pre else 0.0,
-        "decode_step_s": max(0.0, float(np.percentile(r_dec, 25))) if r_dec else 0.0,
+        "prefill_s": max(0.0, float(np.percentile(r_pre, percentile))) if r_pre else 0.0,
+        "decode_step_s": max(0.0, float(np.percentile(r_dec, percentile))) if r_dec else 0.0,
         "prefill_iterations": len(r_pre),
         "decode_iterations": len(r_dec),
     }
 
 
 def measure_loop(
-    net: Transformer, result: dict[str, Any], fixed_tokens: int, log: Callable[[str], None] = print
+    net: Transformer,
+    result: dict[str, Any],
+    fixed_tokens: int,
+    log: Callable[[str], None] = print,
+    typical: bool = False,
 ) -> None:
     """Run a short sequential workflow on the real engine loop and fold the per-iteration overhead
-    into the ``a_s`` terms (the simulator charges one ``a_s`` per prefill iteration / decode step)."""
+    into the ``a_s`` terms (the simulator charges one ``a_s`` per prefill iteration / decode step).
+    ``typical`` (a shared host, ``Grid.interleave``): the median residual over three runs instead of
+    the quietest run's lower quartile, because the run being predicted shares the same load."""
     from harness.profile import conf_profile
     from real.runner import RealOptions, run_real
 
@@ -278,15 +355,16 @@ def measure_loop(
     }
     t0 = time.perf_counter()
     overs = []
-    for _ in range(2):  # twice, keep the quieter: other processes only ever add time
+    for _ in range(3 if typical else 2):  # dedicated host: twice, keep the quieter
         res = run_real(cfg, opts=RealOptions(device=str(net.device), warmup=False), net=net)
-        overs.append(loop_overheads(result["measured"], res.loop.iteration_log))
-    over = min(overs, key=lambda o: o["prefill_s"] + 16 * o["decode_step_s"])
+        overs.append(loop_overheads(result["measured"], res.loop.iteration_log, 50 if typical else 25))
+    overs.sort(key=lambda o: o["prefill_s"] + 16 * o["decode_step_s"])
+    over = overs[len(overs) // 2] if typical else overs[0]
     result["measured"]["prefill"]["a_s"] += over["prefill_s"]
     result["measured"]["decode"]["a_s"] += over["decode_step_s"]
     result["loop_overhead"] = over
     log(
-        f"engine loop: 2 x {len(res.loop.iteration_log)} iterations in {time.perf_counter() - t0:.1f}s; overhead "
+        f"engine loop: {len(overs)} x {len(res.loop.iteration_log)} iterations in {time.perf_counter() - t0:.1f}s; overhead "
         f"{1e3 * over['prefill_s']:.3f} ms/prefill iteration, {1e3 * over['decode_step_s']:.3f} ms/decode step "
         f"(added to a_s)"
     )
@@ -310,6 +388,7 @@ def write_profile(
     prof["gpu"] = f"{device_name} (calibrated by kvflow-real from base profile '{base.get('name')}')"
     prof.update(result["bidirectional"])
     prof["measured"] = result["measured"]
+    prof["measured_model"] = net.spec.name  # the simulator refuses the block for another model
     prof["calibration"] = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "device": device_name,
@@ -324,7 +403,12 @@ def write_profile(
         "bidirectional_points": result["raw_bidirectional"],
         "loop_overhead": result.get("loop_overhead"),
     }
-    header = (
+    cpu_note = (
+        "# CPU PROFILE: measured on a CPU host, not a GPU; only for validating the simulator on this host.\n"
+        if net.device.type != "cuda"
+        else ""
+    )
+    header = cpu_note + (
         f"# Hardware profile measured by `kvflow-real calibrate` on {device_name} "
         f"(model {net.spec.name}, {prof['calibration']['date']}).\n"
         f"# Spec fields come from the base profile '{base.get('name')}'; `measured` overrides the\n"

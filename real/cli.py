@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import sys
 from pathlib import Path
 
@@ -53,22 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     cal = sub.add_parser("calibrate", help="measure prefill/decode/PCIe and write a hardware profile")
     _backend_args(cal)
-    cal.add_argument("--model", default="llama-3.1-8b", help="conf/model name (tiny for CPU)")
+    cal.add_argument("--model", default=None, help="conf/model name (default llama-3.1-8b on a GPU, tiny on CPU)")
     cal.add_argument("--base", default="h200", help="hardware profile whose spec fields are kept (name or path)")
-    cal.add_argument("--name", default=None, help="profile name (default <base>_<model>_measured)")
+    cal.add_argument(
+        "--name", default=None, help="profile name (default <base>_<model>_measured; cpu_<model>_measured on CPU)"
+    )
     cal.add_argument(
         "--profile-out",
         type=Path,
         default=None,
         help="YAML path (default conf/hardware/<name>.yaml, so kvflow-sim hardware=<name> finds it)",
     )
-    cal.add_argument("--reps", type=int, default=3)
+    cal.add_argument("--reps", type=int, default=None, help="timed repetitions per point (default 3; 15 on CPU)")
     cal.add_argument(
         "--loop-fixed-tokens",
         type=int,
         default=None,
         help="fixed prompt of the short engine-loop run whose per-iteration overhead is added "
-        "to a_s (default 4096 on GPU, 256 on CPU; 0 disables)",
+        "to a_s (default 4096 on GPU; on CPU the default CPU workload's fixed prompt; 0 disables)",
     )
     for flag in ("prefill-new", "prefill-ctx", "decode-batch", "decode-ctx", "copy-tokens"):
         cal.add_argument(f"--{flag}", default=None, help="comma list overriding the default grid")
@@ -100,7 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     out = args.out or _default_out("run")
     policies = [p for p in (args.policies or "").split(",") if p]
-    base = [o for o in args.overrides if not o.startswith("policy=")]
+    given = _cpu_overrides(args, "run", args.overrides)
+    base = [o for o in given if not o.startswith("policy=")]
     if not policies:
         policies = [o.split("=", 1)[1] for o in args.overrides if o.startswith("policy=")] or ["kvflow"]
     opts = _opts(args)
@@ -130,16 +132,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
     from harness.profile import load_profile
-    from harness.run_dir import write_atomic
     from kvflow.model_spec import load_model_spec
-    from real.calibrate import Grid, calibrate, fit_report, write_profile
-    from real.runner import build_model
+    from real.calibrate import Grid
+    from real.cpu_calibration import calibrate_to, cpu_grid
+    from real.model import pick_device
 
-    spec = load_model_spec(args.model)
-    net = build_model(spec, _opts(args))
-    grid = Grid.default(net.device, spec)
-    grid.reps = args.reps
-    for attr in ("prefill_new", "prefill_ctx", "decode_batch", "decode_ctx", "copy_tokens"):
+    on_cpu = pick_device(args.device).type == "cpu"
+    spec = load_model_spec(args.model or ("tiny" if on_cpu else "llama-3.1-8b"))
+    grid = Grid.default(pick_device(args.device), spec)
+    loop_tokens = args.loop_fixed_tokens
+    if on_cpu and not any(getattr(args, a) for a in _GRID_FLAGS):  # the shapes of the default CPU workload
+        grid, fixed = cpu_grid(spec.name)
+        loop_tokens = fixed if loop_tokens is None else loop_tokens
+    grid.reps = args.reps or grid.reps
+    for attr in _GRID_FLAGS:
         value = _ints(getattr(args, attr))
         if value:
             setattr(grid, attr, value)
@@ -149,49 +155,64 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         else Path(str(files("conf") / "hardware" / f"{args.base}.yaml"))
     )
     base = load_profile(base_path)
-    name = args.name or f"{base.get('name', 'custom')}_{spec.name}_measured".replace(".", "")
+    prefix = "cpu" if on_cpu else base.get("name", "custom")
+    name = args.name or f"{prefix}_{spec.name}_measured".replace(".", "")
     path = args.profile_out or Path(str(files("conf") / "hardware" / f"{name}.yaml"))
-    print(f"calibrating {spec.name} on {net.device} ({str(net.dtype).replace('torch.', '')})", flush=True)
-    loop_tokens = args.loop_fixed_tokens
-    if loop_tokens is None:
-        loop_tokens = 4096 if net.device.type == "cuda" else 256
-    result = calibrate(net, grid, log=lambda m: print(m, flush=True), loop_fixed_tokens=loop_tokens)
-    print(fit_report(result["fits"]))
-    if result["bidirectional"]:
-        print("bidirectional factors:", result["bidirectional"])
-    write_profile(path, base, name, result, net, grid)
+    calibrate_to(path, spec, grid, base, name, _opts(args), loop_tokens, args.out)
     print(f"profile written: {path}  (kvflow-sim hardware={name} when under conf/hardware/)")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            args.out / "calibration.json",
-            json.dumps(
-                {
-                    "profile": str(path),
-                    "measured": result["measured"],
-                    "fit_error": {k: {"mape": f.mape, "max": f.max_err} for k, f in result["fits"].items()},
-                    "bidirectional": result["bidirectional"],
-                    "loop_overhead": result.get("loop_overhead"),
-                },
-                indent=2,
-            ),
-        )
     return 0
+
+
+_GRID_FLAGS = ("prefill_new", "prefill_ctx", "decode_batch", "decode_ctx", "copy_tokens")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from harness.config_schema import validate_config
     from real.config import compose
+    from real.cpu_calibration import Bracket
     from real.validate import report, validate
 
-    cfg = validate_config(compose(args.overrides))
+    overrides = _cpu_overrides(args, "validate", args.overrides)
+    cfg = validate_config(compose(overrides))
     if not isinstance(cfg.get("policy"), dict):
         raise ValueError("validate needs one policy=NAME override")
     out = args.out or _default_out("validate")
-    summary = validate(cfg, out, _opts(args), overrides=args.overrides)
+    bracket = None
+    if overrides is not args.overrides and not _has_key(args.overrides, "hardware"):
+        bracket = Bracket(cfg, out, _opts(args))  # no profile on CPU: calibrate this host around the run
+        overrides = [*overrides, f"hardware={bracket.before()}"]
+        cfg = validate_config(compose(overrides))
+    summary = validate(
+        cfg,
+        out,
+        _opts(args),
+        overrides=overrides,
+        net=bracket.net if bracket else None,
+        recalibrate=bracket.after if bracket else None,
+    )
     print(report(summary))
     print(f"written: {out}/validation.json, comparison_*.csv, scatter.png")
     return 0
+
+
+def _has_key(overrides: list[str], key: str) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
+
+
+def _cpu_overrides(args: argparse.Namespace, cmd: str, overrides: list[str]) -> list[str]:
+    """On a CPU device: the CPU-sized defaults (printed in one line) under the user's overrides;
+    elsewhere the overrides unchanged (the same list object)."""
+    import torch
+
+    from real.cpu_defaults import apply
+    from real.model import pick_device
+
+    if pick_device(args.device).type != "cpu":
+        return overrides
+    why = "no CUDA device" if not torch.cuda.is_available() else "--device cpu"
+    choice = apply(cmd, list(overrides), why=why)
+    print(choice.line, flush=True)
+    return choice.overrides
 
 
 def main(argv: list[str] | None = None) -> int:

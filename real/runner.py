@@ -26,6 +26,7 @@ from real.driver import WallClockDriver
 from real.engine_loop import RealEngineLoop, make_clock
 from real.executor import CopyExecutor
 from real.kv_store import KVStore
+from real.memory import MemoryItem, check_memory
 from real.metrics import counters
 from real.model import Seq, Transformer, pick_device, pick_dtype
 
@@ -37,6 +38,7 @@ __all__ = [
     "build_model",
     "build_trace",
     "capacities",
+    "memory_items",
     "gain_s_per_token",
     "run_real",
     "warm_up",
@@ -70,13 +72,21 @@ class RealResult:
     out: Path | None
 
 
-def build_model(model: ModelSpec, opts: RealOptions) -> Transformer:
+def _device(opts: RealOptions) -> torch.device:
     device = pick_device(opts.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SetupError("device 'cuda' asked for but torch sees no GPU (use --device cpu)")
+    return device
+
+
+def build_model(model: ModelSpec, opts: RealOptions) -> Transformer:
+    """The torch model, after checking its weights fit in the device's free memory."""
+    device = _device(opts)
     if device.type == "cpu" and opts.cpu_threads:
         torch.set_num_threads(opts.cpu_threads)
-    net = Transformer(model, device, pick_dtype(device, opts.dtype), seed=opts.weight_seed)
+    dtype = pick_dtype(device, opts.dtype)
+    check_memory([_weights_item(model, dtype)], device)
+    net = Transformer(model, device, dtype, seed=opts.weight_seed)
     if opts.weights:
         net.load_safetensors(opts.weights)
     return net
@@ -105,7 +115,13 @@ def run_real(
     wall0 = time.perf_counter()
     setup = prepare(cfg, trace)
     engine = build_core(cfg, setup)
-    net = net or build_model(setup.model, opts)
+    if net is None:  # weights and pools checked together, before anything is allocated
+        device = _device(opts)
+        dtype = pick_dtype(device, opts.dtype)
+        check_memory([_weights_item(setup.model, dtype), *memory_items(setup, dtype, opts)], device)
+        net = build_model(setup.model, opts)
+    else:
+        check_memory(memory_items(setup, net.dtype, opts), net.device)
     store = _store(setup, net, opts)
     engine.cache.tree.on_split = store.on_split
     if opts.warmup:
@@ -134,11 +150,42 @@ def run_real(
     return RealResult(summary, rows, wf, loop, driver, out_path)
 
 
+def _token_bytes(model: ModelSpec, dtype: torch.dtype) -> int:
+    """KV bytes per token as the KV store holds them (the run's dtype, not the spec's bf16)."""
+    return 2 * model.layers * model.kv_heads * model.head_dim * torch.tensor([], dtype=dtype).element_size()
+
+
+def _arena_tokens(setup: Setup, dtype: torch.dtype, opts: RealOptions) -> int:
+    """Token slots of the CPU arena reserved before the clock: the CPU pool, at most ``cpu_pool_max_gib``."""
+    if not setup.cpu_tokens:
+        return 1
+    return max(1, min(setup.cpu_tokens, int(opts.cpu_pool_max_gib * GIB) // _token_bytes(setup.model, dtype)))
+
+
+def _weights_item(model: ModelSpec, dtype: torch.dtype) -> MemoryItem:
+    nbytes = model.params * torch.tensor([], dtype=dtype).element_size()
+    return MemoryItem(
+        f"model weights ({model.name}, {str(dtype).replace('torch.', '')})", nbytes, "model= (e.g. model=tiny)"
+    )
+
+
+def memory_items(setup: Setup, dtype: torch.dtype, opts: RealOptions) -> list[MemoryItem]:
+    """The KV pools a run allocates: the GPU pool (on the device) and the CPU arena (host)."""
+    token_bytes = _token_bytes(setup.model, dtype)
+    gpu = MemoryItem(
+        f"GPU KV pool ({setup.gpu_tokens} tokens)", setup.gpu_tokens * token_bytes, "cache.gpu_capacity_tokens"
+    )
+    if not setup.cpu_tokens:
+        return [gpu]
+    arena = _arena_tokens(setup, dtype, opts)
+    return [gpu, MemoryItem(f"CPU KV pool ({arena} tokens)", arena * token_bytes, "cache.cpu_capacity_tokens")]
+
+
 def _store(setup: Setup, net: Transformer, opts: RealOptions) -> KVStore:
     """The KV store, its pinned CPU arena reserved and the GPU allocator grown before the clock."""
     model, cpu_tokens = setup.model, setup.cpu_tokens
     store = KVStore(model.layers, model.kv_heads, model.head_dim, net.device, net.dtype)
-    arena = max(1, min(cpu_tokens, int(opts.cpu_pool_max_gib * GIB) // store.token_bytes)) if cpu_tokens else 1
+    arena = _arena_tokens(setup, net.dtype, opts)
     store.cpu_pool.arena_tokens = arena
     if cpu_tokens:
         store.cpu_pool.release(store.cpu_pool.alloc(arena))  # reserve the pinned arena before the clock

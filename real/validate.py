@@ -129,14 +129,22 @@ def validate(
     opts: RealOptions | None = None,
     overrides: list[str] | None = None,
     log: Any = print,
+    net: Any = None,
+    recalibrate: Any = None,
 ) -> dict[str, Any]:
-    """Replay ``cfg``'s workload on both backends; ``cfg['hardware']`` should be a calibrated profile."""
+    """Replay ``cfg``'s workload on both backends; ``cfg['hardware']`` should be a calibrated profile.
+    ``recalibrate`` (a CPU host, ``real.cpu_calibration.Bracket.after``), called between the real run
+    and the simulation, returns the profile the simulator uses instead."""
     from sim.runner import simulate  # lazy: real/ never imports sim/ at module level
 
     out = Path(out)
     trace = build_trace(cfg["workload"], int(cfg.get("seed", 0)))
-    real = run_real(cfg, trace, out / "real", opts, overrides=overrides)
+    real = run_real(cfg, trace, out / "real", opts, net=net, overrides=overrides)
     log(f"real: {len(real.rows)} requests, makespan {real.summary['makespan_s']:.3f}s")
+    drift = None
+    if recalibrate is not None:
+        cfg = {**cfg, "hardware": recalibrate()}
+        drift = cfg["hardware"].get("calibration", {}).get("drift")
     sim = simulate(copy.deepcopy(cfg), trace)
     write_run_dir(
         out / "sim",
@@ -163,6 +171,8 @@ def validate(
         "makespan_s_sim": sim.summary["makespan_s"],
         **result["stats"],
     }
+    if drift is not None:
+        summary["calibration_drift"] = drift
     (out / "validation.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     scatter(out / "scatter.png", result, f"sim vs real: policy {policy}, hardware {hw}")
     return summary

@@ -143,7 +143,7 @@ def test_run_several_policies(tmp_path, capsys):
 
 
 def test_bad_input_is_one_line(capsys):
-    assert main(["validate", "--device", "cpu", "model=tiny"]) == 2
+    assert main(["validate", "--device", "cpu", "model=tiny", "policy=no_such_policy"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kvflow-real: error:") and "\n" not in err
 
