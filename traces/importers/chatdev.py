@@ -201,8 +201,9 @@ class _LogParser:
         self.s.assistant = rows.get("assistant_role_name", self.s.assistant)
         self.s.user = rows.get("user_role_name", self.s.user)
         for who in ("assistant", "user"):
-            if f"{who}_role_prompt" in rows:
-                self.table_sys[rows[f"{who}_role_name"]] = rows[f"{who}_role_prompt"]
+            role = rows.get(f"{who}_role_name") or (self.s.assistant if who == "assistant" else self.s.user)
+            if f"{who}_role_prompt" in rows and role:
+                self.table_sys[role] = rows[f"{who}_role_prompt"]
 
     def start_chat(self, body: str) -> None:
         system, content = _split_bracket(body)
@@ -281,12 +282,15 @@ def parse_log(path: str, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> 
     """The calls of one log, in log order; ValueError("FILE:LINE: problem") on an unreadable log or
     a logged count over ``max_prompt_tokens``."""
     text = read_log(path)
+    parser = _LogParser(path, max_prompt_tokens)
     try:
-        return _LogParser(path, max_prompt_tokens).parse(text)
+        return parser.parse(text)
     except ValueError as exc:
         if str(exc).startswith(f"{path}:"):
             raise
-        raise ValueError(f"{path}:1: {exc}") from None
+        raise ValueError(f"{path}:{parser.line}: {exc}") from None
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a layout this parser does not know
+        raise ValueError(f"{path}:{parser.line}: malformed log entry ({type(exc).__name__})") from None
 
 
 def _invocations(client: str, calls: list[Call]) -> list[Invocation]:

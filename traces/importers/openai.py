@@ -37,6 +37,15 @@ def _session(obj: Any, where: str) -> tuple[list[dict[str, Any]], dict[str, Any]
     return msgs, obj
 
 
+def _client(session_id: Any, default: str, where: str) -> str:
+    """The session's client name: its ``session_id`` (a non-empty string or an integer), else ``default``."""
+    if session_id is None:
+        return default
+    if isinstance(session_id, bool) or not isinstance(session_id, (str, int)) or session_id == "":
+        raise ValueError(f"{where}: session_id must be a non-empty string or an integer, got {session_id!r}")
+    return str(session_id)
+
+
 def import_files(
     paths: list[str],
     seed: int = 0,
@@ -55,7 +64,7 @@ def import_files(
         for where, obj in json_lines(path):
             lineno = where.rsplit(":", 1)[1]
             msgs, info = _session(obj, where)
-            client = str(info.get("session_id", f"{name}:{lineno}"))
+            client = _client(info.get("session_id"), f"{name}:{lineno}", where)
             ts = info.get("timestamp")
             if isinstance(ts, (int, float)) and t0 is None:
                 t0 = float(ts)

@@ -150,7 +150,9 @@ class _Span:
         if self.end_s < self.start_s:
             raise ValueError(f"{self.where}.end_time: before start_time (negative duration)")
         op = attrs.get("gen_ai.operation.name")
-        self.is_call = op in CALL_OPERATIONS or (op is None and "gen_ai.input.messages" in attrs)
+        self.is_call = (isinstance(op, str) and op in CALL_OPERATIONS) or (
+            op is None and "gen_ai.input.messages" in attrs
+        )
 
 
 def _agent(span: _Span, by_id: dict[str, _Span]) -> str:
