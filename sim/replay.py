@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.policies import make_policy
 from kvflow.step_graph import INF, StepGraph
 from traces.importers import mooncake
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS
 from traces.schema import Trace
 
 #: what ``replay`` returns: hit counts and rates, capacity, eviction count (JSON-ready values)
@@ -32,7 +33,7 @@ class ReplayInputError(ValueError):
 
 @dataclass
 class ReplayRequest:
-    keys: list[Hashable]  # one key per cache unit (block hash, or token id)
+    keys: Sequence[Hashable]  # one key per cache unit (block hash, or token id: a machine-int array)
     unit_tokens: list[int] | None  # tokens per unit; None = 1 token per unit
     user: tuple[str, str] | None = None  # (client, agent) for workflow-aware policies
     fixed_units: int = 0  # units of the fixed prompt
@@ -40,16 +41,22 @@ class ReplayRequest:
     last_of_client: bool = False  # the workflow ends with it: empty frontier, every agent INF
 
 
-def read_mooncake(path: str | os.PathLike[str], block_tokens: int = mooncake.BLOCK_TOKENS) -> list[ReplayRequest]:
+def read_mooncake(
+    path: str | os.PathLike[str],
+    block_tokens: int = mooncake.BLOCK_TOKENS,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+) -> list[ReplayRequest]:
     """Block-level requests of a Mooncake JSONL file (plain or gzipped), via the traces importer;
-    ValueError("FILE:LINE: problem") on bad input."""
-    requests, _ = requests_from_trace(mooncake.import_files([str(path)], block_tokens=block_tokens))
+    ValueError("FILE:LINE: problem") on bad input (a request over ``max_prompt_tokens`` is one)."""
+    trace = mooncake.import_files([str(path)], block_tokens=block_tokens, max_prompt_tokens=max_prompt_tokens)
+    requests, _ = requests_from_trace(trace)
     return requests
 
 
 def requests_from_trace(trace: Trace) -> tuple[list[ReplayRequest], bool]:
     """Replay requests of a trace in trace order, with its declared step-graph hints; True when
-    keyed by block hashes (every segment is a block)."""
+    keyed by block hashes (every segment is a block: one key per block, never per token). Token
+    keys are ``Trace.prompt_array`` (4 bytes a token, no int object per token)."""
     invocations = trace.invocations
     if {seg.kind for inv in invocations for seg in inv.segments} <= {"block"}:
         return [
@@ -61,7 +68,7 @@ def requests_from_trace(trace: Trace) -> tuple[list[ReplayRequest], bool]:
         graph = graphs.get(inv.workflow)
         hints = graph.steps_to_execution([inv.agent_id]) if graph and inv.agent_id in graph.aggregation else None
         user = (inv.client_id, inv.agent_id) if inv.agent_id else None
-        requests.append(ReplayRequest(trace.prompt_tokens(inv), None, user, trace.fixed_tokens(inv), hints))
+        requests.append(ReplayRequest(trace.prompt_array(inv), None, user, trace.fixed_tokens(inv), hints))
     last_index = {inv.client_id: i for i, inv in enumerate(invocations)}
     for i in last_index.values():
         requests[i].last_of_client = True

@@ -21,6 +21,7 @@ from kvflow.policies import POLICY_NAMES
 from sim.replay import ReplayInputError, ReplayRequest, ReplayResult, replay, requests_from_trace
 from traces.importers import mooncake
 from traces.io import load_trace
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS
 from traces.schema import Trace
 
 GIB = 1 << 30
@@ -43,18 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="fraction of requests replayed before hits are counted (default 0.5)",
     )
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=DEFAULT_MAX_PROMPT_TOKENS,
+        help=f"reject a request of more than this many tokens (default {DEFAULT_MAX_PROMPT_TOKENS:,})",
+    )
     return parser
 
 
-def load_requests(path: Path, block_tokens: int) -> tuple[list[ReplayRequest], bool]:
+def load_requests(
+    path: Path, block_tokens: int, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
+) -> tuple[list[ReplayRequest], bool]:
     """Requests of a Mooncake file or a kvflow trace (told apart by the first record); True when
-    keyed by block hashes. Every input problem is a ReplayInputError("FILE:LINE: problem")."""
+    keyed by block hashes. Every input problem, a request over ``max_prompt_tokens`` tokens
+    included, is a ReplayInputError("FILE:LINE: problem")."""
     try:
         trace: Trace
         if mooncake.is_mooncake_file(path):
-            trace = mooncake.import_files([str(path)], block_tokens=block_tokens)
+            trace = mooncake.import_files([str(path)], block_tokens=block_tokens, max_prompt_tokens=max_prompt_tokens)
         else:
-            trace = load_trace(path)
+            trace = load_trace(path, max_prompt_tokens)
     except ValueError as exc:  # TraceError is one; both say FILE:LINE: problem
         raise ReplayInputError(str(exc)) from None
     if not trace.invocations:
@@ -77,8 +87,10 @@ def run(argv: list[str] | None = None) -> ReplayResult:
         raise ReplayInputError(f"--block-tokens must be a positive integer, got {args.block_tokens}")
     if not math.isfinite(args.budget_gib) or args.budget_gib <= 0:
         raise ReplayInputError(f"--budget-gib must be a positive finite number of GiB, got {args.budget_gib}")
+    if args.max_prompt_tokens < 1:
+        raise ReplayInputError(f"--max-prompt-tokens must be a positive integer, got {args.max_prompt_tokens}")
     started = time.perf_counter()
-    requests, block_mode = load_requests(args.trace, args.block_tokens)
+    requests, block_mode = load_requests(args.trace, args.block_tokens, args.max_prompt_tokens)
     unit_bytes = model.kv_bytes_per_token * (args.block_tokens if block_mode else 1)
     capacity = math.floor(args.budget_gib * GIB / unit_bytes)
     result = replay(requests, args.policy, capacity, args.warmup_fraction)

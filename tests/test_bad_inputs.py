@@ -272,3 +272,123 @@ def test_real_run(override: str, tmp_path: Path) -> None:
     o = _in_process(lambda: real_main(argv))
     needle = "corrupt.jsonl.gz" if "corrupt" in override else override.split("=")[0]
     _assert_clean_failure(o, needle if needle != "workload" else "workload.trace")
+
+
+# ----- absurd sizes, namespaced ids, empty imports, failed export writes (issue #16 items 2 and 3) -----
+LIMIT_CASES = [
+    (["import", "chatdev", "chatdev_huge_tokens.log"], "chatdev_huge_tokens.log:70: prompt_tokens: prompt of 1"),
+    (["import", "chatdev", "chatdev_truncated.log.gz"], "chatdev_truncated.log.gz:"),
+    (["import", "mooncake", "mooncake_over_limit.jsonl"], "mooncake_over_limit.jsonl:1: input_length: prompt of"),
+    (["import", "weka", "weka_over_limit.json"], "weka_over_limit.json: requests[0].in: prompt of"),
+    (["import", "otel", "otel_over_limit.json"], "gen_ai.usage.input_tokens: prompt of"),
+    (["validate", "trace_over_limit.jsonl"], "trace_over_limit.jsonl:2: prompt of 1,000,000,000 tokens"),
+    (["stats", "trace_output_over_limit.jsonl"], "trace_output_over_limit.jsonl:2: output of"),
+    (["export", "mooncake", "trace_over_limit.jsonl"], "trace_over_limit.jsonl:2: prompt of"),
+    (["validate", "--max-prompt-tokens", "0", "trace_over_limit.jsonl"], "--max-prompt-tokens"),
+    (["validate", "--max-prompt-tokens", "abc", "trace_over_limit.jsonl"], "--max-prompt-tokens"),
+    (["import", "mooncake", "empty.jsonl"], "empty.jsonl: no records"),
+]
+
+
+def _corpus_argv(argv: list[str], out: Path) -> list[str]:
+    args = [a if not (HERE / a).is_file() else str(HERE / a) for a in argv]
+    if argv[0] == "import":
+        return [*args, "-o", str(out / "t.jsonl.gz")]
+    return [*args, "-o", str(out / "m.jsonl")] if argv[0] == "export" else args
+
+
+@pytest.mark.parametrize("argv, needle", LIMIT_CASES, ids=[f"trace-limit-{'-'.join(a)}" for a, _ in LIMIT_CASES])
+def test_trace_limits(argv: list[str], needle: str, tmp_path: Path) -> None:
+    o = _in_process(lambda: trace_main(_corpus_argv(argv, tmp_path)))
+    _assert_clean_failure(o, needle)
+    assert o.err.count("\n") <= 1 or "skipped" in o.err  # one line (plus the importer's skip notice)
+    assert not (tmp_path / "t.jsonl.gz").exists() and not (tmp_path / "m.jsonl").exists()
+
+
+GENERATE_SIZE_CASES = [
+    ("sequential", "runs=1000000000", "runs"),
+    ("concurrent", "workflows=100000000", "workflows"),
+    ("branches", "agents=100000000", "agents"),
+    ("fanout", "width=100000000", "width"),
+    ("sequential", "fixed_tokens=1e18", "fixed_tokens"),
+    ("peer_loop", "output_tokens=100000000", "output_tokens"),
+]
+
+
+@pytest.mark.parametrize(
+    "workload, param, needle", GENERATE_SIZE_CASES, ids=[f"trace-generate-{w}-{p}" for w, p, _ in GENERATE_SIZE_CASES]
+)
+def test_trace_generate_too_big(workload: str, param: str, needle: str, tmp_path: Path) -> None:
+    o = _in_process(lambda: trace_main(["generate", workload, param, "-o", str(tmp_path / "t.jsonl")]))
+    _assert_clean_failure(o, needle)
+    assert "exceeds the limit" in o.err and o.err.count("\n") == 1
+    assert not (tmp_path / "t.jsonl").exists()
+
+
+REPLAY_LIMIT_CASES = [
+    (["--trace", "mooncake_over_limit.jsonl"], "mooncake_over_limit.jsonl:1: input_length: prompt of"),
+    (["--trace", "trace_over_limit.jsonl"], "trace_over_limit.jsonl:2: prompt of"),
+    (["--trace", "chatdev_huge_tokens.log"], "chatdev_huge_tokens.log"),
+    (["--trace", "weka_over_limit.json"], "weka_over_limit.json"),
+    (["--trace", "mooncake_bool_ids.jsonl", "--max-prompt-tokens", "0"], "--max-prompt-tokens"),
+    (["--trace", "mooncake_bool_ids.jsonl", "--max-prompt-tokens", "abc"], "--max-prompt-tokens"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, needle", REPLAY_LIMIT_CASES, ids=[f"replay-limit-{'-'.join(a)}" for a, _ in REPLAY_LIMIT_CASES]
+)
+def test_replay_limits(argv: list[str], needle: str) -> None:
+    args = [a if not (HERE / a).is_file() else str(HERE / a) for a in argv]
+    _assert_clean_failure(_in_process(lambda: replay_main(args)), needle)
+
+
+def test_replay_limit_is_configurable() -> None:
+    """The limit is a setting, not a hard wall: raised, the same file replays (block level: one
+    key per 512-token block, never one per token)."""
+    path = str(HERE / "mooncake_over_limit.jsonl")
+    o = _in_process(lambda: replay_main(["--trace", path, "--max-prompt-tokens", "30000000"]))
+    assert o.code == 2 and "does not fit 1 hash ids" in o.err  # past the limit: the next check speaks
+
+
+def _twice(tmp_path: Path) -> list[list[str]]:
+    """Inputs that used to make importers write a trace their own reader rejects (duplicate ids)."""
+    log = str(Path(__file__).parent / "fixtures" / "traces" / "20230821204606.log.gz")
+    other = str(Path(__file__).parent / "fixtures" / "traces" / "20230726121145.log.gz")
+    for d, src in (("a", log), ("b", other)):
+        (tmp_path / d).mkdir(exist_ok=True)
+        (tmp_path / d / "x.log.gz").write_bytes(Path(src).read_bytes())
+    return [["chatdev", log, log], ["chatdev", str(tmp_path / "a" / "x.log.gz"), str(tmp_path / "b" / "x.log.gz")]]
+
+
+@pytest.mark.parametrize("case", [0, 1], ids=["trace-import-same-log-twice", "trace-import-same-name-two-dirs"])
+def test_import_namespaces_ids(case: int, tmp_path: Path) -> None:
+    argv = _twice(tmp_path)[case]
+    out = tmp_path / "t.jsonl.gz"
+    o = _in_process(lambda: trace_main(["import", *argv, "-o", str(out)]))
+    assert o.code == 0 and "Traceback" not in o.err, o.err
+    o = _in_process(lambda: trace_main(["validate", str(out)]))
+    assert o.code == 0, o.err
+
+
+def test_export_failed_write_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    import traces.atomic
+
+    trace = tmp_path / "t.jsonl"
+    assert _in_process(lambda: trace_main(["generate", "sequential", "runs=1", "-o", str(trace)])).code == 0
+    out = tmp_path / "m.jsonl"
+    out.write_text("previous\n")
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(traces.atomic.os, "replace", full)
+    for fmt, target in (("mooncake", out), ("weka", tmp_path / "w")):
+        o = _in_process(lambda: trace_main(["export", fmt, str(trace), "-o", str(target)]))
+        _assert_clean_failure(o, str(target))
+        assert "No space left on device" in o.err and o.err.count("\n") == 1
+    assert out.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left

@@ -70,12 +70,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
 
 
 def test_chatdev_preset_imports_logs_on_the_fly(tmp_path):
-    logs = Path(__file__).parent / "fixtures" / "traces"
+    logs = tmp_path / "logs"  # the fixture logs (all three usage layouts import) + one without usage blocks
+    logs.mkdir()
+    for log in (Path(__file__).parent / "fixtures" / "traces").glob("*.log.gz"):
+        (logs / log.name).write_bytes(log.read_bytes())
+    (logs / "nousage.log").write_text("[2023-26-07 12:11:45 INFO] ChatDev Starts (1)\n")
     p = run(tmp_path, "experiment=chatdev", "policy=kvflow", "hydra/launcher=basic", f"workload.import_from={logs}")
     assert p.returncode == 0, p.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["workload"] == "chatdev" and summary["requests"] > 0
-    assert "skipped" in p.stderr  # the fixture log without usage blocks is named, not fatal
+    assert "nousage.log: skipped" in p.stderr  # the log without usage blocks is named, not fatal
     bad = run(tmp_path, "experiment=chatdev", "policy=kvflow", f"workload.import_from={tmp_path}/none")
     assert bad.returncode == 2 and "no such file or folder" in bad.stderr and "Traceback" not in bad.stderr
 

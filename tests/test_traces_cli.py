@@ -49,10 +49,12 @@ def test_generate_paper_setting_validate_and_stats(tmp_path: Path, capsys: pytes
 
 def test_import_chatdev_reports_skips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cd.jsonl.gz"
-    logs = [str(p) for p in sorted(FIXTURES.glob("*.log.gz"))]
+    empty = tmp_path / "nousage.log"  # every fixture log has usage blocks now (all three layouts are read)
+    empty.write_text("[2023-26-07 12:11:45 INFO] ChatDev Starts (20230726121145)\n")
+    logs = [str(p) for p in sorted(FIXTURES.glob("*.log.gz"))] + [str(empty)]
     assert main(["import", "chatdev", *logs, "-o", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "1 skipped" in captured.out and captured.err.count("\n") == 1 and "no OpenAI usage" in captured.err
+    assert "1 skipped" in captured.out and captured.err.count("\n") == 1 and "no usage blocks" in captured.err
     assert main(["stats", str(out)]) == 0
     stats = capsys.readouterr().out
     assert "per role" in stats and "Programmer:" in stats and "graph chatdev" in stats

@@ -15,7 +15,8 @@ from pathlib import Path
 from traces.export import EXPORTERS, export_trace
 from traces.generators import WORKLOADS, generate
 from traces.importers import IMPORTERS, import_trace
-from traces.io import load_trace, write_trace
+from traces.io import load_trace, read_trace, write_trace
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS
 from traces.schema import Trace, TraceError
 from traces.stats import compute_stats, format_stats
 from traces.validate import summary, validate_file
@@ -64,8 +65,29 @@ def _import_epilog() -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of --max-prompt-tokens: a positive integer (argparse reports the rest)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _limit_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--max-prompt-tokens",
+        type=_positive_int,
+        default=DEFAULT_MAX_PROMPT_TOKENS,
+        metavar="N",
+        help=f"reject a call whose prompt or output exceeds N tokens (FILE:LINE: problem; default {DEFAULT_MAX_PROMPT_TOKENS:,})",
+    )
+    return parent
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kvflow-trace", description="KVFlow workload traces: generate, import, export, validate, stats.")
+    limit = _limit_parent()
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     g = sub.add_parser(
         "generate",
@@ -83,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", required=True)
     i = sub.add_parser(
         "import",
+        parents=[limit],
         help=f"import real logs: {', '.join(IMPORTERS)}",
         epilog=_import_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -98,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     e = sub.add_parser(
         "export",
+        parents=[limit],
         help=f"block-hash records for other tools: {', '.join(EXPORTERS)} "
         "(mooncake: one JSONL file; weka: a directory of session files)",
     )
@@ -107,9 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--block-tokens", type=int, default=None, help="tokens per hash block (default: the trace's block_tokens)"
     )
-    v = sub.add_parser("validate", help="check a trace; one FILE:LINE: problem per error")
+    v = sub.add_parser("validate", parents=[limit], help="check a trace; one FILE:LINE: problem per error")
     v.add_argument("file")
-    s = sub.add_parser("stats", help="workload shape, prefix reuse, ideal hit-rate ceiling, loops")
+    s = sub.add_parser("stats", parents=[limit], help="workload shape, prefix reuse, ideal hit-rate ceiling, loops")
     s.add_argument("file")
     s.add_argument("--json", action="store_true", help="print the statistics as JSON")
     return p
@@ -133,13 +157,17 @@ def _finite(params: dict[str, str]) -> dict[str, str]:
     return params
 
 
-def _write_trace_atomic(trace: Trace, output: str) -> None:
+def _write_trace_atomic(trace: Trace, output: str, check_limit: int | None = None) -> None:
     """``write_trace`` into a temp file next to ``output`` (same suffix, so .gz still gzips), then
-    rename: a failed write (disk full) leaves a previous ``output`` intact and names the path."""
+    rename: a failed write (disk full) leaves a previous ``output`` intact and names the path.
+    ``check_limit``: read the temp file back first (an import must never write a trace its own
+    reader rejects) with that token limit."""
     path = Path(output)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
         write_trace(trace, tmp)
+        if check_limit is not None:
+            _check_written(tmp, path, check_limit)
         os.replace(tmp, path)
     except OSError as exc:
         raise _OutputError(
@@ -154,6 +182,16 @@ class _OutputError(Exception):
     pass
 
 
+def _check_written(tmp: Path, path: Path, limit: int) -> None:
+    """_OutputError (nothing replaced) when the written trace fails the reader."""
+    _, errors = read_trace(tmp, max_errors=1, max_prompt_tokens=limit)
+    if errors:
+        problem = str(errors[0]).replace(str(tmp), str(path), 1)
+        raise _OutputError(
+            f"kvflow-trace: error: {path}: the imported trace fails validation ({problem}); nothing was written"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.cmd == "generate":
         trace = generate(args.workload, **_finite(_key_values(args.params)))
@@ -163,8 +201,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.blocks and args.format != "weka":
             raise ValueError(f"--blocks applies to the weka importer only, not {args.format!r}")
         extra = {"blocks": True} if args.blocks else {}
-        trace = import_trace(args.format, args.inputs, seed=args.seed, **extra)
-        _write_trace_atomic(trace, args.output)
+        trace = import_trace(
+            args.format, args.inputs, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens, **extra
+        )
+        _write_trace_atomic(trace, args.output, check_limit=args.max_prompt_tokens)
         skipped = trace.meta.get("provenance", {}).get("skipped", [])
         print(
             f"{args.output}: {len(trace.invocations)} invocations from "
@@ -175,10 +215,10 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown export format {args.format!r} (known: {', '.join(EXPORTERS)})")
         if args.block_tokens is not None and args.block_tokens < 1:
             raise ValueError(f"--block-tokens must be a positive integer, got {args.block_tokens}")
-        n = export_trace(args.format, load_trace(args.file), args.output, args.block_tokens)
+        n = export_trace(args.format, load_trace(args.file, args.max_prompt_tokens), args.output, args.block_tokens)
         print(f"{args.output}: {n} {'record(s)' if args.format == 'mooncake' else 'session(s)'} ({args.format})")
     elif args.cmd == "validate":
-        trace, errors = validate_file(args.file)
+        trace, errors = validate_file(args.file, max_prompt_tokens=args.max_prompt_tokens)
         for err in errors:
             print(err, file=sys.stderr)
         if errors:
@@ -186,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
         assert trace is not None
         print(summary(args.file, trace))
     else:
-        st = compute_stats(load_trace(args.file))
+        st = compute_stats(load_trace(args.file, args.max_prompt_tokens))
         print(json.dumps(st, indent=1) if args.json else format_stats(args.file, st))
     return 0
 

@@ -17,6 +17,7 @@ import os
 from collections.abc import Hashable
 from typing import Any
 
+from traces.atomic import write_bytes_atomic
 from traces.schema import Invocation, Segment, Trace
 
 EXPORTERS = ("mooncake", "weka")
@@ -119,8 +120,7 @@ def _write(path: str, text: str) -> None:
         with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
             gz.write(data)
         data = buf.getvalue()
-    with open(path, "wb") as f:
-        f.write(data)
+    write_bytes_atomic(path, data)  # a failed write leaves the previous file and names the path
 
 
 # ---------------------------------------------------------------- Weka session files

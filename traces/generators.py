@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from traces.graph import chain_graph
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS, MAX_INVOCATIONS, too_many_tokens
 from traces.params import ARRIVAL, BOOL, COUNT, COUNT0, DIST, FRACTION, Dist, parse_params
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Segment, Trace, WorkflowDef
 from traces.tokens import stable_hash
@@ -56,6 +57,8 @@ class _Builder:
         dyn = self.p["dynamic_tokens"].sample_int(self.rng_len)
         if dyn > 0 or not segs:
             segs.append(Segment("unique", "", max(dyn, 1)))
+        output = self.p["output_tokens"].sample_int(self.rng_len)
+        self._check_size(sum(seg.n_tokens for seg in segs), output)
         self.invocations.append(
             Invocation(
                 id=f"{cid}/{inv_id}",
@@ -65,13 +68,26 @@ class _Builder:
                 step=step,
                 segments=segs,
                 fixed_segments=len(segs) - (1 if segs[-1].kind == "unique" else 0),
-                output_tokens=self.p["output_tokens"].sample_int(self.rng_len),
+                output_tokens=output,
                 deps=deps,
                 arrival_s=self.starts[client] if step == 0 else None,
                 delay_s=self.p["delay_s"].sample(self.rng_time) if step else 0.0,
             )
         )
         return f"{cid}/{inv_id}"
+
+    def _check_size(self, prompt_tokens: int, output_tokens: int) -> None:
+        """ValueError naming the parameters when a call or the trace would be absurdly large (the
+        count is checked up front by the generators whose size is known; this is the backstop)."""
+        if len(self.invocations) >= MAX_INVOCATIONS:
+            raise ValueError(f"{self.name}: more than {MAX_INVOCATIONS:,} invocations: lower workflows, runs or loops")
+        for what, n, keys in (
+            ("prompt", prompt_tokens, "fixed_tokens/dynamic_tokens"),
+            ("output", output_tokens, "output_tokens"),
+        ):
+            problem = too_many_tokens(n, DEFAULT_MAX_PROMPT_TOKENS, what)
+            if problem:
+                raise ValueError(f"{self.name}: {keys}: {problem.split(' (')[0]}")
 
     def trace(self, workflows: list[WorkflowDef]) -> Trace:
         params = {k: str(v) if not isinstance(v, (bool, int, float)) else v for k, v in self.p.items()}
@@ -82,6 +98,15 @@ class _Builder:
             "provenance": {"generator": self.name, "params": params},
         }
         return Trace(meta, {w.id: w for w in workflows}, self.invocations)
+
+
+def check_count(name: str, n_invocations: int, keys: str) -> None:
+    """ValueError before anything is drawn when a trace would hold over ``MAX_INVOCATIONS`` calls
+    (``runs=1000000000`` used to run out of memory)."""
+    if n_invocations > MAX_INVOCATIONS:
+        raise ValueError(
+            f"{name}: {keys} = {n_invocations:,} invocations exceeds the limit of {MAX_INVOCATIONS:,}: lower them"
+        )
 
 
 def _prefix(b: _Builder, client: int, shared: bool) -> str:
@@ -120,9 +145,10 @@ def _sequential(name: str, defaults: dict[str, Any], given: dict[str, Any]) -> T
     }
     spec = {k: (parse, defaults.get(k, d)) for k, (parse, d) in spec.items()}
     p = parse_params(name, spec, given)
+    total_runs = p["warmup"] + p["runs"]
+    check_count(name, p["workflows"] * total_runs * p["agents"], "workflows x (warmup + runs) x agents")
     b = _Builder(name, p)
     agents = [f"agent{i}" for i in range(p["agents"])]
-    total_runs = p["warmup"] + p["runs"]
     for c in range(p["workflows"]):
         pre = _prefix(b, c, p["shared_prompts"])
         prev: list[str] = []
@@ -148,6 +174,8 @@ def branches(**given: Any) -> Trace:
         "fixed_tokens": (DIST, 8192),
     }
     p = parse_params("branches", spec, given)
+    n_calls = p["workflows"] * (p["warmup"] * p["branches"] + p["runs"]) * p["agents"]
+    check_count("branches", n_calls, "workflows x (warmup x branches + runs) x agents")
     b = _Builder("branches", p)
     rng_pick = np.random.default_rng(stable_hash("branches", p["seed"], "pick"))
     k, n_stages = p["branches"], p["agents"]
@@ -207,6 +235,7 @@ def fanout(**given: Any) -> Trace:
     """A planner fans out to `width` parallel workers, joined by an AND aggregator."""
     spec = {**COMMON, "width": (COUNT, 4), "runs": (COUNT, 1), "shared_prompts": (BOOL, False)}
     p = parse_params("fanout", spec, given)
+    check_count("fanout", p["workflows"] * p["runs"] * (p["width"] + 2), "workflows x runs x (width + 2)")
     b = _Builder("fanout", p)
     workers = [f"worker{i}" for i in range(p["width"])]
     agents = ["planner", *workers, "aggregator"]

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from traces.graph import graph_problems
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS, check_limit, too_many_tokens
 from traces.schema import (
     DEFAULT_BLOCK_TOKENS,
     FORMAT_NAME,
@@ -118,18 +119,21 @@ def _seg_obj(seg: Segment) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- reading
-def load_trace(path: str | os.PathLike[str]) -> Trace:
-    """Read a .jsonl / .jsonl.gz trace; raise TraceError("FILE:LINE: problem") on the first problem."""
-    trace, errors = read_trace(path, max_errors=1)
+def load_trace(path: str | os.PathLike[str], max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> Trace:
+    """Read a .jsonl / .jsonl.gz trace; raise TraceError("FILE:LINE: problem") on the first problem
+    (a call over ``max_prompt_tokens`` prompt or output tokens is one)."""
+    trace, errors = read_trace(path, max_errors=1, max_prompt_tokens=max_prompt_tokens)
     if errors:
         raise errors[0]
     assert trace is not None
     return trace
 
 
-def read_trace(path: str | os.PathLike[str], max_errors: int = 20) -> tuple[Trace | None, list[TraceError]]:
+def read_trace(
+    path: str | os.PathLike[str], max_errors: int = 20, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
+) -> tuple[Trace | None, list[TraceError]]:
     """Parse and check a trace, collecting up to `max_errors` problems (the trace is None if any)."""
-    reader = _Reader(str(path))
+    reader = _Reader(str(path), check_limit(max_prompt_tokens))
     try:
         for lineno, raw in _lines(str(path)):
             if len(reader.errors) >= max_errors:
@@ -173,8 +177,9 @@ def read_problem(exc: BaseException) -> str:
 class _Reader:
     """Line-by-line state: header seen, workflows and invocation ids declared so far."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> None:
         self.path = path
+        self.max_prompt_tokens = max_prompt_tokens
         self.meta: dict[str, Any] | None = None
         self.workflows: dict[str, WorkflowDef] = {}
         self.invocations: list[Invocation] = []
@@ -237,6 +242,10 @@ class _Reader:
         self.inv_ids.add(inv_id)  # before the other checks, so one bad line does not cascade
         block_tokens = int((self.meta or {}).get("block_tokens", DEFAULT_BLOCK_TOKENS))
         inv = _inv(obj, block_tokens)
+        for what, n in (("prompt", sum(s.n_tokens for s in inv.segments)), ("output", inv.output_tokens)):
+            problem = too_many_tokens(n, self.max_prompt_tokens, what)
+            if problem:
+                raise _Bad(problem)
         if inv.workflow:
             wf = self.workflows.get(inv.workflow)
             if wf is None:

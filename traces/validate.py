@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from traces.io import read_trace
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS
 from traces.schema import Trace, TraceError
 
 MAX_ERRORS = 20
 
 
-def validate_file(path: str, max_errors: int = MAX_ERRORS) -> tuple[Trace | None, list[TraceError]]:
+def validate_file(
+    path: str, max_errors: int = MAX_ERRORS, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
+) -> tuple[Trace | None, list[TraceError]]:
     """Parse `path` fully, collecting schema, reference, graph and length problems."""
-    return read_trace(path, max_errors=max_errors)
+    return read_trace(path, max_errors=max_errors, max_prompt_tokens=max_prompt_tokens)
 
 
 def summary(path: str, trace: Trace) -> str:

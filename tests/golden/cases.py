@@ -71,7 +71,9 @@ def _cfg(
 def _chatdev_slice() -> Any:
     from traces.importers import import_trace
 
-    logs = sorted(str(p) for p in (SHARED_DATA / "chatdev").glob("*.log.gz"))[:3]
+    # the logs these numbers were pinned on: of the first three, 20230726121145 (the oldest
+    # "[OpenAI_Usage_Info]" layout) was skipped until the importer learned to read it
+    logs = [str(SHARED_DATA / "chatdev" / f"{name}.log.gz") for name in ("20230821204606", "20230822144615")]
     return import_trace("chatdev", logs, warn=lambda *_: None)
 
 

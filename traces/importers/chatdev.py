@@ -4,11 +4,15 @@ Each chat-completion usage block is one invocation. Its responder is the role th
 response message ("<Role>: **A<->U on : Phase, turn N**"); agent id = "Phase:Role". Prompt =
 the responder's system prompt + the phase prompt's fixed leading paragraphs (the fixed part),
 then the rest of the phase's conversation so far (dynamic), fitted to the logged prompt_tokens.
+Usage blocks come in three layouts: ``**[OpenAI_Usage_Info Receive]**``, ``**[Claude_Usage_Info
+Receive]**`` (same log otherwise) and the oldest logs' ``[OpenAI_Usage_Info]``, whose phases,
+system messages and responses are CAMEL-style lines ("PhaseType: PhaseType.DEMAND_ANALYSIS",
+"AI Assistant (Role) sys message: SystemMessage(...)", "[0] AI Assistant (Role):").
 """
 
 from __future__ import annotations
 
-import gzip
+import ast
 import os
 import re
 import sys
@@ -17,15 +21,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from traces.graph import loops
+from traces.importers.naming import unique_names
 from traces.importers.text import fit_length, text_segments
+from traces.io import READ_ERRORS, open_bytes, read_problem
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS, check_limit, check_tokens
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Trace, WorkflowDef
 
 WORKFLOW = "chatdev"
 _ENTRY = re.compile(r"^\[(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) INFO\] ", re.M)
-_USAGE = re.compile(r"\*\*\[OpenAI_Usage_Info Receive\]\*\*\s*prompt_tokens: (\d+)\s*completion_tokens: (\d+)")
+_USAGE_TAGS = ("**[OpenAI_Usage_Info Receive]**", "**[Claude_Usage_Info Receive]**", "[OpenAI_Usage_Info]")
+_USAGE = re.compile(
+    r"(?:\*\*\[(?:OpenAI|Claude)_Usage_Info Receive\]\*\*|\[OpenAI_Usage_Info\])"
+    r"\s*prompt_tokens: (\d+)\s*completion_tokens: (\d+)"
+)
 _HEADER = re.compile(r"\*\*(.+?)<->(.+?) on : (\w+), turn (\d+)\*\*")
 _ROW = re.compile(r"^\| \*\*(\w+)\*\* \| (.*) \|$", re.M)
-_NOT_SEND = ("HTTP Request:", "error_code=", "**[OpenAI_Usage_Info Receive]**", "Retrying")
+_NOT_SEND = ("HTTP Request:", "error_code=", "Retrying", *_USAGE_TAGS)
+# the oldest layout: an ANSI colour, then "[turn] AI Assistant (Role):" / "AI User (Role) sys message:"
+_COLOUR = re.compile(r"^\x1b\[\d+m")
+_CAMEL = re.compile(r"^(?:\[(\d+)\] )?AI (Assistant|User) \(([^)]+)\)( sys message)?:")
+_PHASE_TYPE = re.compile(r"^PhaseType: PhaseType\.(\w+)")
 
 
 @dataclass
@@ -85,7 +100,8 @@ def _split_bracket(body: str) -> tuple[str | None, str]:
 class _LogParser:
     """Walks a log's timestamped entries and pairs usage blocks with response messages (FIFO)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str = "<log>", max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> None:
+        self.path, self.max_prompt_tokens, self.line = path, max_prompt_tokens, 0
         self.s = _Session()
         self.tables: list[str] = []
         self.sys: dict[str, str] = {}
@@ -97,10 +113,12 @@ class _LogParser:
 
     def parse(self, text: str) -> list[Call]:
         parts = _ENTRY.split(text)
+        self.line = 1 + parts[0].count("\n")
         for i in range(1, len(parts) - 1, 2):
             t = _ts(parts[i])
             self.start_s = t if self.start_s is None else self.start_s
             self.entry(t, parts[i + 1].rstrip() + "\n")
+            self.line += parts[i + 1].count("\n")
         while self.pending:
             self.respond(self.s.assistant or "Assistant", self.s.phase, None)
         return self.calls
@@ -108,10 +126,14 @@ class _LogParser:
     def entry(self, t: float, body: str) -> None:
         m = _USAGE.match(body)
         if m:
-            self.pending.append((int(m.group(1)), int(m.group(2)), self.last_send, t))
+            counts = [self.count(m.group(k), key) for k, key in ((1, "prompt_tokens"), (2, "completion_tokens"))]
+            self.pending.append((counts[0], counts[1], self.last_send, t))
             return
         if not body.startswith(_NOT_SEND):
             self.last_send = t
+        if _PHASE_TYPE.match(body) or _COLOUR.match(body):
+            self.camel(body)
+            return
         first = body.split("\n", 1)[0]
         if first.startswith("System: **[chatting]**"):
             self.table(body, chatting=True)
@@ -125,6 +147,50 @@ class _LogParser:
             if hdr or (name and name in (self.s.assistant, self.s.user) and not rest.startswith("thinking back")):
                 self.response(name, body, hdr)
 
+    def count(self, digits: str, key: str) -> int:
+        """A logged token count, or ValueError("FILE:LINE: key: problem") when over the limit
+        (checked on the digits first: int() refuses strings of over 4,300 digits)."""
+        where = f"{self.path}:{self.line}: {key}"
+        if len(digits) > len(str(self.max_prompt_tokens)):
+            what = "prompt" if key == "prompt_tokens" else "output"
+            raise ValueError(
+                f"{where}: {what} of {digits[:24]}{'...' if len(digits) > 24 else ''} tokens exceeds "
+                f"the limit of {self.max_prompt_tokens:,} tokens per call (--max-prompt-tokens)"
+            )
+        n = int(digits)
+        check_tokens(n, self.max_prompt_tokens, where, "prompt" if key == "prompt_tokens" else "output")
+        return n
+
+    def camel(self, body: str) -> None:
+        """An entry of the oldest layout: a phase start, a role's system message, the phase's
+        opening prompt (no turn number) or a response ("[turn] AI Assistant (Role):")."""
+        phase = _PHASE_TYPE.match(body)
+        if phase:  # a call no response was logged for (one that ended the chat) was the user's
+            while self.pending:
+                self.respond(self.s.user or self.s.assistant or "Assistant", self.s.phase, None)
+            self.s = _Session(phase="".join(w.capitalize() for w in phase.group(1).split("_")))
+            return
+        text = _COLOUR.sub("", body, count=1)
+        m = _CAMEL.match(text)
+        if m is None:  # "Task prompt:", "... terminated the chat."
+            return
+        turn, side, role, sys_msg = m.groups()
+        content = text[m.end() :].lstrip("\n")
+        if sys_msg:
+            if side == "Assistant":
+                self.s.assistant = role
+            else:
+                self.s.user = role
+            system = _system_content(content)
+            if system is not None:
+                self.sys[role] = system
+        elif turn is None:
+            self.s.fixed_start, self.s.messages = [], _paragraphs(content)
+        elif self.pending:
+            self.respond(role, self.s.phase, content)
+        else:
+            self.s.messages.append(content)
+
     def table(self, body: str, chatting: bool) -> None:
         rows = dict(_ROW.findall(body))
         if chatting:
@@ -135,8 +201,9 @@ class _LogParser:
         self.s.assistant = rows.get("assistant_role_name", self.s.assistant)
         self.s.user = rows.get("user_role_name", self.s.user)
         for who in ("assistant", "user"):
-            if f"{who}_role_prompt" in rows:
-                self.table_sys[rows[f"{who}_role_name"]] = rows[f"{who}_role_prompt"]
+            role = rows.get(f"{who}_role_name") or (self.s.assistant if who == "assistant" else self.s.user)
+            if f"{who}_role_prompt" in rows and role:
+                self.table_sys[role] = rows[f"{who}_role_prompt"]
 
     def start_chat(self, body: str) -> None:
         system, content = _split_bracket(body)
@@ -184,17 +251,46 @@ class _LogParser:
             self.s.messages.append(content)
 
 
-def parse_log(path: str) -> list[Call]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        return _LogParser().parse(f.read())
+def _system_content(text: str) -> str | None:
+    """The ``content='...'`` of a logged ``SystemMessage(...)`` repr (None when it has none)."""
+    start = text.rfind("content=")
+    end = text.rstrip().rfind(")")
+    if start < 0 or end <= start:
+        return None
+    try:
+        value = ast.literal_eval(text[start + len("content=") : end])
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, str) else None
 
 
-def _client_name(path: str) -> str:
-    name = os.path.basename(path)
-    for ext in (".gz", ".log"):
-        name = name[: -len(ext)] if name.endswith(ext) else name
-    return name
+def read_log(path: str) -> str:
+    """A log's text (gzipped or not, told by its magic bytes); ValueError("FILE:LINE: problem")
+    when it cannot be read (missing, a directory, corrupt or truncated gzip)."""
+    lines: list[bytes] = []
+    try:
+        with open_bytes(path) as f:
+            for raw in f:
+                lines.append(raw)
+    except READ_ERRORS as exc:
+        raise ValueError(f"{path}:{len(lines) + 1}: cannot read file: {read_problem(exc)}") from None
+    text = b"".join(lines).decode("utf-8", errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as text mode reads them
+
+
+def parse_log(path: str, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> list[Call]:
+    """The calls of one log, in log order; ValueError("FILE:LINE: problem") on an unreadable log or
+    a logged count over ``max_prompt_tokens``."""
+    text = read_log(path)
+    parser = _LogParser(path, max_prompt_tokens)
+    try:
+        return parser.parse(text)
+    except ValueError as exc:
+        if str(exc).startswith(f"{path}:"):
+            raise
+        raise ValueError(f"{path}:{parser.line}: {exc}") from None
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a layout this parser does not know
+        raise ValueError(f"{path}:{parser.line}: malformed log entry ({type(exc).__name__})") from None
 
 
 def _invocations(client: str, calls: list[Call]) -> list[Invocation]:
@@ -236,18 +332,25 @@ def _graph(invocations: list[Invocation]) -> tuple[list[str], dict]:
     return agents, graph
 
 
-def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None) -> Trace:
-    """Import ChatDev logs; logs without usage blocks are skipped with a one-line reason."""
+def import_files(
+    paths: list[str],
+    seed: int = 0,
+    warn: Callable[[str], None] | None = None,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+) -> Trace:
+    """Import ChatDev logs; logs without usage blocks are skipped with a one-line reason. A client
+    is named after its log (by its path when two inputs share a file name)."""
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    check_limit(max_prompt_tokens)
     invocations: list[Invocation] = []
     imported, skipped = [], []
-    for path in paths:
-        calls = parse_log(path)
+    for path, client in zip(paths, unique_names(paths, (".gz", ".log")), strict=True):
+        calls = parse_log(path, max_prompt_tokens)
         if not calls:
-            warn(f"{path}: skipped: no OpenAI usage blocks (prompt/completion token counts) in this log")
+            warn(f"{path}: skipped: no usage blocks (OpenAI or Claude prompt/completion token counts) in this log")
             skipped.append(os.path.basename(path))
             continue
-        invocations += _invocations(_client_name(path), calls)
+        invocations += _invocations(client, calls)
         imported.append(os.path.basename(path))
     agents, graph = _graph(invocations)
     meta = {

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from traces.importers.jsonl import json_lines
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS, check_limit, check_tokens
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Segment, Trace
 
 BLOCK_TOKENS = 512
@@ -22,12 +23,16 @@ _ID_TYPES = {int, str}  # exact types: a bool is not a hash id
 
 
 def check_request(
-    obj: Any, where: str, block_tokens: int = BLOCK_TOKENS
+    obj: Any, where: str, block_tokens: int = BLOCK_TOKENS, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
 ) -> tuple[float | None, int, int, list[int | str]]:
     """(timestamp ms or None, input_length, output_length, hash_ids) of one record, or
-    ValueError("FILE:LINE: problem") naming the first bad field."""
+    ValueError("FILE:LINE: problem") naming the first bad field (a length over
+    ``max_prompt_tokens`` is one: checked before the hash ids are looked at)."""
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a JSON object with hash_ids and input_length")
+    for key, what in (("input_length", "prompt"), ("output_length", "output")):
+        if type(obj.get(key)) is int:
+            check_tokens(obj[key], max_prompt_tokens, f"{where}: {key}", what)
     ids = obj.get("hash_ids")
     if not (type(ids) is list and ids and set(map(type, ids)) <= _ID_TYPES):
         raise ValueError(f"{where}: hash_ids must be a non-empty list of integers or strings")
@@ -45,11 +50,13 @@ def check_request(
     return (None if ts is None else float(ts)), n_in, n_out, ids
 
 
-def read_requests(path: str | os.PathLike[str], block_tokens: int = BLOCK_TOKENS) -> Iterator[Invocation]:
+def read_requests(
+    path: str | os.PathLike[str], block_tokens: int = BLOCK_TOKENS, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
+) -> Iterator[Invocation]:
     """The file's requests in file order, ids ``"0"``, ``"1"``, ...; ValueError("FILE:LINE: problem")."""
     full: dict[int | str, Segment] = {}  # one shared Segment per hash id: frozen, and most ids repeat
     for index, (where, obj) in enumerate(json_lines(path)):
-        ts_ms, n_in, n_out, ids = check_request(obj, where, block_tokens)
+        ts_ms, n_in, n_out, ids = check_request(obj, where, block_tokens, max_prompt_tokens)
         for h in set(ids).difference(full):
             full[h] = Segment("block", h, block_tokens)
         segs = list(map(full.__getitem__, ids))
@@ -70,16 +77,21 @@ def read_requests(path: str | os.PathLike[str], block_tokens: int = BLOCK_TOKENS
 
 
 def import_files(
-    paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None, block_tokens: int = BLOCK_TOKENS
+    paths: list[str],
+    seed: int = 0,
+    warn: Callable[[str], None] | None = None,
+    block_tokens: int = BLOCK_TOKENS,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
 ) -> Trace:
     """Import Mooncake traces (several files are concatenated, ids prefixed by the file index),
     in arrival order (stable: file order among equal or missing timestamps)."""
     if type(block_tokens) is not int or block_tokens < 1:
         raise ValueError(f"block_tokens must be a positive integer, got {block_tokens!r}")
+    check_limit(max_prompt_tokens)
     invocations: list[Invocation] = []
     for f_idx, path in enumerate(paths):
         prefix = f"{f_idx}:" if len(paths) > 1 else ""
-        for inv in read_requests(path, block_tokens):
+        for inv in read_requests(path, block_tokens, max_prompt_tokens):
             inv.id = f"{prefix}{len(invocations)}"
             invocations.append(inv)
     invocations.sort(key=lambda inv: inv.arrival_s or 0.0)

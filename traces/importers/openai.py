@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from traces.importers.jsonl import json_lines
+from traces.importers.naming import unique_names
 from traces.importers.text import estimate_tokens, text_segments
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS, check_limit, check_tokens
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Trace, WorkflowDef
 
 WORKFLOW = "openai"
@@ -22,7 +24,7 @@ WORKFLOW = "openai"
 def _message_text(msg: dict[str, Any]) -> str:
     content = msg.get("content") or ""
     if isinstance(content, list):  # multi-part content: keep the text parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return f"<|{msg.get('role', '')}|>{content}"
 
 
@@ -35,17 +37,34 @@ def _session(obj: Any, where: str) -> tuple[list[dict[str, Any]], dict[str, Any]
     return msgs, obj
 
 
-def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None) -> Trace:
+def _client(session_id: Any, default: str, where: str) -> str:
+    """The session's client name: its ``session_id`` (a non-empty string or an integer), else ``default``."""
+    if session_id is None:
+        return default
+    if isinstance(session_id, bool) or not isinstance(session_id, (str, int)) or session_id == "":
+        raise ValueError(f"{where}: session_id must be a non-empty string or an integer, got {session_id!r}")
+    return str(session_id)
+
+
+def import_files(
+    paths: list[str],
+    seed: int = 0,
+    warn: Callable[[str], None] | None = None,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+) -> Trace:
+    """Import chat-session files; a line without a session_id is a client of its own, named
+    ``<file>:<line>`` (by its path when two inputs share a file name)."""
+    check_limit(max_prompt_tokens)
     invocations: list[Invocation] = []
     last_of: dict[str, str] = {}
     steps: dict[str, int] = {}
     agents: list[str] = []
     t0: float | None = None
-    for path in paths:
+    for path, name in zip(paths, unique_names(paths, ()), strict=True):
         for where, obj in json_lines(path):
             lineno = where.rsplit(":", 1)[1]
             msgs, info = _session(obj, where)
-            client = str(info.get("session_id", f"{os.path.basename(path)}:{lineno}"))
+            client = _client(info.get("session_id"), f"{name}:{lineno}", where)
             ts = info.get("timestamp")
             if isinstance(ts, (int, float)) and t0 is None:
                 t0 = float(ts)
@@ -60,6 +79,7 @@ def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | 
                     agents.append(agent)
                 fixed = text_segments(texts[: min(n_sys, i)])
                 segs = fixed + text_segments(texts[min(n_sys, i) : i])
+                check_tokens(sum(s.n_tokens for s in segs), max_prompt_tokens, f"{where}: messages[{i}]")
                 inv_id = f"{client}/{len(invocations)}"
                 arrival = max(0.0, float(ts) - (t0 or 0.0)) if first and isinstance(ts, (int, float)) else None
                 if first and client not in last_of and arrival is None:

@@ -22,8 +22,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from traces.importers.naming import fresh, unique_names
 from traces.importers.text import estimate_tokens, fit_length, text_segments
 from traces.importers.weka import transition_graph
+from traces.io import READ_ERRORS, open_bytes, read_problem
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS, check_limit, too_many_tokens
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Trace, WorkflowDef
 
 WORKFLOW = "otel"
@@ -37,12 +40,14 @@ class OtelError(ValueError):
 
 def _read(path: str) -> tuple[str, list[Any]]:
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OtelError(f"{path}: cannot read: {exc}") from None
-    except ValueError as exc:
-        raise OtelError(f"{path}: invalid JSON: {str(exc).splitlines()[0][:100]}") from None
+        with open_bytes(path) as f:
+            obj = json.loads(f.read().decode("utf-8"))
+    except READ_ERRORS as exc:
+        raise OtelError(f"{path}: cannot read: {read_problem(exc)}") from None
+    except UnicodeDecodeError:
+        raise OtelError(f"{path}: cannot read: not valid UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise OtelError(f"{path}: invalid JSON: {(str(exc) or type(exc).__name__).splitlines()[0][:100]}") from None
     spans = obj.get("spans") if isinstance(obj, dict) else obj
     if not isinstance(spans, list):
         raise OtelError(f"{path}: expected an object with a 'spans' list (or a list of spans)")
@@ -110,13 +115,16 @@ def _messages(attrs: dict[str, Any], where: str) -> tuple[list[str], int]:
     return texts, n_system
 
 
-def _usage(attrs: dict[str, Any], names: tuple[str, ...], where: str) -> int | None:
+def _usage(attrs: dict[str, Any], names: tuple[str, ...], where: str, limit: int, what: str) -> int | None:
     for name in names:
         v = attrs.get(name)
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise OtelError(f"{where}.attributes.{name}: expected a token count, got {v!r}")
+        problem = too_many_tokens(v, limit, what)
+        if problem:
+            raise OtelError(f"{where}.attributes.{name}: {problem}")
         return v
     return None
 
@@ -142,7 +150,9 @@ class _Span:
         if self.end_s < self.start_s:
             raise ValueError(f"{self.where}.end_time: before start_time (negative duration)")
         op = attrs.get("gen_ai.operation.name")
-        self.is_call = op in CALL_OPERATIONS or (op is None and "gen_ai.input.messages" in attrs)
+        self.is_call = (isinstance(op, str) and op in CALL_OPERATIONS) or (
+            op is None and "gen_ai.input.messages" in attrs
+        )
 
 
 def _agent(span: _Span, by_id: dict[str, _Span]) -> str:
@@ -167,18 +177,18 @@ def _deps(span: _Span, done: list[_Span], closure: dict[str, set[str]]) -> list[
 
 
 def _invocation(
-    span: _Span, client: str, step: int, agent: str, deps: list[_Span], t0_s: float, where: str
+    span: _Span, client: str, step: int, agent: str, deps: list[_Span], t0_s: float, where: str, limit: int
 ) -> Invocation:
     texts, n_system = _messages(span.attrs, where)
     fixed = text_segments(texts[:n_system])
     segs = fixed + text_segments(texts[n_system:])
-    n_in = _usage(span.attrs, ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"), where)
+    n_in = _usage(span.attrs, ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"), where, limit, "prompt")
     inv_id = f"{client}/{span.id}"
     if n_in is not None or not segs:
         segs, n_fixed = fit_length(segs, len(fixed), n_in or 1, f"{inv_id}/pad")
     else:
         n_fixed = len(fixed)
-    n_out = _usage(span.attrs, ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"), where)
+    n_out = _usage(span.attrs, ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"), where, limit, "output")
     if n_out is None:
         out = _json_attr(span.attrs, "gen_ai.output.messages", where) or span.attrs.get("gen_ai.output.text", "")
         n_out = estimate_tokens(out if isinstance(out, str) else json.dumps(out))
@@ -200,7 +210,7 @@ def _invocation(
     )
 
 
-def _file_invocations(path: str, client: str, raw_spans: list[Any]) -> list[Invocation]:
+def _file_invocations(path: str, client: str, raw_spans: list[Any], limit: int) -> list[Invocation]:
     try:
         spans = [_Span(raw, i) for i, raw in enumerate(raw_spans)]
     except ValueError as exc:
@@ -216,21 +226,27 @@ def _file_invocations(path: str, client: str, raw_spans: list[Any]) -> list[Invo
     for step, span in enumerate(calls):
         deps = _deps(span, done, closure)
         closure[span.id] = {span.id}.union(*(closure[d.id] for d in deps))
-        out.append(_invocation(span, client, step, _agent(span, by_id), deps, t0_s, f"{path}: {span.where}"))
+        out.append(_invocation(span, client, step, _agent(span, by_id), deps, t0_s, f"{path}: {span.where}", limit))
         done.append(span)
     return out
 
 
-def import_files(paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None) -> Trace:
-    """Import span files; a file without GenAI call spans is skipped with a line on stderr."""
+def import_files(
+    paths: list[str],
+    seed: int = 0,
+    warn: Callable[[str], None] | None = None,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+) -> Trace:
+    """Import span files; a file without GenAI call spans is skipped with a line on stderr. A
+    client is the file's trace id; a second file with the same one gets ``<id>@<path>``."""
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    check_limit(max_prompt_tokens)
     invocations: list[Invocation] = []
     sources, skipped, clients = [], [], set()
-    for path in paths:
+    for path, by_path in zip(paths, unique_names(paths, (".json",)), strict=True):
         trace_id, spans = _read(path)
-        client = trace_id if trace_id not in clients else f"{trace_id}@{_stem(path)}"
-        clients.add(client)
-        invs = _file_invocations(path, client, spans)
+        client = fresh(trace_id if trace_id not in clients else f"{trace_id}@{by_path}", clients)
+        invs = _file_invocations(path, client, spans, max_prompt_tokens)
         if not invs:
             warn(f"{path}: skipped: no GenAI call spans (gen_ai.operation.name chat/completion)")
             skipped.append(os.path.basename(path))

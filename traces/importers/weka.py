@@ -16,7 +16,6 @@ segment per id would, but with ~3 segments per call instead of ~1,900 (85M block
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -27,6 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from traces.graph import loops
+from traces.importers.naming import fresh, unique_names
+from traces.io import open_bytes
+from traces.limits import DEFAULT_MAX_PROMPT_TOKENS, check_limit, too_many_tokens
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Segment, Trace, WorkflowDef
 
 BLOCK_TOKENS = 64
@@ -41,13 +43,12 @@ class WekaError(ValueError):
 def read_session(path: str) -> dict[str, Any]:
     """The parsed JSON of one session file (gzipped or not); WekaError when unreadable."""
     try:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
+        with open_bytes(path) as f:
             obj = json.loads(f.read())
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         raise WekaError(f"{path}: cannot read: {exc}") from None
-    except ValueError as exc:
-        raise WekaError(f"{path}: invalid JSON: {str(exc).splitlines()[0][:100]}") from None
+    except (ValueError, RecursionError) as exc:
+        raise WekaError(f"{path}: invalid JSON: {(str(exc) or type(exc).__name__).splitlines()[0][:100]}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("requests"), list):
         raise WekaError(f"{path}: session: expected an object with a 'requests' list")
     return obj
@@ -102,10 +103,14 @@ class Call:
     think_s: float | None
 
 
-def parse_call(rec: Any, block: int, where: str) -> Call:
+def parse_call(rec: Any, block: int, where: str, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> Call:
     if not isinstance(rec, dict):
         raise WekaError(f"{where}: expected an object")
     n_in = _int(rec, "in", where, 1)
+    for key, what in (("in", "prompt"), ("out", "output")):
+        problem = too_many_tokens(rec[key], max_prompt_tokens, what) if type(rec.get(key)) is int else None
+        if problem:
+            raise WekaError(f"{where}.{key}: {problem}")
     model = rec.get("model", "")
     if not isinstance(model, str):
         raise WekaError(f"{where}.model: expected a string, got {model!r}")
@@ -229,8 +234,16 @@ class _Done:
 class _Session:
     """Turns one session's request list (and its sub-agents', recursively) into invocations."""
 
-    def __init__(self, path: str, obj: dict[str, Any], client: str, block: int, blocks: bool) -> None:
-        self.path, self.client, self.block = path, client, block
+    def __init__(
+        self,
+        path: str,
+        obj: dict[str, Any],
+        client: str,
+        block: int,
+        blocks: bool,
+        max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    ) -> None:
+        self.path, self.client, self.block, self.max_prompt_tokens = path, client, block, max_prompt_tokens
         self.chains = _Blocks(client) if blocks else _Chains(client)
         self.invocations: list[Invocation] = []
         self.subagents = 0
@@ -249,7 +262,7 @@ class _Session:
                 if ended is not None:
                     waiting.append(ended)
                 continue
-            call = parse_call(rec, self.block, f"{self.path}: {rec_path}")
+            call = parse_call(rec, self.block, f"{self.path}: {rec_path}", self.max_prompt_tokens)
             start_s = origin_s + call.t_s
             joined = [done for end_s, done in waiting if end_s <= start_s + 1e-6]
             waiting = [(e, d) for e, d in waiting if e > start_s + 1e-6]
@@ -333,26 +346,30 @@ def _block_size(obj: dict[str, Any], path: str) -> int:
 
 
 def import_files(
-    paths: list[str], seed: int = 0, warn: Callable[[str], None] | None = None, blocks: bool = False
+    paths: list[str],
+    seed: int = 0,
+    warn: Callable[[str], None] | None = None,
+    blocks: bool = False,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
 ) -> Trace:
     """Import session files, one at a time; WekaError (one line) on the first malformed record.
     `blocks`: one block segment per hash id instead of chains (~1,900 segments per call: for a few
-    sessions, e.g. a block-level `kvflow-replay`)."""
+    sessions, e.g. a block-level `kvflow-replay`). A client is the session's id (else its file
+    name); a second file with the same one gets ``<id>@<path>`` (ids are namespaced by source)."""
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    check_limit(max_prompt_tokens)
     invocations: list[Invocation] = []
     sources, skipped, clients = [], [], set()
     block: int | None = None
-    for path in paths:
+    for path, by_path in zip(paths, unique_names(paths, (".gz", ".json")), strict=True):
         obj = read_session(path)
         size = _block_size(obj, path)
         if block is not None and size != block:
             raise WekaError(f"{path}: session.block_size: {size}, but earlier files use {block}")
         block = size
         client = obj.get("id") if isinstance(obj.get("id"), str) and obj.get("id") else _stem(path)
-        if client in clients:
-            raise WekaError(f"{path}: session.id: {client!r} was already imported from another file")
-        clients.add(client)
-        session = _Session(path, obj, client, size, blocks)
+        client = fresh(client if client not in clients else f"{client}@{by_path}", clients)
+        session = _Session(path, obj, client, size, blocks, max_prompt_tokens)
         if not session.invocations:
             warn(f"{path}: skipped: the session has no calls")
             skipped.append(os.path.basename(path))
