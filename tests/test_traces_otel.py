@@ -154,3 +154,13 @@ def test_no_call_spans_exits_non_zero(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "broken.json").write_text("{")
     assert main(["import", "otel", str(tmp_path / "broken.json"), "-o", str(tmp_path / "o.jsonl")]) == 2
     assert "invalid JSON" in capsys.readouterr().err
+
+
+def test_gaps_are_derived_from_span_times_and_the_provenance_says_so() -> None:
+    trace = import_trace("otel", [_fixture("advanced_fan_in_dependencies")])
+    assert trace.meta["provenance"]["gaps"].startswith("derived from span times")
+    spans = {inv.id.split("/")[-1]: inv for inv in trace.invocations}
+    fan_in = spans["span_004"]
+    assert fan_in.arrival_s is None and fan_in.delay_s >= 0.0
+    assert spans["span_001"].arrival_s is not None and spans["span_001"].delay_s == 0.0
+    assert all(inv.service_s is not None and inv.service_s >= 0.0 for inv in trace.invocations)

@@ -261,7 +261,16 @@ def import_files(
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "seed": seed,
-        "provenance": {"importer": "otel", "sources": sources, "skipped": skipped},
+        "provenance": {
+            "importer": "otel",
+            "sources": sources,
+            "skipped": skipped,
+            "gaps": (
+                "derived from span times: a call's start - the latest end among its dependencies (its "
+                "parent call when that ended first, else the calls that ended before it), floored at 0; "
+                "service time = the span's duration; first calls start at their recorded time"
+            ),
+        },
     }
     return Trace(meta, workflows, invocations)
 
