@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from harness.cost_model import CostModel
+from harness.engines import EngineModel
 from harness.errors import SetupError
 from kvflow.model_spec import ModelSpec
 
@@ -81,11 +82,13 @@ class AicCostModel(CostModel):
     MEMO_ENTRIES = 1 << 20  # cleared when full (a few tens of MB)
 
     @classmethod
-    def from_config(cls, hardware: Mapping[str, Any], model: ModelSpec) -> AicCostModel:
+    def from_config(
+        cls, hardware: Mapping[str, Any], model: ModelSpec, engine: EngineModel | None = None
+    ) -> AicCostModel:
         system = hardware.get("aic_system")
         if not system:
             raise SetupError(f"hardware {hardware.get('name')!r}: cost_model=aiconfigurator needs key 'aic_system'")
-        cost = super().from_config(hardware, model)
+        cost = super().from_config(hardware, model, engine)
         assert isinstance(cost, AicCostModel)
         cost.perf = perf_model(model, str(system))
         cost.memo = {}

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from harness.cost_model import COST_MODELS
+from harness.engines import ENGINE_CLASSES, GATINGS, HOST_LAYOUTS, IO_BACKENDS, WRITE_POLICIES, engine_keys
+from harness.engines import resolved as resolved_engine
 from harness.errors import SetupError
 from harness.profile import MEASURED_KEYS, MIXED_STEPS, check_hardware
 from kvflow.release import REPLAY_MODES, START_MODES
@@ -114,7 +116,7 @@ HARDWARE: dict[str, Check] = {
     "iteration_overhead_s": NON_NEGATIVE,
     "pcie_h2d_gbps": POSITIVE,
     "pcie_d2h_gbps": POSITIVE,
-    "pcie_efficiency": FRACTION,
+    "pcie_efficiency": optional(FRACTION),  # null: the engine model decides (harness.cost_model.copy_link)
     "pcie_latency_s": NON_NEGATIVE,
     "bidirectional_h2d_factor": FRACTION,
     "bidirectional_d2h_factor": FRACTION,
@@ -139,17 +141,52 @@ CACHE: dict[str, Check] = {
     "gpu_capacity_tokens": optional(POSITIVE_INT),
     "gpu_tokens_per_client": optional(POSITIVE_INT),
     "cpu_capacity_tokens": optional(NON_NEGATIVE_INT),
-    "page_size": POSITIVE_INT,
+    "page_size": optional(POSITIVE_INT),  # null: engine.page_size
 }
-ENGINE: dict[str, Check] = {"chunk_tokens": optional(POSITIVE_INT), "max_running_requests": optional(POSITIVE_INT)}
+
+
+def kernel_rates(key: str, value: Any) -> None:
+    """``engine.kernel_gbps``: a rate per host layout."""
+    if not isinstance(value, Mapping) or set(value) != set(HOST_LAYOUTS):
+        _fail(key, value, f"must be a mapping with keys {', '.join(HOST_LAYOUTS)}")
+    for layout, rate in value.items():
+        POSITIVE(f"{key}.{layout}", rate)
+
+
+ENGINE: dict[str, Check] = {  # every engine kind (harness.engines.base.EngineModel)
+    "kind": one_of(*ENGINE_CLASSES),
+    "name": text,
+    "chunk_tokens": optional(POSITIVE_INT),
+    "max_running_requests": optional(POSITIVE_INT),
+    "gating": one_of(*GATINGS),
+    "scheduler_sync": boolean,
+    "write_policy": one_of(*WRITE_POLICIES),
+    "write_through_hits": POSITIVE_INT,
+    "host_ratio": POSITIVE,
+    "page_size": POSITIVE_INT,
+    "load_back_threshold_tokens": NON_NEGATIVE_INT,
+    "load_mem_quota": boolean,
+    "unbounded_host_pool": boolean,
+}
+ENGINE_KINDS: dict[str, dict[str, Check]] = {  # each kind's own parameters
+    "sglang_0.4": {"host_gather_gbps": POSITIVE, "pageable_h2d_gbps": POSITIVE, "pageable_d2h_gbps": POSITIVE},
+    "sglang_0.5": {
+        "io_backend": one_of(*IO_BACKENDS),
+        "host_layout": one_of(*HOST_LAYOUTS),
+        "kernel_gbps": kernel_rates,
+        "direct_gbps": POSITIVE,
+        "direct_copy_latency_s": NON_NEGATIVE,
+    },
+    "ideal": {},
+}
 SIM: dict[str, Check] = {"bidirectional_penalty": boolean, "check_invariants": boolean, "timeline": boolean}
 OUTPUT: dict[str, Check] = {"report": boolean, "requests_csv": boolean, "table": boolean}
 POLICY: dict[str, Check] = {
     "name": text,
     "eviction": anything,  # checked against the policy class below
-    "cpu_capacity_ratio": NON_NEGATIVE,  # 0: no CPU tier
-    "write_policy": one_of("write_through", "write_back", "none"),
-    "write_through_hits": POSITIVE_INT,
+    "cpu_capacity_ratio": optional(NON_NEGATIVE),  # 0: no CPU tier; null: the engine's host_ratio
+    "write_policy": optional(one_of(*WRITE_POLICIES)),  # null: the engine's
+    "write_through_hits": optional(POSITIVE_INT),  # null: the engine's
     "load_back": boolean,
     "prefetch": boolean,
     "status_aware": boolean,
@@ -178,13 +215,12 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "hardware": HARDWARE,
     "model": MODEL,
     "cache": CACHE,
-    "engine": ENGINE,
     "sim": SIM,
     "output": OUTPUT,
     "policy": POLICY,
     "workload": WORKLOAD,
 }
-TOP_LEVEL = ("seed", "force", "compare", "experiment_name", "params", "cost_model", *SECTIONS)
+TOP_LEVEL = ("seed", "force", "compare", "experiment_name", "params", "cost_model", "engine", *SECTIONS)
 MEASURED_RULES: dict[str, Check] = {"gbps": POSITIVE, "latency_s": NON_NEGATIVE}
 
 
@@ -195,6 +231,28 @@ def _check_section(name: str, data: Any, rules: Mapping[str, Check]) -> None:
         if key not in rules:
             raise ConfigError(f"{name}.{key}={_show(value)}: unknown key; valid: {', '.join(rules)}")
         rules[key](f"{name}.{key}", value)
+
+
+def _check_engine(cfg: Mapping[str, Any]) -> None:
+    """The ``engine`` section: common keys, then the kind's own (a section without ``kind`` is read
+    over the default engine's file); the 0.4 layout needs page size 1."""
+    section = cfg.get("engine")
+    if section is None:
+        return
+    if not isinstance(section, Mapping):
+        _fail("engine", section, "must be a mapping")
+    if "kind" in section:
+        ENGINE["kind"]("engine.kind", section["kind"])
+    full = resolved_engine(section)
+    kind = full.get("kind")
+    ENGINE["kind"]("engine.kind", kind)
+    _check_section("engine", full, {**ENGINE, **ENGINE_KINDS[str(kind)]})
+    missing = [k for k in engine_keys(str(kind)) if k not in full]
+    if missing:
+        raise ConfigError(f"engine.{missing[0]}: missing for engine kind {kind!r}")
+    page = (cfg.get("cache") or {}).get("page_size") or full["page_size"]
+    if kind == "sglang_0.4" and page != 1:
+        raise ConfigError(f"engine.page_size={page}: sglang_0.4's layer-first host pool needs page size 1")
 
 
 def _check_measured(measured: Any) -> None:
@@ -293,6 +351,7 @@ def validate_config(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
     for name, rules in SECTIONS.items():
         if cfg.get(name) is not None:
             _check_section(name, cfg[name], rules)
+    _check_engine(cfg)
     if cfg.get("hardware") is not None:
         _check_measured(cfg["hardware"].get("measured"))
         check_hardware(cfg["hardware"])

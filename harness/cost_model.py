@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.engines import EngineModel, IdealEngine, load_engine
 from harness.errors import SetupError
 from harness.profile import OPTIONAL_MEASURED_KEYS, check_hardware, hardware_value
 from kvflow.model_spec import ModelSpec
@@ -38,6 +39,28 @@ class LinkSpec:
     latency_s: float
     effective_gbps: float
     busy_factor: float = 1.0  # rate multiplier while the other direction is copying
+
+
+def copy_link(
+    hw: Mapping[str, Any], measured: Mapping[str, float] | None, direction: str, engine: EngineModel, model: ModelSpec
+) -> LinkSpec:
+    """One direction's copy cost. ``pcie_efficiency`` null (the default): the engine's data path,
+    its rates capped by the profile's nominal link (``pcie_<dir>_gbps``); a number overrides the
+    engine's rates with the one-knob model (``latency + bytes / (nominal x efficiency)``). A
+    calibrated ``measured`` block is what copies cost on that machine and wins over both. The ideal
+    engine is free whatever the profile says."""
+    busy = float(hw[f"bidirectional_{direction}_factor"])
+    latency_s, nominal_gbps = float(hw["pcie_latency_s"]), float(hw[f"pcie_{direction}_gbps"])
+    if isinstance(engine, IdealEngine):
+        path = engine.copy_link(direction, nominal_gbps, latency_s, model)
+        return LinkSpec(path.fixed_s, path.gbps, busy)
+    if measured:
+        return LinkSpec(float(measured["latency_s"]), float(measured["gbps"]), busy)
+    eff = hw["pcie_efficiency"]
+    if eff is not None:
+        return LinkSpec(latency_s, nominal_gbps * float(eff), busy)
+    path = engine.copy_link(direction, nominal_gbps, latency_s, model)
+    return LinkSpec(path.fixed_s, path.gbps, busy)
 
 
 @dataclass
@@ -57,11 +80,13 @@ class CostModel:
     measured: dict[str, dict[str, float]] = field(default_factory=dict)
     scheduler_overhead_s: float = 0.0
     mixed_step: str = "max"
+    engine: EngineModel | None = None  # the data path the copy times follow
 
     @classmethod
-    def from_config(cls, hardware: Mapping[str, Any], model: ModelSpec) -> CostModel:
+    def from_config(cls, hardware: Mapping[str, Any], model: ModelSpec, engine: EngineModel | None = None) -> CostModel:
         """Build from a ``conf/hardware/*.yaml`` mapping (every key required, see
-        ``harness.profile``); ``measured`` blocks override the spec."""
+        ``harness.profile``); ``measured`` blocks override the spec. Copies follow ``engine``'s data
+        path (default: ``sglang_0.5``) unless the profile sets ``pcie_efficiency`` (see ``copy_link``)."""
         hw = dict(check_hardware(hardware))
         measured = {k: {**OPTIONAL_MEASURED_KEYS.get(k, {}), **v} for k, v in dict(hw["measured"] or {}).items() if v}
         fitted_for = hardware_value(hw, "measured_model")
@@ -70,15 +95,8 @@ class CostModel:
                 f"hardware {hw['name']!r}: measured for model {fitted_for!r}, not {model.name!r} "
                 f"(use its spec profile or fit one for {model.name!r})"
             )
-        eff = float(hw["pcie_efficiency"])
-        links = {}
-        for d in DIRECTIONS:
-            m = measured.get(d)
-            links[d] = LinkSpec(
-                latency_s=float(m["latency_s"]) if m else float(hw["pcie_latency_s"]),
-                effective_gbps=float(m["gbps"]) if m else float(hw[f"pcie_{d}_gbps"]) * eff,
-                busy_factor=float(hw[f"bidirectional_{d}_factor"]),
-            )
+        engine = engine if engine is not None else load_engine(None)
+        links = {d: copy_link(hw, measured.get(d), d, engine, model) for d in DIRECTIONS}
         cap = hw["kv_capacity_tokens"]
         return cls(
             model=model,
@@ -94,6 +112,7 @@ class CostModel:
             measured=measured,
             scheduler_overhead_s=float(hardware_value(hw, "scheduler_overhead_s")),
             mixed_step=str(hardware_value(hw, "mixed_step")),
+            engine=engine,
         )
 
     @classmethod
@@ -104,10 +123,10 @@ class CostModel:
         if kind == "aiconfigurator":
             from harness.aic_cost import AicCostModel
 
-            return AicCostModel.from_config(cfg["hardware"], model)
+            return AicCostModel.from_config(cfg["hardware"], model, load_engine(cfg.get("engine")))
         if kind != "builtin":
             raise SetupError(f"cost_model={kind!r}; valid: {', '.join(COST_MODELS)}")
-        return cls.from_config(cfg["hardware"], model)
+        return cls.from_config(cfg["hardware"], model, load_engine(cfg.get("engine")))
 
     # -- compute -----------------------------------------------------------------------------
     def _roofline_s(self, flops: float, nbytes: float) -> float:

@@ -2,8 +2,9 @@
 
 Every key of a profile is required: a profile that lacks one is an error naming it, never a silent
 default (the backends used to disagree on such defaults). ``null`` is allowed only where it has a
-documented meaning: ``kv_capacity_tokens`` (derive the KV pool from memory) and ``measured`` (no
-calibration: use the spec-derived cost model).
+documented meaning: ``kv_capacity_tokens`` (derive the KV pool from memory), ``measured`` (no
+calibration: use the spec-derived cost model) and ``pcie_efficiency`` (the engine model sets the copy
+rates below the link; a number overrides them, ``harness.cost_model.copy_link``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ HARDWARE_KEYS = (
     "kv_capacity_tokens",
     "measured",
 )
-NULLABLE_KEYS = ("kv_capacity_tokens", "measured")
+NULLABLE_KEYS = ("kv_capacity_tokens", "measured", "pcie_efficiency")  # pcie_efficiency null: the engine decides
 # Keys added after the first profiles: absent means the value that reproduces the model before them
 # (docs/cost_model.md "Kernel phases and scheduler overhead"), so existing profiles keep their results.
 OPTIONAL_KEYS: dict[str, Any] = {

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.cost_model import CostModel
+from harness.engines import EngineModel, load_engine
 from harness.errors import SetupError
 from harness.profile import load_model
-from kvflow.build import build_engine
+from kvflow.build import DataPath, build_engine
 from kvflow.engine import Engine
 from kvflow.model_spec import ModelSpec
 from kvflow.release import ReleaseOptions, ReleaseRule
@@ -108,16 +109,22 @@ def import_logs(fmt: str, source: str, seed: int) -> Trace:
 def capacities(cfg: Mapping[str, Any], cost: CostModel, trace: Trace) -> tuple[int, int]:
     """(GPU, CPU) KV pool sizes in tokens: ``cache.gpu_capacity_tokens``, else
     ``cache.gpu_tokens_per_client`` x clients, else the profile's pool; CPU: ``cache.cpu_capacity_tokens``
-    or ``policy.cpu_capacity_ratio`` x GPU, and 0 when the policy has no CPU tier (ratio <= 0)."""
+    or ``policy.cpu_capacity_ratio`` (null: the engine's ``host_ratio``) x GPU, and 0 when the policy
+    has no CPU tier (ratio 0). An engine with an unbounded host pool (ideal) holds every token of the
+    trace."""
     cache_cfg = cfg.get("cache") or {}
     gpu = cache_cfg.get("gpu_capacity_tokens")
     per_client = cache_cfg.get("gpu_tokens_per_client")
     if gpu is None and per_client:
         gpu = int(per_client) * len({inv.client_id for inv in trace.invocations})
     gpu = int(gpu) if gpu is not None else cost.gpu_kv_capacity_tokens()
-    ratio = float((cfg.get("policy") or {}).get("cpu_capacity_ratio", 0.0))
+    engine = cost.engine or load_engine(cfg.get("engine"))
+    ratio = (cfg.get("policy") or {}).get("cpu_capacity_ratio", 0.0)
+    ratio = engine.host_ratio if ratio is None else float(ratio)
     cpu = cache_cfg.get("cpu_capacity_tokens")
     cpu = 0 if ratio <= 0 else (int(cpu) if cpu is not None else int(ratio * gpu))
+    if cpu and engine.unbounded_host_pool:  # the ideal engine: nothing computed is ever lost
+        cpu = max(cpu, sum(trace.prompt_len(inv) + inv.output_tokens for inv in trace.invocations))
     return gpu, cpu
 
 
@@ -206,11 +213,29 @@ def chunk_tokens(cfg: Mapping[str, Any]) -> int:
     return int((cfg.get("engine") or {}).get("chunk_tokens") or cfg["hardware"]["chunked_prefill_tokens"])
 
 
+def data_path(engine: EngineModel) -> DataPath:
+    """The engine model's settings the core applies (write policy, load fallbacks)."""
+    return DataPath(
+        write_policy=engine.write_policy,
+        write_through_hits=engine.write_through_hits,
+        load_back_threshold_tokens=engine.load_back_threshold_tokens,
+        load_mem_quota=engine.load_mem_quota,
+    )
+
+
+def page_size(cfg: Mapping[str, Any], engine: EngineModel) -> int:
+    """``cache.page_size`` when set, else the engine model's."""
+    value = (cfg.get("cache") or {}).get("page_size")
+    return int(value) if value is not None else engine.page_size
+
+
 def build_core(cfg: Mapping[str, Any], setup: Setup, free_ops: bool = True) -> Engine:
     """The policy, cache manager and engine every backend drives (``kvflow.build``); ``free_ops``
-    False for the simulator, which counts tokens and has no memory to free per node."""
+    False for the simulator, which counts tokens and has no memory to free per node. The engine
+    model (``engine``) sets the write policy, page size and load fallbacks."""
     cost = setup.cost
     engine_cfg = cfg.get("engine") or {}
+    model = cost.engine or load_engine(engine_cfg)
     return build_engine(
         cfg["policy"],
         gpu_tokens=setup.gpu_tokens,
@@ -218,8 +243,9 @@ def build_core(cfg: Mapping[str, Any], setup: Setup, free_ops: bool = True) -> E
         kv_bytes_per_token=setup.model.kv_bytes_per_token,
         chunk_tokens=chunk_tokens(cfg),
         h2d_gbps=cost.transfer_gbps("h2d"),
-        page_size=int((cfg.get("cache") or {}).get("page_size", 1)),
+        page_size=page_size(cfg, model),
         max_running=engine_cfg.get("max_running_requests"),
         gain_s_per_token=lambda: gain_s_per_token(cost),
         free_ops=free_ops,
+        data_path=data_path(model),
     )

@@ -9,6 +9,7 @@ seconds saved per cached token from its cost model or calibration.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kvflow.cache import CacheConfig, KVCacheManager
@@ -56,22 +57,46 @@ def build_engine(
     max_running: int | None = None,
     gain_s_per_token: Callable[[], float] | None = None,
     free_ops: bool = True,
+    data_path: DataPath | None = None,
 ) -> Engine:
     """Policy (``eviction``: ``_target_`` + kwargs), cache manager and engine for one run.
-    ``free_ops``: whether the backend wants Free ops (it keeps memory per node)."""
+    ``free_ops``: whether the backend wants Free ops (it keeps memory per node). ``data_path``: the
+    engine model's cache settings; a policy key that is set (not null) wins over it."""
+    path = data_path or DataPath()
+    write_policy = _policy_or(policy_cfg, "write_policy", path.write_policy)
     cache_config = CacheConfig(
         gpu_capacity_tokens=gpu_tokens,
         cpu_capacity_tokens=cpu_tokens,
         page_size=page_size,
         kv_bytes_per_token=kv_bytes_per_token,
-        write_policy=str(policy_cfg.get("write_policy", "none")) if cpu_tokens else "none",
-        write_through_hits=int(policy_cfg.get("write_through_hits", 1)),
+        write_policy=str(write_policy) if cpu_tokens else "none",
+        write_through_hits=int(_policy_or(policy_cfg, "write_through_hits", path.write_through_hits)),
         max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
         free_ops=free_ops,
     )
     cache = KVCacheManager(cache_config, build_policy(policy_cfg.get("eviction") or {}, gain_s_per_token))
     running = max_running_requests(max_running, gpu_tokens)
-    return Engine(cache, engine_config(policy_cfg, int(chunk_tokens), running, cpu_tokens > 0, h2d_gbps))
+    config = engine_config(policy_cfg, int(chunk_tokens), running, cpu_tokens > 0, h2d_gbps)
+    config.load_back_threshold_tokens = path.load_back_threshold_tokens
+    config.load_mem_quota = path.load_mem_quota
+    return Engine(cache, config)
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """What a backend's engine model fixes in the core: write policy and threshold (SGLang 0.4:
+    write_through_selective = write-through on the 2nd hit), load-back threshold and mem_quota
+    fallback. The defaults are the core's behaviour before engine models existed."""
+
+    write_policy: str = "none"
+    write_through_hits: int = 1
+    load_back_threshold_tokens: int = 0
+    load_mem_quota: bool = False
+
+
+def _policy_or(policy_cfg: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = policy_cfg.get(key)
+    return default if value is None else value
 
 
 def engine_config(

@@ -40,6 +40,8 @@ class EngineConfig:
     prefetch_mode: str = "next_step"  # or "deadline": earliest predicted start first, lead by copy time
     prefetch_lookahead_steps: int = 2  # deadline mode: how many steps ahead to consider
     h2d_gbps: float = 0.0  # deadline mode: copy bandwidth for the lead time (0 = unknown: next_step)
+    load_back_threshold_tokens: int = 0  # a CPU-only prefix shorter than this is recomputed (SGLang: 10)
+    load_mem_quota: bool = False  # a load the GPU has no room for is skipped and the prefix recomputed
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 1 or self.max_running_requests < 1:
@@ -248,12 +250,17 @@ class Engine:
         match = cache.tree.match(request.tokens, touch=False, max_tokens=request.prompt_tokens - 1)
         if any(n.inflight is not None for n in match.cpu_nodes):
             return "busy"
-        cpu_run = match.cpu_nodes if self.config.load_back else []
+        cpu_run = match.cpu_nodes if self._loads_back(match.cpu_tokens) else []
         loaded = match.cpu_tokens if cpu_run else 0
         reserve = request.prompt_tokens - match.gpu_tokens - loaded + request.output_tokens
         cache.lock(match.gpu_node)
         granted = cache.alloc_gpu(reserve)
         loads = cache.load(cpu_run) if granted and cpu_run else []
+        if granted and cpu_run and not loads and self.config.load_mem_quota:
+            # SGLang's mem_quota: a load that does not fit is skipped and the prefix recomputed
+            cache.release_gpu(granted)
+            cpu_run, loaded, reserve = [], 0, reserve + loaded
+            granted = cache.alloc_gpu(reserve)
         if not granted or (cpu_run and not loads):
             if granted:
                 cache.release_gpu(granted)
@@ -278,6 +285,11 @@ class Engine:
         request.reserved_tokens = reserve
         self.prefilling.append(request)
         return "admitted"
+
+    def _loads_back(self, cpu_tokens: int) -> bool:
+        """Load a CPU-only prefix of ``cpu_tokens`` back (else recompute it): load-back is on and the
+        prefix reaches SGLang's ``load_back_threshold``."""
+        return self.config.load_back and cpu_tokens > 0 and cpu_tokens >= self.config.load_back_threshold_tokens
 
     # ----- completion -----------------------------------------------------------------------
     def finish(self, it: Iteration, now_s: float, decode_steps_done: int | None = None) -> list[Request]:

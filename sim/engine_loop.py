@@ -10,6 +10,14 @@ loop only turns iterations into simulated time and runs the engine's ops on the 
   by layer: ``max(compute, load) + load / layers`` (DESIGN.md, HiCache);
 - async ops (``engine.take_ops()``) queue on their channel at once (background priority, behind
   reactive loads); Free ops complete at once.
+The engine model (``cost.engine``, docs/engines.md) adds two rules of SGLang 0.4:
+- ``gating: global`` (one global layer counter): a forward launched while any H2D load runs (a
+  prefetch too) waits for it layer by layer, ``max(compute, remaining load) + remaining / layers``;
+  a load that starts during a decode run cuts the run at the next step, so the next step is gated;
+- ``scheduler_sync``: issuing a load synchronizes the scheduler with the GPU, so a load queued
+  while an iteration computes starts when that iteration ends.
+With ``gating: consumer`` (0.5, ideal) only the batch that reads the KV waits (the reactive loads
+above; a request whose prefix is still being prefetched is not scheduled).
 """
 
 from __future__ import annotations
@@ -55,6 +63,12 @@ class EngineLoop:
         self._stall_s = 0.0  # copy wait + exposed load time of the iteration in progress
         self.after_iteration = after_iteration  # e.g. invariant checks in tests
         self.timeline = timeline  # a list to record GPU iterations into (Gantt plots), or None
+        model = cost.engine
+        self.gate_all = model is not None and model.gating == "global"  # loads gate every forward
+        self.sync_loads = model is not None and model.scheduler_sync  # loads wait for the running iteration
+        self.computing = False  # an iteration is on the GPU
+        self._held_loads: list[Load] = []  # loads issued mid-iteration under scheduler_sync
+        self.gated_s = 0.0  # time forwards spent waiting for a load they do not read (gating: global)
 
     # -- outside input -------------------------------------------------------------------------
     def poke(self) -> None:
@@ -76,10 +90,32 @@ class EngineLoop:
                 continue
             assert isinstance(op, (Load, Offload)), op
             self.ops_inflight += 1
-            if isinstance(op, Load):
-                self.pcie.copy(op.bytes, "h2d", self._op_done, "prefetch" if op.prefetch else "load", tag=op)
+            if isinstance(op, Load) and self.sync_loads and self.computing:
+                self._held_loads.append(op)
             else:
-                self.pcie.copy(op.bytes, "d2h", self._op_done, "offload", tag=op)
+                self._launch(op)
+
+    def _launch(self, op: Load | Offload) -> None:
+        if isinstance(op, Offload):
+            self.pcie.copy(op.bytes, "d2h", self._op_done, "offload", tag=op)
+            return
+        on_start = self._load_started if self.gate_all else None
+        self.pcie.copy(op.bytes, "h2d", self._op_done, "prefetch" if op.prefetch else "load", on_start=on_start, tag=op)
+
+    def _load_started(self, _duration_s: float) -> None:
+        """Global gating: a running decode run stops at its next step so that the next one waits."""
+        self.wake()
+
+    def _release_held(self) -> None:
+        held, self._held_loads = self._held_loads, []
+        for op in held:
+            self._launch(op)
+
+    def _load_remaining_s(self) -> float:
+        """Time until the H2D copy in progress ends (0 when none runs)."""
+        if not self.pcie.active["h2d"]:
+            return 0.0
+        return max(0.0, self.pcie.busy_until["h2d"] - self.env.now)
 
     def _op_done(self, op: Any) -> None:
         self.ops_inflight -= 1
@@ -104,14 +140,20 @@ class EngineLoop:
                 self._wake = self.env.event()
             start_s = self.env.now
             self.iterations += 1
+            self.computing = True
+            gate_s = self._load_remaining_s() if self.gate_all else 0.0
             if it.blocking_loads:
                 finished = yield from self._run_with_loads(it)
+            elif gate_s > 0:
+                finished = yield from self._run_gated(it, gate_s)
             elif it.decode and not it.prefill and it.decode_steps > 1:
                 finished = yield from self._run_decode(it)
             else:
                 yield self.env.timeout(self._compute_s(it))
                 self.decode_steps += 1 if it.decode else 0
                 finished = self.engine.finish(it, self.env.now)
+            self.computing = False
+            self._release_held()
             self.busy_s += self.env.now - start_s
             self._count_kind(it, self.env.now - start_s)
             if self.timeline is not None:
@@ -131,6 +173,17 @@ class EngineLoop:
     def _compute_s(self, it: Any) -> float:
         chunks = [(c.new_tokens, c.context_tokens) for c in it.prefill]
         return self.cost.iteration_time_s(chunks, list(it.decode_contexts) if it.decode else [])
+
+    def _run_gated(self, it: Any, load_s: float):
+        """One iteration (one decode step at most) launched while a load it does not read runs:
+        global gating makes each layer wait for the load's layer."""
+        compute_s = self._compute_s(it)
+        total_s = self.cost.overlapped_load_time_s(compute_s, load_s)
+        self.gated_s += total_s - compute_s
+        self._stall_s = total_s - compute_s
+        yield self.env.timeout(total_s)
+        self.decode_steps += 1 if it.decode else 0
+        return self.engine.finish(it, self.env.now, decode_steps_done=1 if it.decode else None)
 
     def _run_decode(self, it: Any):
         """Up to ``it.decode_steps`` decode steps, cut short at the step boundary after a wake-up."""
