@@ -39,19 +39,19 @@ POLICY_COLORS = {
     "hicache": "tab:blue",
     "kvflow_evict_only": "tab:cyan",
     "kvflow": "tab:orange",
-    "oracle": "tab:green",
+    "clairvoyant": "tab:green",
     "kvflow_inferred": "tab:brown",
     "kvflow_cost": "tab:red",
     "kvflow_gd": "tab:pink",
 }  # same colour for a policy in every plot, no two alike
 SPARE_COLORS = ("tab:olive", "tab:gray", "black", "gold", "navy", "teal", "maroon", "lime")
-# markers and dashes too, so policies with identical results (kvflow and oracle) stay visible
+# markers and dashes too, so policies with identical results (kvflow and clairvoyant) stay visible
 POLICY_STYLES = {
     "sglang": ("v", ":"),
     "hicache": ("s", "-."),
     "kvflow_evict_only": ("^", "--"),
     "kvflow": ("o", "-"),
-    "oracle": ("x", (0, (4, 3))),
+    "clairvoyant": ("x", (0, (4, 3))),
     "kvflow_inferred": ("D", (0, (1, 1))),
     "kvflow_cost": ("P", (0, (5, 1, 1, 1))),
     "kvflow_gd": ("*", (0, (3, 1, 1, 1, 1, 1))),

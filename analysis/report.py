@@ -135,7 +135,7 @@ def _timeline_run(edf: pd.DataFrame) -> pd.Series | None:
     have = edf[[(Path(d) / "timeline.csv").is_file() for d in edf["run_dir"]]]
     if have.empty:
         return None
-    rank = {"kvflow": 0, "oracle": 1}
+    rank = {"kvflow": 0, "clairvoyant": 1}
     return have.iloc[min(range(len(have)), key=lambda i: (rank.get(str(have["policy"].iat[i]), 2), i))]
 
 

@@ -19,11 +19,11 @@ from analysis.frame import param_columns
 
 METRIC = "workflow_latency_mean_s"
 CONTEXT = ("generator", "hardware", "model", "fixed_tokens", "dynamic_tokens", "output_tokens", "workflows")
-POLICY_ORDER = ("sglang", "hicache", "kvflow_evict_only", "kvflow", "oracle")
+POLICY_ORDER = ("sglang", "hicache", "kvflow_evict_only", "kvflow", "clairvoyant")
 
 
 def policy_order(policies: Sequence[str]) -> list[str]:
-    """Baselines first, then KVFlow variants, then the oracle; unknown policies after, by name."""
+    """Baselines first, then KVFlow variants, then the clairvoyant policy; unknown policies after, by name."""
     known = {p: i for i, p in enumerate(POLICY_ORDER)}
     return sorted(set(policies), key=lambda p: (known.get(p, len(known)), p))
 

@@ -9,7 +9,16 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "oracle")
+ORDER = (
+    "sglang",
+    "hicache",
+    "kvflow",
+    "kvflow_evict_only",
+    "kvflow_inferred",
+    "kvflow_cost",
+    "kvflow_gd",
+    "clairvoyant",
+)
 
 
 def main(root: str) -> None:

@@ -81,7 +81,7 @@ HW="hardware=$PROFILE"
 for F in $FIXED_LIST; do
   GPU_CAP=$((4 * (F + PAD)))
   CPU_CAP=$((3 * AGENTS * (F + PAD)))
-  step "runs_fixed$F" "$PY" -m real.cli run --device $DEVICE --policies sglang,hicache,kvflow,kvflow_evict_only,oracle \
+  step "runs_fixed$F" "$PY" -m real.cli run --device $DEVICE --policies sglang,hicache,kvflow,kvflow_evict_only,clairvoyant \
     --out "$RES/runs/fixed$F" "$HW" model=$MODEL workload=sequential workload.params.agents=$AGENTS \
     workload.params.fixed_tokens=$F workload.params.dynamic_tokens=32 workload.params.output_tokens=32 \
     workload.params.warmup=1 workload.params.runs=$RUNS engine.max_running_requests=1 \

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "oracle")
+POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "clairvoyant")
 
 
 def _load(path: Path) -> dict | None:

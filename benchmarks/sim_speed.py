@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workflows", type=int, default=64)
     ap.add_argument("--fixed-tokens", type=int, default=1024)
-    ap.add_argument("--policies", default="kvflow,hicache,sglang,kvflow_evict_only,oracle")
+    ap.add_argument("--policies", default="kvflow,hicache,sglang,kvflow_evict_only,clairvoyant")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     workload = conf("workload", "concurrent")

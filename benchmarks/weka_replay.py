@@ -54,10 +54,10 @@ def main() -> None:
         f"{len({i.client_id for i in trace.invocations})} sessions, {len(requests)} calls, "
         f"block {block} tokens, read in {time.perf_counter() - t0:.1f} s"
     )
-    print("| pool (tokens) | LRU GPU hit | oracle GPU hit |")
+    print("| pool (tokens) | LRU GPU hit | Belady GPU hit |")
     print("|---|---|---|")
     for pool in (int(p) for p in args.pools.split(",")):
-        rates = [replay(requests, name, pool // block, warmup_fraction=0.0)["hit_rate"] for name in ("lru", "oracle")]
+        rates = [replay(requests, name, pool // block, warmup_fraction=0.0)["hit_rate"] for name in ("lru", "belady")]
         print(f"| {pool:,} | {rates[0]:.1%} | {rates[1]:.1%} |", flush=True)
     ceiling = replay(requests, "lru", 10**9, warmup_fraction=0.0)["hit_rate"]
     print(f"| infinite | {ceiling:.1%} | {ceiling:.1%} |")

@@ -3,7 +3,7 @@
 A trace's invocation is *ready* when all its dependencies finished (a workflow's first one at its
 arrival) and is released to the engine ``delay_s`` later; both backends apply these rules with their
 own clock. A client's frontier is its ready or running agents; its steps-to-execution hints are
-``StepGraph.steps_to_execution(frontier)`` (KVFLOW.md 2.2). ``OracleFeed`` gives the oracle policy
+``StepGraph.steps_to_execution(frontier)`` (KVFLOW.md 2.2). ``NextUseFeed`` gives the clairvoyant policy
 each (client, agent)'s next use, read from the trace only (STYLE.md section 6).
 """
 
@@ -115,10 +115,10 @@ class WorkflowTracker:
         return graph.steps_to_execution(frontier)
 
 
-class OracleFeed:
-    """Keeps the oracle policy's next-use table current as invocations are submitted.
+class NextUseFeed:
+    """Keeps the clairvoyant policy's next-use table current as invocations are submitted.
 
-    The oracle knows, for every (client, agent) fixed prompt, exactly how many of that client's
+    The clairvoyant policy knows, for every (client, agent) fixed prompt, exactly how many of that client's
     invocations come before its next use: the branch that will be taken, how often a loop repeats,
     whether the agent runs again at all (KVFlow only has the graph's earliest possible occurrence).
     Counting in the client's own invocations, not in estimated seconds, keeps the ranking right

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness import interrupt
 
-POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "oracle")
+POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "clairvoyant")
 
 
 def _default_out(kind: str) -> Path:

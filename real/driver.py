@@ -1,7 +1,7 @@
 """Wall-clock workflow driver: releases a trace's invocations as their dependencies finish.
 
 The release rule (``kvflow.release.ReleaseRule``: closed or open loop, session starts), frontiers,
-hints and the oracle's next-use table are the core's (``kvflow.workflow``), shared with the
+hints and the clairvoyant policy's next-use table are the core's (``kvflow.workflow``), shared with the
 simulator's driver; this driver supplies wall-clock time: a root becomes ready at
 ``rule.root_ready_s``, a later invocation when its dependencies finish, each is released at
 ``rule.release_s(inv, ready)``, and the client's hints go to the engine whenever its frontier
@@ -17,7 +17,7 @@ from typing import Any
 
 from kvflow.engine import Request
 from kvflow.release import ReleaseRule
-from kvflow.workflow import OracleFeed, WorkflowTracker
+from kvflow.workflow import NextUseFeed, WorkflowTracker
 
 __all__ = ["RealRequest", "WallClockDriver"]
 
@@ -45,7 +45,7 @@ class WallClockDriver:
         trace: Any,
         engine: Any,
         hints: bool = True,
-        oracle_policy: Any = None,
+        clairvoyant_policy: Any = None,
         on_submit: Callable[[Any], None] | None = None,
         rule: ReleaseRule | None = None,
     ) -> None:
@@ -60,7 +60,7 @@ class WallClockDriver:
         self._queue: list[tuple[float, int, str, str]] = []  # (time, seq, kind ready|release, inv id)
         self._seq = itertools.count()
         self._inv_of: dict[int, str] = {}
-        self.oracle = OracleFeed(trace, engine.cache) if oracle_policy is not None else None
+        self.next_use_feed = NextUseFeed(trace, engine.cache) if clairvoyant_policy is not None else None
         for inv in self.tracker.roots:
             self._push(self.rule.root_ready_s(inv), "ready", inv.id)
 
@@ -106,8 +106,8 @@ class WallClockDriver:
         )
         self.requests[inv.id] = req
         self._inv_of[id(req)] = inv.id
-        if self.oracle is not None:
-            self.oracle.on_submit(inv)
+        if self.next_use_feed is not None:
+            self.next_use_feed.on_submit(inv)
         if self.on_submit is not None:
             self.on_submit(inv)
         self._send_hints(inv.client_id, now_s)

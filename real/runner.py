@@ -128,9 +128,9 @@ def run_real(
         warm_up(net)
     clock = make_clock()
     executor = CopyExecutor(store, clock, copy_delay_s=opts.copy_delay_s)
-    oracle = engine.cache.policy if engine.cache.policy.reads_future else None
+    clairvoyant = engine.cache.policy if engine.cache.policy.reads_future else None
     hints = bool(cfg["policy"].get("hints", True))
-    driver = WallClockDriver(setup.trace, engine, hints=hints, oracle_policy=oracle, rule=setup.release)
+    driver = WallClockDriver(setup.trace, engine, hints=hints, clairvoyant_policy=clairvoyant, rule=setup.release)
     loop = RealEngineLoop(engine, net, store, executor, driver, clock, check_invariants=opts.check_invariants)
     try:
         loop.run()

@@ -4,7 +4,7 @@
 own sequence of prompts, in admission order, with the capacity of both tiers. A token served from
 the cache had to be resident in a tier, and at most GPU + CPU pool tokens are resident at once;
 outputs never recur (each request's output ids are fresh), so a prompt-only replay loses nothing.
-Belady (farthest next use, with bypass: ``sim.replay``'s oracle) maximises hits for that sequence,
+Belady (farthest next use, with bypass: ``sim.replay``'s ``belady``) maximises hits for that sequence,
 so it bounds every policy's reuse on that run; concurrency, locks and the engine only lower the
 policy's. The bound is per run because a closed loop admits requests in a policy-dependent order.
 Same measured requests as the summary (warm-up rows excluded).
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sim.replay import ReplayRequest, replay
+from sim.replay import BELADY, ReplayRequest, replay
 from traces.schema import Trace
 
 
@@ -52,7 +52,7 @@ def reuse_bound(trace: Trace, rows: Sequence[Mapping[str, Any]], capacity_tokens
     order = admission_order(rows)
     requests = [ReplayRequest(trace.prompt_tokens(invocations[str(rows[i]["request_id"])]), None) for i in order]
     measured = [not _is_true(rows[i]["warmup"]) for i in order]
-    result = replay(requests, "oracle", max(1, capacity_tokens), measured=measured)
+    result = replay(requests, BELADY, max(1, capacity_tokens), measured=measured)
     return ReuseBound(int(result["hit_tokens"]), int(result["total_tokens"]), capacity_tokens)
 
 

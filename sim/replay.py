@@ -17,11 +17,23 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from kvflow.cache import CacheConfig, KVCacheManager
-from kvflow.policies import make_policy
+from kvflow.policies import POLICY_NAMES, make_policy
 from kvflow.step_graph import INF, StepGraph
 from traces.importers import mooncake
 from traces.limits import DEFAULT_MAX_PROMPT_TOKENS
 from traces.schema import Trace
+
+#: the exact Belady replay: the clairvoyant policy given every node's next use (``annotate_next_use``)
+BELADY = "belady"
+CLAIRVOYANT = "clairvoyant"
+ALIASES = {"oracle": BELADY}  # the name before the simulator's clairvoyant policy was told apart from it
+
+
+def replay_policy_names() -> tuple[str, ...]:
+    """What ``replay`` accepts: every policy but the clairvoyant one, which only ``belady`` (it given
+    exact next uses) makes sense of here; ``oracle`` is an alias of ``belady``."""
+    return (*(n for n in POLICY_NAMES if n != CLAIRVOYANT), BELADY)
+
 
 #: what ``replay`` returns: hit counts and rates, capacity, eviction count (JSON-ready values)
 ReplayResult = dict[str, int | float | str | bool]
@@ -77,7 +89,7 @@ def requests_from_trace(trace: Trace) -> tuple[list[ReplayRequest], bool]:
 
 def annotate_next_use(requests: list[ReplayRequest]) -> list[list[int]]:
     """For each request and unit position: index of the next request that uses the same prefix
-    (path in the trie) — what the oracle knows about the future."""
+    (path in the trie) — what ``belady`` knows about the future."""
     node_of: dict[tuple[int, Hashable], int] = {}
     paths = []
     for req in requests:
@@ -107,10 +119,15 @@ def replay(
     the warm-up fraction, or over those ``measured`` marks (a simulated run's own warm-up rule)."""
     if capacity_units <= 0:
         raise ReplayInputError(f"cache capacity is {capacity_units} units: budget too small for one block")
+    policy_name = ALIASES.get(policy_name, policy_name)
+    exact = policy_name == BELADY
+    if not exact and policy_name not in replay_policy_names():
+        raise ReplayInputError(f"unknown policy '{policy_name}'; valid: {', '.join(replay_policy_names())}")
     cache = KVCacheManager(
-        CacheConfig(gpu_capacity_tokens=capacity_units, write_policy="none"), make_policy(policy_name)
+        CacheConfig(gpu_capacity_tokens=capacity_units, write_policy="none"),
+        make_policy(CLAIRVOYANT if exact else policy_name),
     )
-    next_use = annotate_next_use(requests) if policy_name == "oracle" else None
+    next_use = annotate_next_use(requests) if exact else None
     warmup = math.floor(len(requests) * warmup_fraction)
     counted = measured if measured is not None else [index >= warmup for index in range(len(requests))]
     if len(counted) != len(requests):
@@ -140,7 +157,7 @@ def replay(
 
 
 def _replay_one(cache: KVCacheManager, req: ReplayRequest, next_use: list[int] | None) -> int:
-    """Match, allocate and insert one request (the oracle with Belady admission); its hit units."""
+    """Match, allocate and insert one request (``belady``: with Belady admission); its hit units."""
     cache.observe_prompt(req.user, req.keys, req.fixed_units)
     if req.hints is not None and req.user is not None:
         cache.set_hints(req.user[0], req.hints)
@@ -178,7 +195,7 @@ def _alloc_with_bypass(cache: KVCacheManager, next_use: list[int], start: int) -
 
 def _annotate_path(cache: KVCacheManager, keys: list[Hashable], next_use: list[int]) -> None:
     """Write each node's next use (that of its first unit). Next use only grows with depth, so a
-    node whose units disagree is split where the value changes: the oracle stays exact per unit."""
+    node whose units disagree is split where the value changes: ``belady`` stays exact per unit."""
     tree, node, pos = cache.tree, cache.tree.root, 0
     while pos < len(keys):
         node = node.children[tree.child_key(keys, pos)]

@@ -17,8 +17,15 @@ import zlib
 from pathlib import Path
 
 from kvflow.model_spec import MODEL_NAMES, load_model_spec
-from kvflow.policies import POLICY_NAMES
-from sim.replay import ReplayInputError, ReplayRequest, ReplayResult, replay, requests_from_trace
+from sim.replay import (
+    ALIASES,
+    ReplayInputError,
+    ReplayRequest,
+    ReplayResult,
+    replay,
+    replay_policy_names,
+    requests_from_trace,
+)
 from traces.importers import mooncake
 from traces.io import load_trace
 from traces.limits import DEFAULT_MAX_PROMPT_TOKENS
@@ -34,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         "tree under one eviction policy. The last line of stdout is one JSON object.",
     )
     parser.add_argument("--trace", required=True, type=Path, help="Mooncake JSONL (.jsonl[.gz]) or kvflow trace")
-    parser.add_argument("--policy", default="lru", help=f"eviction policy: {', '.join(POLICY_NAMES)} (default lru)")
+    parser.add_argument(
+        "--policy",
+        default="lru",
+        help=f"eviction policy: {', '.join(replay_policy_names())} (default lru; belady: exact Belady, the hit-rate bound; oracle = belady)",
+    )
     parser.add_argument("--model", default="llama-3.1-8b", help=f"model for KV bytes/token: {', '.join(MODEL_NAMES)}")
     parser.add_argument("--budget-gib", type=float, default=16.0, help="GPU KV budget in GiB (default 16)")
     parser.add_argument("--block-tokens", type=int, default=512, help="tokens per hash block (default 512)")
@@ -75,8 +86,8 @@ def load_requests(
 def run(argv: list[str] | None = None) -> ReplayResult:
     """Parse flags, read the trace, replay it; the result plus the run's settings and wall time."""
     args = build_parser().parse_args(argv)
-    if args.policy not in POLICY_NAMES:
-        raise ReplayInputError(f"unknown policy '{args.policy}'; valid: {', '.join(POLICY_NAMES)}")
+    if ALIASES.get(args.policy, args.policy) not in replay_policy_names():
+        raise ReplayInputError(f"unknown policy '{args.policy}'; valid: {', '.join(replay_policy_names())}")
     try:
         model = load_model_spec(args.model)
     except ValueError as exc:

@@ -23,7 +23,7 @@ from harness.progress import progress
 from harness.rows import request_rows, workflow_rows
 from harness.setup import build_core, build_trace, gain_s_per_token, prepare
 from harness.summary import RunIdentity, summarize
-from kvflow.workflow import OracleFeed
+from kvflow.workflow import NextUseFeed
 from sim.driver import WorkflowDriver
 from sim.engine_loop import EngineLoop
 from sim.metrics import counters
@@ -82,7 +82,7 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
     pcie = PCIeLink(
         env, setup.cost, bidirectional_penalty=bool(sim_cfg.get("bidirectional_penalty", True)), timeline=timeline
     )  # GPU compute and PCIe copies share one list, for Gantt plots
-    feed = OracleFeed(trace, cache) if policy.reads_future else None
+    feed = NextUseFeed(trace, cache) if policy.reads_future else None
     driver = WorkflowDriver(
         env,
         trace,

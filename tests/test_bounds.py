@@ -31,7 +31,7 @@ def test_belady_on_a_sequence_worked_by_hand():
     seq = [[1, 2], [3, 4], [1, 2], [5, 6], [3, 4]]
     reqs = [ReplayRequest(list(p), None) for p in seq]
     every = [True] * len(seq)
-    assert replay(reqs, "oracle", 4, measured=every)["hit_tokens"] == 4
+    assert replay(reqs, "belady", 4, measured=every)["hit_tokens"] == 4
     assert replay([ReplayRequest(list(p), None) for p in seq], "lru", 4, measured=every)["hit_tokens"] == 2
 
 

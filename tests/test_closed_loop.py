@@ -73,12 +73,12 @@ def _run(trace: Trace, policy: str, replay: str | None, gpu_tokens: int) -> dict
 
 def test_more_gpu_hits_finish_a_closed_loop_session_sooner(chat_trace: Trace) -> None:
     small = 2 * max(chat_trace.prompt_len(inv) + inv.output_tokens for inv in chat_trace.invocations)
-    closed = {p: _run(chat_trace, p, None, small) for p in ("sglang", "oracle")}
-    opened = {p: _run(chat_trace, p, "open", small) for p in ("sglang", "oracle")}
-    assert closed["oracle"]["why"]["replay"] == "closed" and opened["oracle"]["why"]["replay"] == "open"
-    assert closed["oracle"]["hit_rate_gpu"] > closed["sglang"]["hit_rate_gpu"] + 0.1
-    saved_closed = closed["sglang"]["workflow_latency_mean_s"] - closed["oracle"]["workflow_latency_mean_s"]
-    saved_open = opened["sglang"]["workflow_latency_mean_s"] - opened["oracle"]["workflow_latency_mean_s"]
+    closed = {p: _run(chat_trace, p, None, small) for p in ("sglang", "clairvoyant")}
+    opened = {p: _run(chat_trace, p, "open", small) for p in ("sglang", "clairvoyant")}
+    assert closed["clairvoyant"]["why"]["replay"] == "closed" and opened["clairvoyant"]["why"]["replay"] == "open"
+    assert closed["clairvoyant"]["hit_rate_gpu"] > closed["sglang"]["hit_rate_gpu"] + 0.1
+    saved_closed = closed["sglang"]["workflow_latency_mean_s"] - closed["clairvoyant"]["workflow_latency_mean_s"]
+    saved_open = opened["sglang"]["workflow_latency_mean_s"] - opened["clairvoyant"]["workflow_latency_mean_s"]
     # closed loop: every call's saved prefill moves the rest of the session earlier; open loop: only
     # the last call's can (every logged arrival is pinned)
     assert saved_closed > 0

@@ -17,7 +17,16 @@ from harness.profile import load_model
 from real.config import compose
 
 EXPERIMENTS = [None, "paper_single", "paper_concurrent", "paper_branches", "paper_peer", "chatdev"]
-POLICIES = ["kvflow", "hicache", "sglang", "oracle", "kvflow_cost", "kvflow_gd", "kvflow_inferred", "kvflow_evict_only"]
+POLICIES = [
+    "kvflow",
+    "hicache",
+    "sglang",
+    "clairvoyant",
+    "kvflow_cost",
+    "kvflow_gd",
+    "kvflow_inferred",
+    "kvflow_evict_only",
+]
 BASE = compose(["policy=kvflow_cost"])
 
 

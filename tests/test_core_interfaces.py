@@ -13,8 +13,8 @@ from kvflow.build import build_engine, build_policy
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.engine import Engine, EngineConfig, Request
 from kvflow.policies import POLICY_NAMES, Policy, make_policy
+from kvflow.policies.clairvoyant import ClairvoyantPolicy
 from kvflow.policies.kvflow import KVFlowPolicy
-from kvflow.policies.oracle import OraclePolicy
 from kvflow.prefetch import DeadlinePrefetcher, NextStepPrefetcher, NoPrefetcher
 from kvflow.radix import InFlight, Tier
 
@@ -37,9 +37,9 @@ def test_every_conf_policy_names_a_policy_class_that_builds():
 
 
 def test_policy_names_come_from_the_yamls_and_old_names_still_work():
-    assert set(POLICY_NAMES) == {"lru", "kvflow", "oracle", "kvflow_cost", "kvflow_gd"}
+    assert set(POLICY_NAMES) == {"lru", "kvflow", "clairvoyant", "kvflow_cost", "kvflow_gd"}
     assert isinstance(make_policy("kvflow_gd"), KVFlowPolicy) and make_policy("kvflow_gd").aging
-    assert isinstance(make_policy("kvflow.policies.oracle.OraclePolicy"), OraclePolicy)
+    assert isinstance(make_policy("kvflow.policies.clairvoyant.ClairvoyantPolicy"), ClairvoyantPolicy)
     assert build_policy({"name": "kvflow"}).name == "kvflow"  # an older config: eviction.name
 
 
@@ -119,9 +119,9 @@ def test_policy_hooks_return_the_users_whose_keys_may_drop():
     assert policy.set_hints({("c", "a"): 2.0, ("c", "b"): 1.0}) == [("c", "a"), ("c", "b")]  # new: unknown before
     assert policy.set_hints({("c", "a"): 1.0, ("c", "b"): 3.0}) == [("c", "b")]  # a: sooner (rises), b: later
     assert policy.set_hints({("c", "a"): None}) == [("c", "a")] and ("c", "a") not in policy.steps
-    oracle = OraclePolicy()
-    assert oracle.set_next_use({("c", "a"): 4.0}) == []  # unknown counted as never: 4 is sooner
-    assert oracle.set_next_use({("c", "a"): 6.0, ("c", "b"): 1.0}) == [("c", "a")]
+    clairvoyant = ClairvoyantPolicy()
+    assert clairvoyant.set_next_use({("c", "a"): 4.0}) == []  # unknown counted as never: 4 is sooner
+    assert clairvoyant.set_next_use({("c", "a"): 6.0, ("c", "b"): 1.0}) == [("c", "a")]
 
 
 def test_declared_capabilities_replace_probes():
@@ -131,7 +131,7 @@ def test_declared_capabilities_replace_probes():
     }
     assert flags["lru"] == (False, False, False, False)
     assert flags["kvflow"] == (True, False, False, False)
-    assert flags["oracle"] == (False, False, False, True)
+    assert flags["clairvoyant"] == (False, False, False, True)
     assert flags["kvflow_cost"] == flags["kvflow_gd"] == (True, True, True, False)
     assert Policy().worth_keeping(None) is True and Policy().prefetch_limit(None) is None  # type: ignore[arg-type]
 

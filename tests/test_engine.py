@@ -48,7 +48,8 @@ def workflow_requests(rng: random.Random, runs: int = 3, agents: int = 4, fixed:
 
 
 @pytest.mark.parametrize(
-    "policy,cpu,prefetch", [("lru", 0, False), ("lru", 6000, False), ("kvflow", 6000, True), ("oracle", 6000, True)]
+    "policy,cpu,prefetch",
+    [("lru", 0, False), ("lru", 6000, False), ("kvflow", 6000, True), ("clairvoyant", 6000, True)],
 )
 def test_tokens_conserved_and_capacity_respected(policy, cpu, prefetch):
     engine = build(policy, cpu=cpu, prefetch=prefetch)

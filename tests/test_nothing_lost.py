@@ -174,7 +174,7 @@ def test_a_second_sweep_into_a_locked_sweep_dir_refuses(tmp_path):
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     sweep = tmp_path / "sweep"
-    policies = "policy=kvflow,sglang,hicache,oracle,kvflow_evict_only,kvflow_inferred"
+    policies = "policy=kvflow,sglang,hicache,clairvoyant,kvflow_evict_only,kvflow_inferred"
     args = [*SIM, "-m", policies, "workload=concurrent", *SMALL[2:], f"hydra.sweep.dir={sweep}"]
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     deadline = time.time() + 90

@@ -1,4 +1,4 @@
-"""Ranking rules of lru / kvflow / oracle (KVFLOW.md 2.3) on small hand-built trees."""
+"""Ranking rules of lru / kvflow / clairvoyant (KVFLOW.md 2.3) on small hand-built trees."""
 
 from __future__ import annotations
 
@@ -105,8 +105,8 @@ def test_locked_and_loading_nodes_are_never_victims():
     assert order(cache) == [seq(100)]
 
 
-def test_oracle_evicts_farthest_next_use():
-    cache = make("oracle")
+def test_clairvoyant_evicts_farthest_next_use():
+    cache = make("clairvoyant")
     nodes = [put(cache, seq(b)) for b in (100, 200, 300)]
     for node, nxt in zip(nodes, (5, 50, 10)):
         node.next_use = nxt
@@ -114,8 +114,8 @@ def test_oracle_evicts_farthest_next_use():
     assert order(cache) == [seq(200), seq(300), seq(100)]
 
 
-def test_oracle_reads_user_next_use():
-    cache = make("oracle")
+def test_clairvoyant_reads_user_next_use():
+    cache = make("clairvoyant")
     put(cache, seq(100), fixed=4, user=("c", "a"))
     put(cache, seq(200), fixed=4, user=("c", "b"))
     cache.policy.set_next_use({("c", "a"): 9, ("c", "b"): 2})
@@ -123,5 +123,5 @@ def test_oracle_reads_user_next_use():
 
 
 def test_unknown_policy_lists_valid_names():
-    with pytest.raises(ValueError, match="valid: lru, kvflow, oracle, kvflow_cost, kvflow_gd"):
+    with pytest.raises(ValueError, match="valid: clairvoyant, lru, kvflow, kvflow_cost, kvflow_gd"):
         make_policy("fifo")

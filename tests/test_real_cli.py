@@ -182,7 +182,7 @@ def test_gpu_check_dry_run(tmp_path):
         "validate": "0",
         "summary": "0",
     } or all(rc == "0" for rc in steps.values())
-    for policy in ("sglang", "hicache", "kvflow", "kvflow_evict_only", "oracle"):
+    for policy in ("sglang", "hicache", "kvflow", "kvflow_evict_only", "clairvoyant"):
         assert (res / "runs" / "fixed64" / policy / "summary.json").exists()
     assert (res / "summary.md").read_text().count("| kvflow |") == 2
     returned = sorted(p.name for p in (tmp_path / "out").iterdir())

@@ -38,11 +38,11 @@ def test_lru_matches_reference_within_0_1_points(requests, gib):
 
 
 @pytest.mark.parametrize("gib", [16, 64, 128])
-def test_oracle_beats_lru_and_is_close_to_reference_optimal(requests, gib):
+def test_belady_beats_lru_and_is_close_to_reference_optimal(requests, gib):
     capacity = math.floor(gib * 2**30 / BLOCK_BYTES)
-    oracle = replay(requests, "oracle", capacity)["hit_rate"]
-    assert oracle >= replay(requests, "lru", capacity)["hit_rate"]
-    assert abs(oracle - REFERENCE_OPTIMAL[gib]) < 0.02
+    belady = replay(requests, "belady", capacity)["hit_rate"]
+    assert belady >= replay(requests, "lru", capacity)["hit_rate"]
+    assert abs(belady - REFERENCE_OPTIMAL[gib]) < 0.02
 
 
 def test_lru_matches_kvcache_simulator_live(requests):
@@ -61,7 +61,7 @@ def test_lru_matches_kvcache_simulator_live(requests):
         ours_lru = replay(requests, "lru", point["cacheBlocks"])
         assert ours_lru["hit_tokens"] == point["results"]["lru"]["hitTokens"]
         assert ours_lru["total_tokens"] == point["results"]["lru"]["totalTokens"]
-        ours_opt = replay(requests, "oracle", point["cacheBlocks"])
+        ours_opt = replay(requests, "belady", point["cacheBlocks"])
         assert abs(ours_opt["hit_rate"] - point["results"]["optimal"]["hitRate"]) < 0.02
 
 
@@ -191,7 +191,7 @@ def test_replay_backend_imports_no_simpy_or_torch():
 @pytest.mark.parametrize(
     "flag,value,listed",
     [
-        ("--policy", "fifo", "lru, kvflow, oracle"),
+        ("--policy", "fifo", "lru, kvflow, kvflow_cost, kvflow_gd, belady"),
         ("--model", "gpt-5", "llama-3.1-8b"),
     ],
 )
@@ -213,7 +213,7 @@ def test_imported_mooncake_trace_replays_to_the_same_hit_rates(tmp_path, mooncak
 
     imported = tmp_path / "mooncake.jsonl.gz"
     write_trace(import_trace("mooncake", [str(mooncake_path)]), imported)
-    for policy in ("lru", "oracle"):
+    for policy in ("lru", "belady"):
         rates = []
         for path in (mooncake_path, imported):
             assert main(["--trace", str(path), "--policy", policy, "--budget-gib", "16"]) == 0
@@ -229,7 +229,7 @@ def test_token_level_replay_of_a_generated_trace(tmp_path, capsys):
         generate("sequential", agents=4, fixed_tokens=256, dynamic_tokens=16, output_tokens=8, runs=3, seed=0), path
     )
     results = {}
-    for policy in ("lru", "kvflow", "oracle"):
+    for policy in ("lru", "kvflow", "belady"):
         assert (
             main(
                 [
@@ -250,7 +250,7 @@ def test_token_level_replay_of_a_generated_trace(tmp_path, capsys):
         results[policy] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert results[policy]["unit"] == "token"
     # a cyclic workflow under pressure: LRU evicts exactly the next agent; KVFlow's hints keep it
-    assert results["lru"]["hit_rate"] < results["kvflow"]["hit_rate"] <= results["oracle"]["hit_rate"]
+    assert results["lru"]["hit_rate"] < results["kvflow"]["hit_rate"] <= results["belady"]["hit_rate"]
 
 
 # ---------------------------------------------------------------- property tests of the Mooncake reader

@@ -43,16 +43,16 @@ def test_default_compares_policies(tmp_path):
 
 
 def test_single_policy_run(tmp_path):
-    p = run(tmp_path, "policy=oracle", "output.requests_csv=false", *SMALL)
+    p = run(tmp_path, "policy=clairvoyant", "output.requests_csv=false", *SMALL)
     assert p.returncode == 0, p.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["policy"] == "oracle" and not (tmp_path / "run" / "requests.csv").exists()
+    assert summary["policy"] == "clairvoyant" and not (tmp_path / "run" / "requests.csv").exists()
 
 
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["policy=nope"], "unknown policy 'nope'; valid: hicache, kvflow"),
+        (["policy=nope"], "unknown policy 'nope'; valid: clairvoyant, hicache, kvflow"),
         (["hardware=tpu"], "unknown hardware 'tpu'"),
         (["workload.params.dynamic_tokens=-3"], "dynamic_tokens"),
         (["cache.gpu_capacity_tokens=100"], "can never run"),
@@ -85,7 +85,7 @@ def test_chatdev_preset_imports_logs_on_the_fly(tmp_path):
 
 
 def test_compare_list_override_runs_and_reports(tmp_path):
-    p = run(tmp_path, "compare=[kvflow,sglang,hicache,oracle]", *SMALL)
+    p = run(tmp_path, "compare=[kvflow,sglang,hicache,clairvoyant]", *SMALL)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr and "raised" not in p.stderr  # the run report used to fail on the list
     assert (tmp_path / "run" / "report" / "report.md").is_file()

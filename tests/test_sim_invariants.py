@@ -7,7 +7,16 @@ import pytest
 from sim.runner import load_conf as conf
 from sim.runner import simulate
 
-POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "oracle")
+POLICIES = (
+    "sglang",
+    "hicache",
+    "kvflow",
+    "kvflow_evict_only",
+    "kvflow_inferred",
+    "kvflow_cost",
+    "kvflow_gd",
+    "clairvoyant",
+)
 
 
 WORKLOADS = {
@@ -94,7 +103,7 @@ def test_same_seed_same_summary(policy):
 def test_kvflow_beats_lru_baselines_under_pressure():
     lat = {p: simulate(make_cfg(p, "sequential")).summary["workflow_latency_mean_s"] for p in POLICIES}
     assert lat["kvflow"] < lat["hicache"] < lat["sglang"]
-    assert lat["oracle"] <= lat["kvflow"] * 1.05
+    assert lat["clairvoyant"] <= lat["kvflow"] * 1.05
 
 
 def test_decode_runs_match_single_steps(monkeypatch):

@@ -33,7 +33,7 @@ class Policy:
     ``tracks_dynamic``: the cache tags each agent's latest dynamic prompt in ``node.dynamic_users``;
     ``observes_prompts``: the cache calls ``observe_prompt`` for every tagged prompt;
     ``reads_future``: the backend must feed it next uses read from the trace through
-    ``set_next_use`` (``kvflow.workflow.OracleFeed``); the backends build that feed only for such a
+    ``set_next_use`` (``kvflow.workflow.NextUseFeed``); the backends build that feed only for such a
     policy, so the others pay nothing for it.
     """
 

@@ -15,7 +15,16 @@ from sim.runner import load_conf as conf
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
-POLICIES = ("sglang", "hicache", "kvflow", "kvflow_evict_only", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "oracle")
+POLICIES = (
+    "sglang",
+    "hicache",
+    "kvflow",
+    "kvflow_evict_only",
+    "kvflow_inferred",
+    "kvflow_cost",
+    "kvflow_gd",
+    "clairvoyant",
+)
 PINNED = (
     "requests",
     "workflows",
