@@ -187,7 +187,10 @@ def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def _closed(gained: float, gap: float) -> str:
     """Share of a gap closed, or n/a when there is no gap to close (kvflow already at the bound)."""
-    return f"{100 * gained / gap:.0f}%" if gap > 1e-9 else "n/a (no gap)"
+    if gap <= 1e-9:
+        return "n/a (no gap)"
+    share = round(100 * gained / gap)
+    return f"{share + 0:d}%"  # + 0: no "-0%" for a tie
 
 
 def main(argv: list[str] | None = None) -> int:
