@@ -21,6 +21,7 @@ from kvflow.tagging import UserTags
 from kvflow.tiers import CpuTier, GpuTier
 from kvflow.write_policy import WritePolicy
 
+_LOAD = InFlight.LOAD  # (a global: an Enum member's lookup is slow on the hot path)
 WRITE_POLICIES = ("write_through", "write_back", "none")
 
 
@@ -140,7 +141,7 @@ class KVCacheManager:
             if node.prefetched and node.gpu:
                 node.prefetched = False
                 stats.prefetch_used += 1
-            elif node.prefetched and node.inflight is InFlight.LOAD:
+            elif node.prefetched and node.inflight is _LOAD:
                 stats.prefetch_late += 1
             maybe_backup(node)
 
@@ -234,7 +235,7 @@ class KVCacheManager:
             parent = node.parent
             if parent is None:
                 return False  # detached since the run was computed
-            if not (parent is root or parent.gpu or parent.inflight is InFlight.LOAD or (i and parent is todo[i - 1])):
+            if not (parent is root or parent.gpu or parent.inflight is _LOAD or (i and parent is todo[i - 1])):
                 return False
         return True
 
