@@ -210,18 +210,23 @@ class KVCacheManager:
             return []
         anchor = todo[0].parent
         assert anchor is not None
-        self.lock(anchor)  # the GPU ancestors must survive the eviction that makes room
-        granted = self.alloc_gpu(sum(len(n.tokens) for n in todo), limit_key=limit_key)
-        self.unlock(anchor)
+        tree = self.tree
+        n_tokens = 0
+        for node in todo:
+            n_tokens += len(node.tokens)
+        tree.lock(anchor)  # the GPU ancestors must survive the eviction that makes room
+        granted = self.gpu.alloc(n_tokens, limit_key)
+        tree.unlock(anchor)
         if granted == 0:
             return []
-        ops = []
+        ops: list[Load] = []
+        begin_load, bytes_per_token = tree.begin_load, self.config.kv_bytes_per_token
         for node in todo:
-            self.tree.begin_load(node)
+            begin_load(node)
             node.prefetched = prefetch
-            nbytes = self.bytes_of(len(node.tokens))
-            self.stats.h2d_bytes += nbytes
-            ops.append(Load(node, len(node.tokens), nbytes, prefetch=prefetch))
+            n = len(node.tokens)
+            ops.append(Load(node, n, n * bytes_per_token, prefetch=prefetch))
+        self.stats.h2d_bytes += n_tokens * bytes_per_token
         if prefetch:
             self.stats.prefetch_issued += len(ops)
         return ops
@@ -249,7 +254,8 @@ class KVCacheManager:
             end = self.tree.end_offload
         else:
             return  # a Free: nothing to flip, the backend released the memory
-        remaining, node = op.tokens, op.node
+        node: RadixNode | None = op.node
+        remaining = op.tokens
         while remaining > 0 and node is not None and node.parent is not None:
             end(node)
             remaining -= len(node.tokens)

@@ -329,9 +329,10 @@ class RadixTree:
             stack.extend(node.children.values())
 
     # ----- tier changes: paired verbs, one state change each ----------------------------------
-    # Each verb sets the node's state and says how its membership of the parent's counts moved:
-    # ``dg`` for "on (or loading onto) the GPU", ``dc`` for "has (or is writing) a CPU copy", each
-    # -1, 0 or +1, computed from the state before, so any verb is valid in any state.
+    # Each verb sets the node's state and says how it moved in its parent's counts: ``dg`` for "on
+    # (or loading onto) the GPU", ``dc`` for "has (or is writing) a CPU copy", each -1, 0 or +1,
+    # derived from the state before, so every verb is valid in any state. Only a move calls
+    # ``_recount``; a node that may have become evictable (no copy in flight) is re-filed.
     def join_gpu(self, node: RadixNode, backup: bool = False) -> None:
         """KV of ``node`` was computed on the GPU; with ``backup`` its CPU copy starts at once."""
         state = node.inflight
@@ -340,19 +341,28 @@ class RadixTree:
         node.gpu = True
         if backup:
             node.inflight = _OFFLOAD
-        self._settle(node, dg, dc)
+        if dg or dc:
+            self._recount(node, dg, dc)
+        if node.inflight is None and not node.lock_ref:
+            self.refresh(node)
 
     def leave_gpu(self, node: RadixNode) -> None:
         """The GPU copy of ``node`` is dropped (a CPU copy, if any, stays)."""
-        dg = -1 if node.gpu and node.inflight is not _LOAD else 0
+        moved = node.gpu and node.inflight is not _LOAD
         node.gpu = False
-        self._settle(node, dg, 0)
+        if moved:
+            self._recount(node, -1, 0)
+        if node.inflight is None and not node.lock_ref and node.parent is not None:
+            self.refresh(node)
 
     def leave_cpu(self, node: RadixNode) -> None:
         """The CPU copy of ``node`` is dropped."""
-        dc = -1 if node.cpu and node.inflight is not _OFFLOAD else 0
+        moved = node.cpu and node.inflight is not _OFFLOAD
         node.cpu = False
-        self._settle(node, 0, dc)
+        if moved:
+            self._recount(node, 0, -1)
+        if node.inflight is None and not node.lock_ref and node.parent is not None:
+            self.refresh(node)
 
     def begin_offload(self, node: RadixNode, demote: bool = False) -> None:
         """A GPU -> CPU copy of ``node`` starts; ``demote``: its GPU copy is given up (write-back)."""
@@ -361,14 +371,18 @@ class RadixTree:
         dg = gpu - (node.gpu or state is _LOAD)
         dc = 0 if node.cpu or state is _OFFLOAD else 1
         node.gpu, node.inflight = gpu, _OFFLOAD
-        self._settle(node, dg, dc)
+        if dg or dc:
+            self._recount(node, dg, dc)
 
     def end_offload(self, node: RadixNode) -> None:
         state = node.inflight
         dg = -1 if state is _LOAD and not node.gpu else 0
         dc = 0 if node.cpu or state is _OFFLOAD else 1
         node.cpu, node.inflight = True, None
-        self._settle(node, dg, dc)
+        if dg or dc:
+            self._recount(node, dg, dc)
+        if not node.lock_ref:
+            self.refresh(node)
 
     def begin_load(self, node: RadixNode) -> None:
         """A CPU -> GPU copy of ``node`` starts (its GPU memory was reserved)."""
@@ -376,43 +390,41 @@ class RadixTree:
         dg = 0 if node.gpu or state is _LOAD else 1
         dc = -1 if state is _OFFLOAD and not node.cpu else 0
         node.inflight = _LOAD
-        self._settle(node, dg, dc)
+        if dg or dc:
+            self._recount(node, dg, dc)
 
     def end_load(self, node: RadixNode) -> None:
         state = node.inflight
         dg = 0 if node.gpu or state is _LOAD else 1
         dc = -1 if state is _OFFLOAD and not node.cpu else 0
         node.gpu, node.inflight = True, None
-        self._settle(node, dg, dc)
-
-    def _settle(self, node: RadixNode, dg: int, dc: int) -> None:
-        """Follow up a state change: the parent's child counts move by ``dg``/``dc``; a node with no
-        copy left leaves the tree. The parent is re-filed only when its evictability can change:
-        a count crosses zero, or it loses a child; the node itself when it may be evictable."""
-        parent = node.parent
-        if parent is not None:
-            changed = False
-            if dg:
-                parent.gpu_children += dg
-                changed = parent.gpu_children == (1 if dg > 0 else 0)
-            if dc:
-                parent.cpu_children += dc
-                changed = changed or parent.cpu_children == (1 if dc > 0 else 0)
-            if not (node.gpu or node.cpu or node.inflight is not None):
-                self._detach(node)
-                changed = True
-            if changed and parent.parent is not None and not parent.lock_ref:
-                self.refresh(parent)  # (a locked or in-flight node is never filed: no call)
-        if node.inflight is None and not node.lock_ref and node.parent is not None:
+        if dg or dc:
+            self._recount(node, dg, dc)
+        if not node.lock_ref:
             self.refresh(node)
 
-    def _detach(self, node: RadixNode) -> None:
-        assert not node.children, "a node leaves the tree only when it has no children"
+    def _recount(self, node: RadixNode, dg: int, dc: int) -> None:
+        """Move the parent's child counts by ``dg``/``dc``; a node left with no copy leaves the tree
+        (only a leaf can). The parent is re-filed only when its evictability can change: a count
+        crosses zero, or it loses a child."""
         parent = node.parent
-        assert parent is not None
-        tokens = node.tokens
-        del parent.children[tokens[0] if self.page_size == 1 else tuple(tokens[: self.page_size])]
-        node.parent = None
+        if parent is None:
+            return
+        changed = False
+        if dg:
+            parent.gpu_children += dg
+            changed = parent.gpu_children == (1 if dg > 0 else 0)
+        if dc:
+            parent.cpu_children += dc
+            changed = changed or parent.cpu_children == (1 if dc > 0 else 0)
+        if not (node.gpu or node.cpu or node.inflight is not None):
+            assert not node.children, "a node leaves the tree only when it has no children"
+            tokens = node.tokens
+            del parent.children[tokens[0] if self.page_size == 1 else tuple(tokens[: self.page_size])]
+            node.parent = None
+            changed = True
+        if changed and parent.parent is not None and not parent.lock_ref:
+            self.refresh(parent)  # (a locked or in-flight node is never filed: no call)
 
     def lock(self, node: RadixNode) -> None:
         while node.parent is not None:  # the path to the root (a loop: hot, no generator)
