@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from kvflow.tier_heap import CpuHeap, GpuHeap
+from kvflow.tier_heap import KEY_END, CpuHeap, GpuHeap
 
 User = tuple[str, str]  # (client_id, agent_id)
 _COMPARE_CHUNK = 64
@@ -465,7 +465,7 @@ class RadixTree:
         if gpu and node.gpu_filed != key:  # GpuHeap.push inlined (the hottest re-filing path)
             node.gpu_version += 1
             node.gpu_filed = key
-            heapq.heappush(self.gpu_heap.entries, (key, node.node_id, node.gpu_version, node))
+            heapq.heappush(self.gpu_heap.entries, (*key, KEY_END, node.node_id, node.gpu_version, node))
         if cpu and node.cpu_filed != key:
             cpu_heap.push(node, key)  # type: ignore[union-attr]
 
