@@ -143,7 +143,8 @@ class KVCacheManager:
                 stats.prefetch_used += 1
             elif node.prefetched and node.inflight is _LOAD:
                 stats.prefetch_late += 1
-            maybe_backup(node)
+            if node.gpu and not node.cpu and node.inflight is None:  # else no backup can start (most
+                maybe_backup(node)  # of a used path has its copy already): one call less per node
 
     def observe_prompt(self, user: User | None, tokens: Sequence[int], fixed_tokens: int) -> None:
         """Tell a learning policy how much of ``user``'s previous dynamic prompt its new prompt

@@ -41,9 +41,12 @@ class Insertion:
         prompt_tokens: int | None,
     ) -> None:
         self.tree, self.tokens, self.user = tree, tokens, user
-        self.limit = tree.page_floor(len(tokens))
-        self.fixed_end = tree.page_floor(min(fixed_tokens, self.limit)) if user else 0
-        self.prompt_end = tree.page_floor(len(tokens) if prompt_tokens is None else prompt_tokens)
+        page = tree.page_size  # (page_floor inlined: one Insertion per request)
+        limit = self.limit = len(tokens) - len(tokens) % page
+        fixed_end = min(fixed_tokens, limit)
+        self.fixed_end = fixed_end - fixed_end % page if user else 0
+        prompt_end = len(tokens) if prompt_tokens is None else prompt_tokens
+        self.prompt_end = prompt_end - prompt_end % page
         self.reserved = reserved_tokens
         self.node: RadixNode = tree.root
         self.pos = 0

@@ -352,7 +352,8 @@ class RadixTree:
         node.gpu = False
         if moved:
             self._recount(node, -1, 0)
-        if node.inflight is None and not node.lock_ref and node.parent is not None:
+        # off the GPU it can only be a CPU victim: no call while there is no CPU heap
+        if self._cpu_heap is not None and node.inflight is None and not node.lock_ref and node.parent is not None:
             self.refresh(node)
 
     def leave_cpu(self, node: RadixNode) -> None:
@@ -445,8 +446,8 @@ class RadixTree:
         while node.parent is not None:
             assert node.lock_ref > 0, "unlock without lock"
             node.lock_ref -= 1
-            if node.lock_ref == 0:
-                self.refresh(node)
+            if node.lock_ref == 0 and (node.gpu and not node.gpu_children or self._cpu_heap is not None):
+                self.refresh(node)  # (only a possible victim: most of a path has GPU children)
             node = node.parent
 
     # ----- eviction heaps -------------------------------------------------------------------
