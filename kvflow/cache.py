@@ -21,6 +21,7 @@ from kvflow.tagging import UserTags
 from kvflow.tiers import CpuTier, GpuTier
 from kvflow.write_policy import WritePolicy
 
+_LOAD = InFlight.LOAD  # (a global: an Enum member's lookup is slow on the hot path)
 WRITE_POLICIES = ("write_through", "write_back", "none")
 
 
@@ -140,9 +141,10 @@ class KVCacheManager:
             if node.prefetched and node.gpu:
                 node.prefetched = False
                 stats.prefetch_used += 1
-            elif node.prefetched and node.inflight is InFlight.LOAD:
+            elif node.prefetched and node.inflight is _LOAD:
                 stats.prefetch_late += 1
-            maybe_backup(node)
+            if node.gpu and not node.cpu and node.inflight is None:  # else no backup can start (most
+                maybe_backup(node)  # of a used path has its copy already): one call less per node
 
     def observe_prompt(self, user: User | None, tokens: Sequence[int], fixed_tokens: int) -> None:
         """Tell a learning policy how much of ``user``'s previous dynamic prompt its new prompt
@@ -209,18 +211,23 @@ class KVCacheManager:
             return []
         anchor = todo[0].parent
         assert anchor is not None
-        self.lock(anchor)  # the GPU ancestors must survive the eviction that makes room
-        granted = self.alloc_gpu(sum(len(n.tokens) for n in todo), limit_key=limit_key)
-        self.unlock(anchor)
+        tree = self.tree
+        n_tokens = 0
+        for node in todo:
+            n_tokens += len(node.tokens)
+        tree.lock(anchor)  # the GPU ancestors must survive the eviction that makes room
+        granted = self.gpu.alloc(n_tokens, limit_key)
+        tree.unlock(anchor)
         if granted == 0:
             return []
-        ops = []
+        ops: list[Load] = []
+        begin_load, bytes_per_token = tree.begin_load, self.config.kv_bytes_per_token
         for node in todo:
-            self.tree.begin_load(node)
+            begin_load(node)
             node.prefetched = prefetch
-            nbytes = self.bytes_of(len(node.tokens))
-            self.stats.h2d_bytes += nbytes
-            ops.append(Load(node, len(node.tokens), nbytes, prefetch=prefetch))
+            n = len(node.tokens)
+            ops.append(Load(node, n, n * bytes_per_token, prefetch=prefetch))
+        self.stats.h2d_bytes += n_tokens * bytes_per_token
         if prefetch:
             self.stats.prefetch_issued += len(ops)
         return ops
@@ -234,7 +241,7 @@ class KVCacheManager:
             parent = node.parent
             if parent is None:
                 return False  # detached since the run was computed
-            if not (parent is root or parent.gpu or parent.inflight is InFlight.LOAD or (i and parent is todo[i - 1])):
+            if not (parent is root or parent.gpu or parent.inflight is _LOAD or (i and parent is todo[i - 1])):
                 return False
         return True
 
@@ -248,7 +255,8 @@ class KVCacheManager:
             end = self.tree.end_offload
         else:
             return  # a Free: nothing to flip, the backend released the memory
-        remaining, node = op.tokens, op.node
+        node: RadixNode | None = op.node
+        remaining = op.tokens
         while remaining > 0 and node is not None and node.parent is not None:
             end(node)
             remaining -= len(node.tokens)

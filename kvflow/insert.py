@@ -41,9 +41,12 @@ class Insertion:
         prompt_tokens: int | None,
     ) -> None:
         self.tree, self.tokens, self.user = tree, tokens, user
-        self.limit = tree.page_floor(len(tokens))
-        self.fixed_end = tree.page_floor(min(fixed_tokens, self.limit)) if user else 0
-        self.prompt_end = tree.page_floor(len(tokens) if prompt_tokens is None else prompt_tokens)
+        page = tree.page_size  # (page_floor inlined: one Insertion per request)
+        limit = self.limit = len(tokens) - len(tokens) % page
+        fixed_end = min(fixed_tokens, limit)
+        self.fixed_end = fixed_end - fixed_end % page if user else 0
+        prompt_end = len(tokens) if prompt_tokens is None else prompt_tokens
+        self.prompt_end = prompt_end - prompt_end % page
         self.reserved = reserved_tokens
         self.node: RadixNode = tree.root
         self.pos = 0
@@ -52,64 +55,73 @@ class Insertion:
 
 
 def walk_cached(ins: Insertion, tags: UserTags, known_tokens: int) -> None:
-    """Follow the nodes that already hold ``tokens``; a node off the GPU takes its share of the
-    reservation (it was recomputed). Stops at a node in flight or one nothing was reserved for."""
-    tree = ins.tree
-    while ins.pos < ins.limit:
-        child = _next_cached(ins, known_tokens)
+    """Follow the nodes that already hold ``tokens``, split to the common part and at the fixed
+    prompt's end (a prefix of ``known_tokens``, matched and locked since, is not compared again);
+    a node off the GPU takes its share of the reservation (it was recomputed). Stops at a node in
+    flight or one nothing was reserved for. (One loop over locals: this runs per cached node.)"""
+    tree, tokens, user, limit, fixed_end, prompt_end = (
+        ins.tree,
+        ins.tokens,
+        ins.user,
+        ins.limit,
+        ins.fixed_end,
+        ins.prompt_end,
+    )
+    page, node, pos = tree.page_size, ins.node, ins.pos
+    while pos < limit:
+        child = node.children.get(tokens[pos] if page == 1 else tuple(tokens[pos : pos + page]))
         if child is None:
             break
+        if pos + len(child.tokens) > known_tokens:
+            common = tree.common_len(child.tokens, tokens, pos)
+            if common == 0:
+                break
+            if common < len(child.tokens):
+                child = tree.split(child, common)
+        if pos < fixed_end < pos + len(child.tokens):
+            child = tree.split(child, fixed_end - pos)
+        n_tokens = len(child.tokens)
         if not child.gpu:
             if child.inflight is not None:
                 break  # a copy of this node is in flight: keep the tree consistent, stop here
-            if ins.reserved < len(child.tokens):
+            if ins.reserved < n_tokens:
                 break  # nothing reserved for it: leave it to the CPU tier
             tree.join_gpu(child)  # recomputed on the GPU: the reservation becomes its GPU copy
-            ins.reserved -= len(child.tokens)
+            ins.reserved -= n_tokens
         child.last_access = tree.tick()
-        _advance(ins, child, tags)
-
-
-def _next_cached(ins: Insertion, known_tokens: int) -> RadixNode | None:
-    """The child continuing ``tokens`` at ``pos``, split to the common part and at the fixed
-    prompt's end; a prefix of ``known_tokens`` (matched and locked since) is not compared again."""
-    tree, pos = ins.tree, ins.pos
-    child = ins.node.children.get(tree.child_key(ins.tokens, pos))
-    if child is None:
-        return None
-    if pos + len(child.tokens) > known_tokens:
-        common = tree.common_len(child.tokens, ins.tokens, pos)
-        if common == 0:
-            return None
-        if common < len(child.tokens):
-            child = tree.split(child, common)
-    if pos < ins.fixed_end < pos + len(child.tokens):
-        tree.split(child, ins.fixed_end - pos)
-        child = child.parent
-    return child
+        if tags.tag(child, pos, fixed_end, prompt_end, user):
+            ins.dynamic_last = child
+        pos += n_tokens
+        node = child
+        if pos == fixed_end:
+            ins.fixed_node = child
+    ins.node, ins.pos = node, pos
 
 
 def add_new(ins: Insertion, tags: UserTags, join_gpu: Callable[[RadixNode], None]) -> None:
     """Attach the rest of ``tokens`` as new GPU nodes (cut at the fixed prompt's and the prompt's
     end), as far as the reservation goes; only below a GPU node (GPU residency is prefix-closed)."""
-    tree = ins.tree
-    while ins.pos < ins.limit and (ins.node is tree.root or ins.node.gpu):
-        pos = ins.pos
-        boundary = ins.fixed_end if pos < ins.fixed_end else (ins.prompt_end if pos < ins.prompt_end else ins.limit)
-        end = min(boundary, ins.limit, pos + tree.page_floor(ins.reserved))
+    tree, tokens, user, limit, fixed_end, prompt_end = (
+        ins.tree,
+        ins.tokens,
+        ins.user,
+        ins.limit,
+        ins.fixed_end,
+        ins.prompt_end,
+    )
+    root, page, node, pos = tree.root, tree.page_size, ins.node, ins.pos
+    while pos < limit and (node is root or node.gpu):
+        boundary = fixed_end if pos < fixed_end else (prompt_end if pos < prompt_end else limit)
+        end = min(boundary, limit, pos + ins.reserved - ins.reserved % page)
         if end <= pos:
             break  # the caller reserved less than the tokens it computed: cache what was paid for
-        child = tree.insert_below(ins.node, ins.tokens[pos:end])
-        ins.reserved -= len(child.tokens)
-        _advance(ins, child, tags)
+        child = tree.insert_below(node, tokens[pos:end])
+        ins.reserved -= end - pos
+        if tags.tag(child, pos, fixed_end, prompt_end, user):
+            ins.dynamic_last = child
+        pos = end
+        node = child
+        if pos == fixed_end:
+            ins.fixed_node = child
         join_gpu(child)
-
-
-def _advance(ins: Insertion, child: RadixNode, tags: UserTags) -> None:
-    """Tag ``child`` for the insert's user and move past it."""
-    if tags.tag(child, ins.pos, ins.fixed_end, ins.prompt_end, ins.user):
-        ins.dynamic_last = child
-    ins.pos += len(child.tokens)
-    ins.node = child
-    if ins.pos == ins.fixed_end:
-        ins.fixed_node = child
+    ins.node, ins.pos = node, pos

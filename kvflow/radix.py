@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from kvflow.tier_heap import CpuHeap, GpuHeap
+from kvflow.tier_heap import KEY_END, CpuHeap, GpuHeap
 
 User = tuple[str, str]  # (client_id, agent_id)
 _COMPARE_CHUNK = 64
@@ -49,6 +49,10 @@ class InFlight(str, Enum):
 
     LOAD = "load"  # CPU -> GPU
     OFFLOAD = "offload"  # GPU -> CPU
+
+
+# the members as module constants: an Enum member's class-attribute lookup costs ~10x a global's
+_LOAD, _OFFLOAD = InFlight.LOAD, InFlight.OFFLOAD
 
 
 class KeyPolicy(Protocol):
@@ -121,9 +125,9 @@ class RadixNode:
 
     @property
     def tier(self) -> Tier | None:
-        if self.inflight is InFlight.LOAD:
+        if self.inflight is _LOAD:
             return Tier.LOADING
-        if self.inflight is InFlight.OFFLOAD:
+        if self.inflight is _OFFLOAD:
             return Tier.OFFLOADING
         if self.gpu and self.cpu:
             return Tier.GPU_CPU
@@ -135,11 +139,11 @@ class RadixNode:
 
     @property
     def on_gpu_or_loading(self) -> bool:
-        return self.gpu or self.inflight is InFlight.LOAD
+        return self.gpu or self.inflight is _LOAD
 
     @property
     def on_cpu_or_offloading(self) -> bool:
-        return self.cpu or self.inflight is InFlight.OFFLOAD
+        return self.cpu or self.inflight is _OFFLOAD
 
     def path_to_root(self) -> Iterator[RadixNode]:
         node: RadixNode | None = self
@@ -178,6 +182,7 @@ class RadixTree:
         self.root.gpu = self.root.cpu = True
         self.root.lock_ref = 1
         self._tick = 0
+        self._key_of = policy.key  # (bound once: refresh is the hottest caller)
         self.gpu_heap = GpuHeap(policy.key)
         # The CPU heap is built on the first CPU eviction (one walk) and kept from then on: many
         # runs never fill the CPU tier, and filing every backup and demotion was wasted work.
@@ -210,20 +215,30 @@ class RadixTree:
     def touch_path(self, last: RadixNode) -> list[RadixNode]:
         """Stamp an access of root..``last`` (root first; a newer access only raises a key, so
         nothing is re-filed) and count a hit on each; returns the path, ``last`` first."""
-        path = list(last.path_to_root())
-        tick = self._tick
-        for node in reversed(path):
-            tick += 1
+        path = []
+        node = last
+        while node.parent is not None:  # (loops, not path_to_root: a hot path)
+            path.append(node)
+            node = node.parent
+        tick = self._tick = self._tick + len(path)
+        for node in path:  # last first, so it gets the newest tick
             node.last_access = tick
             node.hits += 1
-        self._tick = tick
+            tick -= 1
         return path
 
     def stamp_path(self, last: RadixNode) -> None:
         """Stamp an access of root..``last`` without counting hits (a sequence used until now)."""
-        for node in reversed(list(last.path_to_root())):
-            self._tick += 1
-            node.last_access = self._tick
+        depth, node = 0, last
+        while node.parent is not None:
+            depth += 1
+            node = node.parent
+        tick = self._tick = self._tick + depth
+        node = last
+        while node.parent is not None:  # last first, so it gets the newest tick
+            node.last_access = tick
+            tick -= 1
+            node = node.parent
 
     def common_len(self, node_tokens: Sequence[int], tokens: Sequence[int], start: int) -> int:
         """Length of the common prefix of node_tokens and tokens[start:], page aligned."""
@@ -266,7 +281,9 @@ class RadixTree:
             child = node.children.get(tokens[pos] if page == 1 else tuple(tokens[pos : pos + page]))
             if child is None:
                 break
-            common = self.page_floor(common_prefix_len(child.tokens, tokens, pos, limit))
+            common = common_prefix_len(child.tokens, tokens, pos, limit)
+            if page > 1:
+                common -= common % page
             if common == 0:
                 break
             if common < len(child.tokens):
@@ -298,8 +315,9 @@ class RadixTree:
     def insert_below(self, node: RadixNode, tokens: Sequence[int]) -> RadixNode:
         """Attach a new leaf holding ``tokens`` (page multiple) under ``node``; state set by caller."""
         child = RadixNode(tokens, node)  # type: ignore[arg-type]
-        child.last_access = self.tick()
-        node.children[self.child_key(tokens)] = child
+        self._tick += 1
+        child.last_access = self._tick
+        node.children[tokens[0] if self.page_size == 1 else tuple(tokens[: self.page_size])] = child
         return child
 
     def walk(self) -> Iterator[RadixNode]:
@@ -311,72 +329,103 @@ class RadixTree:
             stack.extend(node.children.values())
 
     # ----- tier changes: paired verbs, one state change each ----------------------------------
+    # Each verb sets the node's state and says how it moved in its parent's counts: ``dg`` for "on
+    # (or loading onto) the GPU", ``dc`` for "has (or is writing) a CPU copy", each -1, 0 or +1,
+    # derived from the state before, so every verb is valid in any state. Only a move calls
+    # ``_recount``; a node that may have become evictable (no copy in flight) is re-filed.
     def join_gpu(self, node: RadixNode, backup: bool = False) -> None:
         """KV of ``node`` was computed on the GPU; with ``backup`` its CPU copy starts at once."""
-        self._transition(node, True, node.cpu, InFlight.OFFLOAD if backup else node.inflight)
+        state = node.inflight
+        dg = 0 if node.gpu or state is _LOAD else 1
+        dc = 1 if backup and not (node.cpu or state is _OFFLOAD) else 0
+        node.gpu = True
+        if backup:
+            node.inflight = _OFFLOAD
+        if dg or dc:
+            self._recount(node, dg, dc)
+        if node.inflight is None and not node.lock_ref:
+            self.refresh(node)
 
     def leave_gpu(self, node: RadixNode) -> None:
         """The GPU copy of ``node`` is dropped (a CPU copy, if any, stays)."""
-        self._transition(node, False, node.cpu, node.inflight)
+        moved = node.gpu and node.inflight is not _LOAD
+        node.gpu = False
+        if moved:
+            self._recount(node, -1, 0)
+        # off the GPU it can only be a CPU victim: no call while there is no CPU heap
+        if self._cpu_heap is not None and node.inflight is None and not node.lock_ref and node.parent is not None:
+            self.refresh(node)
 
     def leave_cpu(self, node: RadixNode) -> None:
         """The CPU copy of ``node`` is dropped."""
-        self._transition(node, node.gpu, False, node.inflight)
+        moved = node.cpu and node.inflight is not _OFFLOAD
+        node.cpu = False
+        if moved:
+            self._recount(node, 0, -1)
+        if node.inflight is None and not node.lock_ref and node.parent is not None:
+            self.refresh(node)
 
     def begin_offload(self, node: RadixNode, demote: bool = False) -> None:
         """A GPU -> CPU copy of ``node`` starts; ``demote``: its GPU copy is given up (write-back)."""
-        self._transition(node, node.gpu and not demote, node.cpu, InFlight.OFFLOAD)
+        state = node.inflight
+        gpu = node.gpu and not demote
+        dg = gpu - (node.gpu or state is _LOAD)
+        dc = 0 if node.cpu or state is _OFFLOAD else 1
+        node.gpu, node.inflight = gpu, _OFFLOAD
+        if dg or dc:
+            self._recount(node, dg, dc)
 
     def end_offload(self, node: RadixNode) -> None:
-        if node.inflight is InFlight.OFFLOAD:  # the usual case: the copy already counted as CPU
-            node.cpu, node.inflight = True, None  # for the parent, so no counter moves
-            if not node.lock_ref:
-                self.refresh(node)
-            return
-        self._transition(node, node.gpu, True, None)
+        state = node.inflight
+        dg = -1 if state is _LOAD and not node.gpu else 0
+        dc = 0 if node.cpu or state is _OFFLOAD else 1
+        node.cpu, node.inflight = True, None
+        if dg or dc:
+            self._recount(node, dg, dc)
+        if not node.lock_ref:
+            self.refresh(node)
 
     def begin_load(self, node: RadixNode) -> None:
         """A CPU -> GPU copy of ``node`` starts (its GPU memory was reserved)."""
-        self._transition(node, node.gpu, node.cpu, InFlight.LOAD)
+        state = node.inflight
+        dg = 0 if node.gpu or state is _LOAD else 1
+        dc = -1 if state is _OFFLOAD and not node.cpu else 0
+        node.inflight = _LOAD
+        if dg or dc:
+            self._recount(node, dg, dc)
 
     def end_load(self, node: RadixNode) -> None:
-        if node.inflight is InFlight.LOAD:  # the usual case: the copy already counted as GPU
-            node.gpu, node.inflight = True, None  # for the parent, so no counter moves
-            if not node.lock_ref:
-                self.refresh(node)
-            return
-        self._transition(node, True, node.cpu, None)
-
-    def _transition(self, node: RadixNode, gpu: bool, cpu: bool, inflight: InFlight | None) -> None:
-        """Set the tier state of ``node``. The parent is re-filed only when its evictability can
-        change: its count of GPU (or CPU) children crosses zero, or it loses a child."""
-        parent = node.parent
         state = node.inflight
-        was_g, was_c = node.gpu or state is InFlight.LOAD, node.cpu or state is InFlight.OFFLOAD
-        node.gpu, node.cpu, node.inflight = gpu, cpu, inflight
-        now_g, now_c = gpu or inflight is InFlight.LOAD, cpu or inflight is InFlight.OFFLOAD
-        if parent is not None:
-            parent_changed = False
-            if now_g != was_g:
-                parent.gpu_children += 1 if now_g else -1
-                parent_changed = parent.gpu_children == (1 if now_g else 0)
-            if now_c != was_c:
-                parent.cpu_children += 1 if now_c else -1
-                parent_changed = parent_changed or parent.cpu_children == (1 if now_c else 0)
-            if not now_g and not now_c:
-                self._detach(node)
-                parent_changed = True
-            if parent_changed and parent.parent is not None and not parent.lock_ref:
-                self.refresh(parent)  # (a locked or in-flight node is never filed: no call)
-        if inflight is None and not node.lock_ref:
+        dg = 0 if node.gpu or state is _LOAD else 1
+        dc = -1 if state is _OFFLOAD and not node.cpu else 0
+        node.gpu, node.inflight = True, None
+        if dg or dc:
+            self._recount(node, dg, dc)
+        if not node.lock_ref:
             self.refresh(node)
 
-    def _detach(self, node: RadixNode) -> None:
-        assert not node.children, "a node leaves the tree only when it has no children"
+    def _recount(self, node: RadixNode, dg: int, dc: int) -> None:
+        """Move the parent's child counts by ``dg``/``dc``; a node left with no copy leaves the tree
+        (only a leaf can). The parent is re-filed only when its evictability can change: a count
+        crosses zero, or it loses a child."""
         parent = node.parent
-        assert parent is not None
-        del parent.children[self.child_key(node.tokens)]
-        node.parent = None
+        if parent is None:
+            return
+        changed = False
+        if dg:
+            parent.gpu_children += dg
+            changed = parent.gpu_children == (1 if dg > 0 else 0)
+        if dc:
+            parent.cpu_children += dc
+            changed = changed or parent.cpu_children == (1 if dc > 0 else 0)
+        if not (node.gpu or node.cpu or node.inflight is not None):
+            assert not node.children, "a node leaves the tree only when it has no children"
+            tokens = node.tokens
+            del parent.children[tokens[0] if self.page_size == 1 else tuple(tokens[: self.page_size])]
+            node.parent = None
+            changed = True
+        if changed and parent.parent is not None and not parent.lock_ref:
+            self.refresh(parent)  # (a locked or in-flight node is never filed: no call)
 
     def lock(self, node: RadixNode) -> None:
         while node.parent is not None:  # the path to the root (a loop: hot, no generator)
@@ -397,8 +446,8 @@ class RadixTree:
         while node.parent is not None:
             assert node.lock_ref > 0, "unlock without lock"
             node.lock_ref -= 1
-            if node.lock_ref == 0:
-                self.refresh(node)
+            if node.lock_ref == 0 and (node.gpu and not node.gpu_children or self._cpu_heap is not None):
+                self.refresh(node)  # (only a possible victim: most of a path has GPU children)
             node = node.parent
 
     # ----- eviction heaps -------------------------------------------------------------------
@@ -408,16 +457,16 @@ class RadixTree:
         surfaces too early and ``TierHeap.top`` re-files it, so the victim order is the same."""
         if node.lock_ref or node.inflight is not None or node.parent is None:
             return
-        gpu = node.gpu and node.gpu_children == 0
+        gpu = node.gpu and not node.gpu_children
         cpu_heap = self._cpu_heap
-        cpu = cpu_heap is not None and node.cpu and node.cpu_children == 0 and (node.gpu or not node.children)
+        cpu = cpu_heap is not None and node.cpu and not node.cpu_children and (node.gpu or not node.children)
         if not (gpu or cpu):
             return
-        key = self.policy.key(node)
+        key = self._key_of(node)
         if gpu and node.gpu_filed != key:  # GpuHeap.push inlined (the hottest re-filing path)
             node.gpu_version += 1
             node.gpu_filed = key
-            heapq.heappush(self.gpu_heap.entries, (key, node.node_id, node.gpu_version, node))
+            heapq.heappush(self.gpu_heap.entries, (*key, KEY_END, node.node_id, node.gpu_version, node))
         if cpu and node.cpu_filed != key:
             cpu_heap.push(node, key)  # type: ignore[union-attr]
 

@@ -47,8 +47,10 @@ class CpuTier:
             return 0
         freed = 0
         heap = self.tree.cpu_heap  # (built on this first use)
-        while freed < n_tokens and heap.top() is not None:
-            node = heap.pop()
+        while freed < n_tokens:
+            node = heap.take()
+            if node is None:
+                break
             self.tree.leave_cpu(node)
             if self.config.free_ops:
                 self.ops.append(Free(node, len(node.tokens), 0, tier="cpu"))
@@ -101,17 +103,16 @@ class GpuTier:
         """Free at least ``n_tokens`` GPU tokens if possible; returns tokens freed. With
         ``evict_partial`` a victim longer than needed gives up only its tail pages."""
         freed = 0
-        tree, heap, observe_evict = self.tree, self.tree.gpu_heap, self.observe_evict
-        page = tree.page_size
+        tree, take, observe_evict = self.tree, self.tree.gpu_heap.take, self.observe_evict
+        page, evict_partial = tree.page_size, self.config.evict_partial
         while freed < n_tokens:
-            top = heap.top()
-            if top is None or (limit_key is not None and top[0] >= limit_key):
+            node = take(limit_key)
+            if node is None:
                 break
-            node = heap.pop()
             if observe_evict is not None:
                 observe_evict(node, tree.current_tick)
             need = tree.page_floor(n_tokens - freed + page - 1) if page > 1 else n_tokens - freed
-            if self.config.evict_partial and need < len(node.tokens):
+            if evict_partial and need < len(node.tokens):
                 tree.split(node, len(node.tokens) - need)
             n = self.demote(node)
             self.used_tokens -= n
