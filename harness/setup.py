@@ -223,10 +223,16 @@ def data_path(engine: EngineModel) -> DataPath:
     )
 
 
-def page_size(cfg: Mapping[str, Any], engine: EngineModel) -> int:
-    """``cache.page_size`` when set, else the engine model's."""
+def page_size(cfg: Mapping[str, Any], engine: EngineModel, trace: Trace | None = None) -> int:
+    """``cache.page_size`` when set; else, on an engine whose layout takes pages, the block size a
+    hash-id trace declares (``block_tokens`` in its header: Weka 64, Mooncake 512; its content is
+    known per block only, so the simulator pages by it); else the engine model's."""
     value = (cfg.get("cache") or {}).get("page_size")
-    return int(value) if value is not None else engine.page_size
+    if value is not None:
+        return int(value)
+    if trace is not None and engine.PAGED and "block_tokens" in trace.meta:
+        return trace.block_tokens
+    return engine.page_size
 
 
 def build_core(cfg: Mapping[str, Any], setup: Setup, free_ops: bool = True) -> Engine:
@@ -243,7 +249,7 @@ def build_core(cfg: Mapping[str, Any], setup: Setup, free_ops: bool = True) -> E
         kv_bytes_per_token=setup.model.kv_bytes_per_token,
         chunk_tokens=chunk_tokens(cfg),
         h2d_gbps=cost.transfer_gbps("h2d"),
-        page_size=page_size(cfg, model),
+        page_size=page_size(cfg, model, setup.trace),
         max_running=engine_cfg.get("max_running_requests"),
         gain_s_per_token=lambda: gain_s_per_token(cost),
         free_ops=free_ops,

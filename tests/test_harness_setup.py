@@ -101,3 +101,18 @@ def test_import_on_the_fly_errors_name_the_source(tmp_path) -> None:
         build_trace({"import_format": "chatdev", "import_from": str(tmp_path / "nope")}, 0)
     with pytest.raises(SetupError, match="no chatdev logs found"):
         build_trace({"import_format": "chatdev", "import_from": str(tmp_path)}, 0)
+
+
+def test_page_size_follows_a_hash_id_traces_block_size_on_a_paged_engine():
+    from harness.engines import load_engine
+    from harness.setup import page_size
+    from sim.runner import load_conf
+    from traces.schema import Trace
+
+    weka_like = Trace({"block_tokens": 64}, {}, [])
+    generated = Trace({}, {}, [])
+    paged, layer_first = load_engine(load_conf("engine", "sglang_0.5")), load_engine(load_conf("engine", "sglang_0.4"))
+    assert page_size({"cache": {}}, paged, weka_like) == 64
+    assert page_size({"cache": {}}, paged, generated) == paged.page_size == 1
+    assert page_size({"cache": {}}, layer_first, weka_like) == 1  # 0.4's layout takes page size 1 only
+    assert page_size({"cache": {"page_size": 16}}, paged, weka_like) == 16  # a set value wins

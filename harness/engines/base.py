@@ -33,6 +33,7 @@ class EngineModel(ABC):
     """Common settings of an engine model; ``copy_link`` is the part each version implements."""
 
     KIND: ClassVar[str] = ""
+    PAGED: ClassVar[bool] = True  # its host layout takes any page size (False: page size 1 only)
 
     name: str
     gating: str  # GATINGS

@@ -22,6 +22,7 @@ from kvflow.model_spec import ModelSpec
 @dataclass(frozen=True, kw_only=True)
 class SGLang04(EngineModel):
     KIND: ClassVar[str] = "sglang_0.4"
+    PAGED: ClassVar[bool] = False  # layout (2, L, size, H, D): page size 1 only
 
     host_gather_gbps: float  # CPU advanced-index gather (and backup scatter) rate
     pageable_h2d_gbps: float  # synchronous pageable copy, host -> device
