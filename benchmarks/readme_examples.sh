@@ -7,8 +7,9 @@
 # Usage: bash benchmarks/readme_examples.sh [PYTHON]      (~20 min on 2 cores; exit 0: all passed)
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-PY=$(realpath "${1:-$SRC/.venv/bin/python}")
-BIN=$(dirname "$PY")
+PY=${1:-$SRC/.venv/bin/python}
+BIN=$(cd "$(dirname "$PY")" && pwd)  # the venv's bin (not the interpreter a symlink points to)
+PY="$BIN/$(basename "$PY")"
 WORK=$(mktemp -d)
 git clone -q "$SRC" "$WORK/repo" && ln -s "$(realpath "$SRC/../shared")" "$WORK/shared"
 cd "$WORK/repo" || exit 1
