@@ -269,7 +269,7 @@ def _check_measured(measured: Any) -> None:
 
 
 def _check_workload(workload: Mapping[str, Any]) -> None:
-    if workload.get("trace") == "???":
+    if workload.get("trace") == "???" and not workload.get("import_format"):  # importing on the fly needs no file
         raise ConfigError(
             "workload.trace is required with workload=trace: add workload.trace=PATH "
             "(or workload.import_format=FORMAT workload.import_from=DIR)"

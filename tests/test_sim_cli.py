@@ -91,3 +91,12 @@ def test_compare_list_override_runs_and_reports(tmp_path):
     assert (tmp_path / "run" / "report" / "report.md").is_file()
     summary = json.loads((tmp_path / "run" / "kvflow" / "summary.json").read_text())
     assert "compare" not in summary["params"] and len(summary["config_sha256"]) == 64
+
+
+def test_a_trace_imported_on_the_fly_needs_no_trace_path(tmp_path):
+    """The README's on-the-fly import example: workload=trace with import_format but no workload.trace
+    was refused with 'workload.trace is required' although the message itself offers import_format."""
+    from harness.config_schema import validate_config
+
+    wl = {"name": "trace", "generator": None, "trace": "???", "import_format": "mooncake", "import_from": "x.jsonl"}
+    validate_config({"workload": wl})  # no ConfigError
