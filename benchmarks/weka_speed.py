@@ -1,5 +1,5 @@
 """Benchmark: the whole Weka training set (``workload.sessions=train``: every session file but each
-5th), one policy, closed loop, as ``experiment=coding_agents`` runs it (H200, Llama-3.1-8B, the
+5th), one policy, closed loop, as ``experiment=coding_agents`` runs it (h200_sglang, engine sglang_0.5, Llama-3.1-8B, the
 profile's pool, Poisson session starts). Target on the 2-core development VM: <= 60 s wall and
 <= 4 GB peak RSS for the simulation. Prints import time, simulation wall time, requests per wall
 second and the process's peak RSS (import included).
@@ -34,12 +34,12 @@ def config(policy: str, sessions: str, data: str) -> dict:
     }
     return {
         "seed": 0,
-        "hardware": load_conf("hardware", "h200"),
+        "hardware": load_conf("hardware", "h200_sglang"),
         "model": load_conf("model", "llama-3.1-8b"),
         "workload": workload,
         "policy": load_conf("policy", policy),
         "cache": {},
-        "engine": {},
+        "engine": load_conf("engine", "sglang_0.5"),
         "sim": {"timeline": False},
     }
 

@@ -342,11 +342,12 @@ class Engine:
             self.cache.extend(end, request.output_ids(), request.reserved_tokens, request.user)
         else:  # the prompt is not (all) in the tree: insert the whole sequence
             self.cache.insert(
-                [*request.tokens, *request.output_ids()],
+                _with_outputs(request),
                 request.reserved_tokens,
                 request.fixed_tokens,
                 request.user,
                 prompt_tokens=request.prompt_tokens,
+                known_tokens=tree.depth_tokens(end) if end is not None else 0,  # locked since prefill
             )
         self.prefetcher.on_finish(request, now_s)
         request.reserved_tokens = 0
@@ -362,3 +363,37 @@ class Engine:
         elif request.node is not None:
             self.cache.unlock(request.node)
         request.node = node
+
+
+class _PromptThenOutputs(Sequence[int]):
+    """A released request's prompt + output ids as one sequence without copying the prompt (a
+    100K-token list per release cost more than the rest of the run): slices inside the prompt are
+    the prompt's own (array) slices, the rest lists, so token values and node contents are as before."""
+
+    __slots__ = ("prompt", "outputs", "n_prompt")
+
+    def __init__(self, prompt: Sequence[int], outputs: Sequence[int]) -> None:
+        self.prompt, self.outputs, self.n_prompt = prompt, outputs, len(prompt)
+
+    def __len__(self) -> int:
+        return self.n_prompt + len(self.outputs)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        n = self.n_prompt
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("step slices are not supported")
+            if stop <= n:
+                return self.prompt[start:stop]
+            if start >= n:
+                return list(self.outputs[start - n : stop - n])
+            return [*self.prompt[start:n], *self.outputs[: stop - n]]
+        if index < 0:
+            index += len(self)
+        return self.prompt[index] if index < n else self.outputs[index - n]
+
+
+def _with_outputs(request: Request) -> Sequence[int]:
+    """Prompt + output ids, for the insert of a request whose prompt is not all in the tree."""
+    return _PromptThenOutputs(request.tokens, request.output_ids())

@@ -28,6 +28,8 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int], start: int = 0, end: i
     n = min(len(a), (len(b) if end is None else end) - start)
     if (a if n == len(a) else a[:n]) == b[start : start + n]:  # a node's whole run: no copy of it
         return n
+    if type(a) is not type(b):  # an array node against a list (a released request's prompt + output ids):
+        a, b, start = list(a[:n]), list(b[start : start + n]), 0  # unequal types never compare equal
     i = 0
     while i + _COMPARE_CHUNK <= n and a[i : i + _COMPARE_CHUNK] == b[start + i : start + i + _COMPARE_CHUNK]:
         i += _COMPARE_CHUNK
