@@ -14,6 +14,7 @@ import itertools
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from kvflow.cache import KVCacheManager
 from kvflow.ops import Load, Op
@@ -342,7 +343,7 @@ class Engine:
             self.cache.extend(end, request.output_ids(), request.reserved_tokens, request.user)
         else:  # the prompt is not (all) in the tree: insert the whole sequence
             self.cache.insert(
-                _with_outputs(request),
+                _PromptThenOutputs(request.tokens, request.output_ids()),
                 request.reserved_tokens,
                 request.fixed_tokens,
                 request.user,
@@ -378,7 +379,13 @@ class _PromptThenOutputs(Sequence[int]):
     def __len__(self) -> int:
         return self.n_prompt + len(self.outputs)
 
-    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
         n = self.n_prompt
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
@@ -392,8 +399,3 @@ class _PromptThenOutputs(Sequence[int]):
         if index < 0:
             index += len(self)
         return self.prompt[index] if index < n else self.outputs[index - n]
-
-
-def _with_outputs(request: Request) -> Sequence[int]:
-    """Prompt + output ids, for the insert of a request whose prompt is not all in the tree."""
-    return _PromptThenOutputs(request.tokens, request.output_ids())

@@ -77,20 +77,26 @@ def workloads(data: Path) -> dict[str, tuple[dict[str, Any], Any]]:
     }
 
 
+def _config(name: str, base: dict[str, Any], policy: str, engine: str | None = None) -> dict[str, Any]:
+    """One run's config: the workload's settings, ``policy``, and ``engine`` (a conf/engine option)
+    under the workload's own engine keys (``None``: the default engine)."""
+    engine_keys = base.get("engine") or {}
+    return {
+        "seed": 0,
+        "sim": {},
+        "workload": {"name": name},
+        **base,
+        "engine": {**conf("engine", engine), **engine_keys} if engine else engine_keys,
+        "policy": conf("policy", policy),
+    }
+
+
 def run_all(data: Path) -> dict[str, dict[str, dict[str, float]]]:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, (base, trace) in workloads(data).items():
         results[name] = {}
         for policy in POLICIES:
-            cfg = {
-                "seed": 0,
-                "sim": {},
-                "engine": {},
-                "workload": {"name": name},
-                **base,
-                "policy": conf("policy", policy),
-            }
-            run = simulate(cfg, trace=trace)
+            run = simulate(_config(name, base, policy), trace=trace)
             summary = run.summary
             results[name][policy] = {k: summary[k] for k in ("workflow_latency_mean_s", "hit_rate_gpu", "hit_rate_cpu")}
             if policy == "kvflow":  # the hit-rate bound, over the reference run's own admission order
@@ -100,14 +106,7 @@ def run_all(data: Path) -> dict[str, dict[str, dict[str, float]]]:
                 f"gpu hit {100 * summary['hit_rate_gpu']:5.1f}%",
                 file=sys.stderr,
             )
-        ideal = simulate(
-            {
-                **cfg,
-                "engine": {**conf("engine", "ideal"), **(base.get("engine") or {})},
-                "policy": conf("policy", "hicache"),
-            },
-            trace=trace,
-        ).summary
+        ideal = simulate(_config(name, base, "hicache", engine="ideal"), trace=trace).summary
         results[name]["ideal"] = {"workflow_latency_mean_s": ideal["workflow_latency_mean_s"]}
     return results
 

@@ -35,6 +35,14 @@ def replay_policy_names() -> tuple[str, ...]:
     return (*(n for n in POLICY_NAMES if n != CLAIRVOYANT), BELADY)
 
 
+def resolve_policy(name: str) -> str:
+    """The replay policy ``name`` stands for (an alias resolved); ReplayInputError when unknown."""
+    resolved = ALIASES.get(name, name)
+    if resolved not in replay_policy_names():
+        raise ReplayInputError(f"unknown policy '{name}'; valid: {', '.join(replay_policy_names())}")
+    return resolved
+
+
 #: what ``replay`` returns: hit counts and rates, capacity, eviction count (JSON-ready values)
 ReplayResult = dict[str, int | float | str | bool]
 
@@ -119,10 +127,8 @@ def replay(
     the warm-up fraction, or over those ``measured`` marks (a simulated run's own warm-up rule)."""
     if capacity_units <= 0:
         raise ReplayInputError(f"cache capacity is {capacity_units} units: budget too small for one block")
-    policy_name = ALIASES.get(policy_name, policy_name)
+    policy_name = resolve_policy(policy_name)
     exact = policy_name == BELADY
-    if not exact and policy_name not in replay_policy_names():
-        raise ReplayInputError(f"unknown policy '{policy_name}'; valid: {', '.join(replay_policy_names())}")
     cache = KVCacheManager(
         CacheConfig(gpu_capacity_tokens=capacity_units, write_policy="none"),
         make_policy(CLAIRVOYANT if exact else policy_name),

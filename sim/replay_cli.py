@@ -18,13 +18,13 @@ from pathlib import Path
 
 from kvflow.model_spec import MODEL_NAMES, load_model_spec
 from sim.replay import (
-    ALIASES,
     ReplayInputError,
     ReplayRequest,
     ReplayResult,
     replay,
     replay_policy_names,
     requests_from_trace,
+    resolve_policy,
 )
 from traces.importers import mooncake
 from traces.io import load_trace
@@ -86,8 +86,7 @@ def load_requests(
 def run(argv: list[str] | None = None) -> ReplayResult:
     """Parse flags, read the trace, replay it; the result plus the run's settings and wall time."""
     args = build_parser().parse_args(argv)
-    if ALIASES.get(args.policy, args.policy) not in replay_policy_names():
-        raise ReplayInputError(f"unknown policy '{args.policy}'; valid: {', '.join(replay_policy_names())}")
+    resolve_policy(args.policy)  # before reading a possibly large trace
     try:
         model = load_model_spec(args.model)
     except ValueError as exc:
