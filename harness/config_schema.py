@@ -167,6 +167,9 @@ ENGINE: dict[str, Check] = {  # every engine kind (harness.engines.base.EngineMo
     "load_back_threshold_tokens": NON_NEGATIVE_INT,
     "load_mem_quota": boolean,
     "unbounded_host_pool": boolean,
+    "count_match_hits": boolean,
+    "count_insert_hits": boolean,
+    "chunk_inserts": boolean,
 }
 ENGINE_KINDS: dict[str, dict[str, Check]] = {  # each kind's own parameters
     "sglang_0.4": {"host_gather_gbps": POSITIVE, "pageable_h2d_gbps": POSITIVE, "pageable_d2h_gbps": POSITIVE},

@@ -213,13 +213,17 @@ def chunk_tokens(cfg: Mapping[str, Any]) -> int:
     return int((cfg.get("engine") or {}).get("chunk_tokens") or cfg["hardware"]["chunked_prefill_tokens"])
 
 
-def data_path(engine: EngineModel) -> DataPath:
-    """The engine model's settings the core applies (write policy, load fallbacks)."""
+def data_path(engine: EngineModel, chunk_inserts: bool = True) -> DataPath:
+    """The engine model's settings the core applies (write policy, load fallbacks, what counts as a
+    hit); ``chunk_inserts`` False keeps one insert per prompt whatever the engine does."""
     return DataPath(
         write_policy=engine.write_policy,
         write_through_hits=engine.write_through_hits,
         load_back_threshold_tokens=engine.load_back_threshold_tokens,
         load_mem_quota=engine.load_mem_quota,
+        count_match_hits=engine.count_match_hits,
+        count_insert_hits=engine.count_insert_hits,
+        chunk_inserts=engine.chunk_inserts and chunk_inserts,
     )
 
 
@@ -235,10 +239,12 @@ def page_size(cfg: Mapping[str, Any], engine: EngineModel, trace: Trace | None =
     return engine.page_size
 
 
-def build_core(cfg: Mapping[str, Any], setup: Setup, free_ops: bool = True) -> Engine:
+def build_core(cfg: Mapping[str, Any], setup: Setup, free_ops: bool = True, chunk_inserts: bool = True) -> Engine:
     """The policy, cache manager and engine every backend drives (``kvflow.build``); ``free_ops``
     False for the simulator, which counts tokens and has no memory to free per node. The engine
-    model (``engine``) sets the write policy, page size and load fallbacks."""
+    model (``engine``) sets the write policy, page size, load fallbacks and hit counting;
+    ``chunk_inserts`` False for a backend that fills a node's KV only at the prompt's end (real/),
+    so no other request can match a prefill chunk's node before its KV exists."""
     cost = setup.cost
     engine_cfg = cfg.get("engine") or {}
     model = cost.engine or load_engine(engine_cfg)
@@ -253,5 +259,5 @@ def build_core(cfg: Mapping[str, Any], setup: Setup, free_ops: bool = True) -> E
         max_running=engine_cfg.get("max_running_requests"),
         gain_s_per_token=lambda: gain_s_per_token(cost),
         free_ops=free_ops,
-        data_path=data_path(model),
+        data_path=data_path(model, chunk_inserts),
     )

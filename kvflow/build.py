@@ -71,6 +71,7 @@ def build_engine(
         kv_bytes_per_token=kv_bytes_per_token,
         write_policy=str(write_policy) if cpu_tokens else "none",
         write_through_hits=int(_policy_or(policy_cfg, "write_through_hits", path.write_through_hits)),
+        insert_is_hit=not path.count_insert_hits,
         max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
         free_ops=free_ops,
     )
@@ -79,6 +80,9 @@ def build_engine(
     config = engine_config(policy_cfg, int(chunk_tokens), running, cpu_tokens > 0, h2d_gbps)
     config.load_back_threshold_tokens = path.load_back_threshold_tokens
     config.load_mem_quota = path.load_mem_quota
+    config.count_match_hits = path.count_match_hits
+    config.count_insert_hits = path.count_insert_hits
+    config.chunk_inserts = path.chunk_inserts
     return Engine(cache, config)
 
 
@@ -86,12 +90,17 @@ def build_engine(
 class DataPath:
     """What a backend's engine model fixes in the core: write policy and threshold (SGLang 0.4:
     write_through_selective = write-through on the 2nd hit), load-back threshold and mem_quota
-    fallback. The defaults are the core's behaviour before engine models existed."""
+    fallback, and which events count as hits (SGLang 0.4: every match, every insert walk, one insert
+    per prefill chunk; ``EngineConfig``). The defaults are the core's behaviour before engine models
+    existed."""
 
     write_policy: str = "none"
     write_through_hits: int = 1
     load_back_threshold_tokens: int = 0
     load_mem_quota: bool = False
+    count_match_hits: bool = False
+    count_insert_hits: bool = False
+    chunk_inserts: bool = False
 
 
 def _policy_or(policy_cfg: Mapping[str, Any], key: str, default: Any) -> Any:

@@ -32,7 +32,8 @@ class CacheConfig:
     page_size: int = 1
     kv_bytes_per_token: int = 1
     write_policy: str = "write_through"  # HiCache default: back up on insert
-    write_through_hits: int = 1  # accesses (insert counts as one) before a node is backed up
+    write_through_hits: int = 1  # hits before a node is backed up (a new node's insert counts as one ...
+    insert_is_hit: bool = True  # ... unless this is False: SGLang 0.4 counts only inc_hit_count's events)
     evict_partial: bool = True  # trim a leaf's tail pages instead of dropping the whole leaf
     max_prefetch: int = 4  # concurrent prefetch loads (KVFLOW.md 2.5)
     free_ops: bool = True  # emit Free ops (a backend holding memory per node needs them; the
@@ -146,6 +147,21 @@ class KVCacheManager:
             if node.gpu and not node.cpu and node.inflight is None:  # else no backup can start (most
                 maybe_backup(node)  # of a used path has its copy already): one call less per node
 
+    def count_hits(self, last: RadixNode) -> None:
+        """A hit on each node of root..``last`` that is not a use by a request (SGLang 0.4 counts every
+        match and insert walk: ``EngineConfig.count_match_hits`` / ``count_insert_hits``), and the
+        backups it makes due; access times as a touch."""
+        maybe_backup = self.writes.maybe_backup
+        for node in self.tree.touch_path(last):
+            if node.gpu and not node.cpu and node.inflight is None:
+                maybe_backup(node)
+
+    def count_hit(self, node: RadixNode) -> None:
+        """One hit on ``node`` (an insert walk passing it on the GPU), and its backup if now due."""
+        node.hits += 1
+        if node.gpu and not node.cpu and node.inflight is None:
+            self.writes.maybe_backup(node)
+
     def observe_prompt(self, user: User | None, tokens: Sequence[int], fixed_tokens: int) -> None:
         """Tell a learning policy how much of ``user``'s previous dynamic prompt its new prompt
         repeats (``UserTags.observe_prompt``)."""
@@ -165,17 +181,20 @@ class KVCacheManager:
         user: User | None = None,
         prompt_tokens: int | None = None,
         known_tokens: int = 0,
+        count_hits: bool = False,
     ) -> RadixNode:
         """Put ``tokens`` (computed on the GPU) into the tree. ``reserved_tokens`` were allocated by
         the caller with ``alloc_gpu`` for the part not already on the GPU; duplicates are released.
         Nodes up to ``fixed_tokens`` are tagged with ``user``; nodes past it are suffixes, and those
         before ``prompt_tokens`` (default: all) also record ``user`` as a dynamic-prompt user.
         ``known_tokens``: a prefix the caller matched and kept locked since, so its nodes are known
-        to hold these tokens (splits keep them) and are not compared again."""
+        to hold these tokens (splits keep them) and are not compared again. ``count_hits``: each node
+        walked that is on the GPU counts a hit (SGLang 0.4's ``_insert_helper``). ``tokens`` may stop
+        inside the fixed prompt (a prefill chunk): the fixed prompt's end is then not recorded."""
         ins = Insertion(self.tree, tokens, reserved_tokens, fixed_tokens, user, prompt_tokens)
-        walk_cached(ins, self.tags, known_tokens)
+        walk_cached(ins, self.tags, known_tokens, self.count_hit if count_hits else None)
         add_new(ins, self.tags, self.writes.join_gpu)
-        if user is not None and 0 < ins.fixed_end <= ins.pos:  # the fixed prompt ends at a node boundary
+        if user is not None and 0 < ins.fixed_end <= ins.pos and fixed_tokens <= len(tokens):
             self.tree.user_nodes[user] = ins.fixed_node
         if user is not None and ins.dynamic_last is not None and self.policy.tracks_dynamic:
             self.tags.set_latest_dynamic(user, ins.dynamic_last)

@@ -43,6 +43,10 @@ class EngineConfig:
     h2d_gbps: float = 0.0  # deadline mode: copy bandwidth for the lead time (0 = unknown: next_step)
     load_back_threshold_tokens: int = 0  # a CPU-only prefix shorter than this is recomputed (SGLang: 10)
     load_mem_quota: bool = False  # a load the GPU has no room for is skipped and the prefix recomputed
+    # what counts as a hit (SGLang 0.4, docs/engines.md; all False: one hit per admission)
+    count_match_hits: bool = False  # every admission attempt's match counts, admitted or not
+    count_insert_hits: bool = False  # inserts count the nodes they walk; a chunk's insert re-matches
+    chunk_inserts: bool = False  # each non-last prefill chunk's KV joins the tree at its end
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 1 or self.max_running_requests < 1:
@@ -68,6 +72,7 @@ class Request:
     generated_tokens: int = 0
     reserved_tokens: int = 0  # GPU tokens reserved and not yet owned by tree nodes
     node: RadixNode | None = None  # deepest locked node
+    known_tokens: int = 0  # of the prompt, on the locked path (the admission's match, chunk inserts)
     skipped_since_s: float | None = None
     # metrics
     admit_s: float | None = None
@@ -250,6 +255,7 @@ class Engine:
         # the last prompt token is always computed: its logits produce the first output token
         match = cache.tree.match(request.tokens, touch=False, max_tokens=request.prompt_tokens - 1)
         if any(n.inflight is not None for n in match.cpu_nodes):
+            self._count_attempt(match.last_node)
             return "busy"
         cpu_run = match.cpu_nodes if self._loads_back(match.cpu_tokens) else []
         loaded = match.cpu_tokens if cpu_run else 0
@@ -266,6 +272,7 @@ class Engine:
             if granted:
                 cache.release_gpu(granted)
             cache.unlock(match.gpu_node)
+            self._count_attempt(match.last_node)
             return "no_memory"
         cache.touch_path(match.last_node)  # access times, hit counts, prefetch use, backups
         request.node = match.last_node if loads else match.gpu_node
@@ -278,7 +285,7 @@ class Engine:
         if request.skipped_since_s is not None:
             request.stalled_s += now_s - request.skipped_since_s
             request.skipped_since_s = None
-        request.cached_tokens = request.prefilled_tokens = match.gpu_tokens + loaded
+        request.cached_tokens = request.prefilled_tokens = request.known_tokens = match.gpu_tokens + loaded
         request.hit_gpu_tokens = match.gpu_tokens
         request.loaded_cpu_tokens = loaded
         request.loaded_bytes = sum(op.bytes for op in loads) if loads else 0
@@ -286,6 +293,11 @@ class Engine:
         request.reserved_tokens = reserve
         self.prefilling.append(request)
         return "admitted"
+
+    def _count_attempt(self, last: RadixNode) -> None:
+        """A match that admitted nothing still counts its hits in SGLang 0.4 (``count_match_hits``)."""
+        if self.config.count_match_hits and last.parent is not None:
+            self.cache.count_hits(last)
 
     def _loads_back(self, cpu_tokens: int) -> bool:
         """Load a CPU-only prefix of ``cpu_tokens`` back (else recompute it): load-back is on and the
@@ -305,6 +317,8 @@ class Engine:
                 self._prompt_done(request, now_s)
                 if request.generated_tokens >= request.output_tokens:
                     finished.append(request)
+            elif self.config.chunk_inserts:
+                self._chunk_done(request)
         steps = it.decode_steps if decode_steps_done is None else decode_steps_done
         if it.decode and not 1 <= steps <= it.decode_steps:
             raise ValueError(f"decode_steps_done must be in [1, {it.decode_steps}], got {steps}")
@@ -316,14 +330,46 @@ class Engine:
             self._release(request, now_s)
         return finished
 
+    def _chunk_done(self, request: Request) -> None:
+        """A non-last prefill chunk ran (``chunk_inserts``, SGLang 0.4's ``cache_unfinished_req``): the
+        prompt computed so far joins the tree, shareable and locked by the request."""
+        cache = self.cache
+        end = cache.tree.page_floor(request.prefilled_tokens)
+        new = end - request.known_tokens
+        if new <= 0:
+            return
+        counting = self.config.count_insert_hits
+        node = cache.insert(
+            request.tokens[:end],
+            new,
+            request.fixed_tokens,
+            request.user,
+            prompt_tokens=request.prompt_tokens,
+            known_tokens=request.known_tokens,
+            count_hits=counting,
+        )
+        if counting:
+            cache.count_hits(node)  # cache_unfinished_req re-matches what it inserted
+        request.reserved_tokens -= new  # cached, or released as a duplicate by the insert
+        self._relock(request, node)
+        request.known_tokens = cache.tree.depth_tokens(node)
+
     def _prompt_done(self, request: Request, now_s: float) -> None:
         """Prefill complete: the prompt's KV joins the tree (shareable at once) and the first
         output token exists."""
         self.prefilling.remove(request)
         prompt_reserved = request.reserved_tokens - request.output_tokens
+        counting = self.config.count_insert_hits
         node = self.cache.insert(
-            request.tokens, prompt_reserved, request.fixed_tokens, request.user, known_tokens=request.cached_tokens
-        )  # matched at admission, locked since
+            request.tokens,
+            prompt_reserved,
+            request.fixed_tokens,
+            request.user,
+            known_tokens=request.known_tokens,  # matched at admission (or inserted per chunk), locked since
+            count_hits=counting,
+        )
+        if counting and request.output_tokens > 1:  # (one output token: the request ends here and
+            self.cache.count_hits(node)  # only cache_finished_req inserts) cache_unfinished_req re-matches
         request.reserved_tokens = request.output_tokens
         self._relock(request, node)
         request.first_token_s = now_s
@@ -335,11 +381,14 @@ class Engine:
         self.decoding.remove(request)
         tree = self.cache.tree
         end = request.node
+        counting = self.config.count_insert_hits and request.output_tokens > 1  # (else counted at prefill)
         if (
             end is not None
             and request.prompt_tokens % tree.page_size == 0
             and tree.depth_tokens(end) == request.prompt_tokens
         ):
+            if counting:  # cache_finished_req's insert walks the prompt's nodes
+                self.cache.count_hits(end)
             self.cache.extend(end, request.output_ids(), request.reserved_tokens, request.user)
         else:  # the prompt is not (all) in the tree: insert the whole sequence
             self.cache.insert(
@@ -349,6 +398,7 @@ class Engine:
                 request.user,
                 prompt_tokens=request.prompt_tokens,
                 known_tokens=tree.depth_tokens(end) if end is not None else 0,  # locked since prefill
+                count_hits=counting,
             )
         self.prefetcher.on_finish(request, now_s)
         request.reserved_tokens = 0

@@ -54,11 +54,14 @@ class Insertion:
         self.dynamic_last: RadixNode | None = None
 
 
-def walk_cached(ins: Insertion, tags: UserTags, known_tokens: int) -> None:
+def walk_cached(
+    ins: Insertion, tags: UserTags, known_tokens: int, count: Callable[[RadixNode], None] | None = None
+) -> None:
     """Follow the nodes that already hold ``tokens``, split to the common part and at the fixed
     prompt's end (a prefix of ``known_tokens``, matched and locked since, is not compared again);
-    a node off the GPU takes its share of the reservation (it was recomputed). Stops at a node in
-    flight or one nothing was reserved for. (One loop over locals: this runs per cached node.)"""
+    a node off the GPU takes its share of the reservation (it was recomputed), ``count`` (if given)
+    is called on each one already on the GPU. Stops at a node in flight or one nothing was reserved
+    for. (One loop over locals: this runs per cached node.)"""
     tree, tokens, user, limit, fixed_end, prompt_end = (
         ins.tree,
         ins.tokens,
@@ -88,6 +91,8 @@ def walk_cached(ins: Insertion, tags: UserTags, known_tokens: int) -> None:
                 break  # nothing reserved for it: leave it to the CPU tier
             tree.join_gpu(child)  # recomputed on the GPU: the reservation becomes its GPU copy
             ins.reserved -= n_tokens
+        elif count is not None:
+            count(child)
         child.last_access = tree.tick()
         if tags.tag(child, pos, fixed_end, prompt_end, user):
             ins.dynamic_last = child

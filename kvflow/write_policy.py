@@ -25,6 +25,9 @@ class WritePolicy:
         self.config, self.tree, self.stats, self.policy, self.cpu, self.ops = config, tree, stats, policy, cpu, ops
         self.write_through = config.write_policy == "write_through"
         self.write_back = config.write_policy == "write_back"
+        # hits a node needs before its backup: its insert counts as the first unless insert_is_hit
+        # is off (SGLang 0.4 counts its events itself, and a new node starts at 0)
+        self.hits_due = config.write_through_hits - (1 if config.insert_is_hit else 0)
         # the policy's veto, or None when it keeps the base rule (keep everything): one call less
         # per backup on the hot path, as GpuTier does for observe_evict
         overridden = type(policy).worth_keeping is not Policy.worth_keeping
@@ -78,12 +81,7 @@ class WritePolicy:
 
     def _backup_due(self, node: RadixNode) -> bool:
         """Write-through wants a CPU copy of ``node`` (on the GPU) now, and CPU space was reserved."""
-        if (
-            not self.write_through
-            or node.cpu
-            or node.inflight is not None
-            or node.hits + 1 < self.config.write_through_hits
-        ):
+        if not self.write_through or node.cpu or node.inflight is not None or node.hits < self.hits_due:
             return False
         if not self._cpu_anchored(node):
             return False

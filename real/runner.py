@@ -114,7 +114,7 @@ def run_real(
     opts = opts or RealOptions()
     wall0 = time.perf_counter()
     setup = prepare(cfg, trace)
-    engine = build_core(cfg, setup)
+    engine = build_core(cfg, setup, chunk_inserts=False)  # KV is filled per prompt (engine_loop._fill)
     if net is None:  # weights and pools checked together, before anything is allocated
         device = _device(opts)
         dtype = pick_dtype(device, opts.dtype)

@@ -5,7 +5,9 @@ what the backends need: a copy time per direction (``copy_link``: a fixed part p
 which is exact for each modelled path because their costs are per copy, per layer or per page and
 pages are whole), which forwards a running load gates (``gating``), whether issuing a load waits for
 the GPU (``scheduler_sync``), and the cache settings it fixes (write policy and threshold, host pool
-ratio, page size, load fallbacks). Subclasses hold only their own sourced parameters.
+ratio, page size, load fallbacks) and which events count as a node's hits (SGLang 0.4 counts
+every match and every insert walk, and inserts each prefill chunk). Subclasses hold only their
+own sourced parameters.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ class EngineModel(ABC):
     load_back_threshold_tokens: int  # a CPU-only prefix shorter than this is recomputed, not loaded
     load_mem_quota: bool  # a load larger than the GPU memory left for it is skipped and recomputed
     unbounded_host_pool: bool  # the host pool holds everything ever computed (ideal)
+    # What counts as a hit (SGLang 0.4's inc_hit_count; all False: one hit per admission, and a
+    # new node's insert counts as its first):
+    count_match_hits: bool  # every admission attempt's prefix match counts, admitted or not
+    count_insert_hits: bool  # every insert walk over a node on the GPU counts, and the re-match after
+    #                          a prefill chunk's insert counts again (new nodes start at 0)
+    chunk_inserts: bool  # each non-last prefill chunk's KV joins the tree at the chunk's end
 
     @abstractmethod
     def copy_link(self, direction: str, link_gbps: float, latency_s: float, model: ModelSpec) -> CopyLink:
