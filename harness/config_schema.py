@@ -193,6 +193,8 @@ POLICY: dict[str, Check] = {
     "load_back": boolean,
     "prefetch": boolean,
     "status_aware": boolean,
+    "load_then_dispatch": boolean,  # a CPU-only prefix is loaded, then its request dispatched (KVFlow)
+    "backup_dynamic": boolean,  # false: dynamic suffixes and outputs are never backed up (KVFlow)
     "max_prefetch": NON_NEGATIVE_INT,
     "hints": boolean,
     "infer_steps": boolean,

@@ -72,6 +72,7 @@ def build_engine(
         write_policy=str(write_policy) if cpu_tokens else "none",
         write_through_hits=int(_policy_or(policy_cfg, "write_through_hits", path.write_through_hits)),
         insert_is_hit=not path.count_insert_hits,
+        backup_dynamic=bool(policy_cfg.get("backup_dynamic", True)),
         max_prefetch=int(policy_cfg.get("max_prefetch", 4)),
         free_ops=free_ops,
     )
@@ -118,6 +119,7 @@ def engine_config(
         load_back=bool(policy_cfg.get("load_back", False)) and has_cpu,
         prefetch=bool(policy_cfg.get("prefetch", False)),
         status_aware=bool(policy_cfg.get("status_aware", True)),
+        load_then_dispatch=bool(policy_cfg.get("load_then_dispatch", False)),
         infer_steps=bool(policy_cfg.get("infer_steps", False)),
         release_finished=bool(policy_cfg.get("release_finished", False)),
         prefetch_mode=str(policy_cfg.get("prefetch_mode", "next_step")),

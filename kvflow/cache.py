@@ -34,6 +34,7 @@ class CacheConfig:
     write_policy: str = "write_through"  # HiCache default: back up on insert
     write_through_hits: int = 1  # hits before a node is backed up (a new node's insert counts as one ...
     insert_is_hit: bool = True  # ... unless this is False: SGLang 0.4 counts only inc_hit_count's events)
+    backup_dynamic: bool = True  # back up dynamic suffixes and outputs too (False: KVFlow, KVFLOW.md 2.4)
     evict_partial: bool = True  # trim a leaf's tail pages instead of dropping the whole leaf
     max_prefetch: int = 4  # concurrent prefetch loads (KVFLOW.md 2.5)
     free_ops: bool = True  # emit Free ops (a backend holding memory per node needs them; the

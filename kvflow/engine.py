@@ -5,7 +5,9 @@ token budget per iteration, admission only when the request's KV (prompt + outpu
 decode until each request's output length. A prefill iteration runs when any prefill is
 schedulable, otherwise a decode iteration, which the backend may repeat ``decode_steps`` times
 back to back. Status-aware scheduling (KVFLOW.md 2.6): a request whose prefix is still being
-copied is skipped and others run.
+copied is skipped and others run; with ``load_then_dispatch`` a request admitted with a CPU-only
+prefix (nobody prefetched it) waits, its memory reserved, while that prefix loads in the background,
+and is dispatched once it is on the GPU (instead of HiCache's load inside its own prefill).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import overload
 from kvflow.cache import KVCacheManager
 from kvflow.ops import Load, Op
 from kvflow.prefetch import Prefetcher, make_prefetcher
-from kvflow.radix import RadixNode
+from kvflow.radix import InFlight, RadixNode
 from kvflow.step_graph import INF
 from kvflow.step_inference import TransitionModel
 
@@ -35,6 +37,7 @@ class EngineConfig:
     load_back: bool = True  # False: GPU-only SGLang; a CPU copy is ignored and the prefix recomputed
     prefetch: bool = False  # KVFlow proactive prefetch of next-step agents
     status_aware: bool = True  # skip (not block on) requests whose prefix is in flight
+    load_then_dispatch: bool = False  # load an admitted request's CPU prefix in the background, then dispatch it
     infer_steps: bool = False  # learn the step graph from observed transitions (no declared graph)
     infer_min_observations: int = 3  # transitions seen before a prediction is trusted
     release_finished: bool = False  # a finished workflow's nodes become the first to evict
@@ -133,6 +136,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.waiting: deque[Request] = deque()
         self.prefilling: list[Request] = []
+        self.loading: list[Request] = []  # admitted, their prefix loading (load_then_dispatch)
         self.decoding: list[Request] = []
         # client -> agent -> known steps-to-execution; the prefetcher reads this dict (updated in place)
         self.hints: dict[str, dict[str, float]] = {}
@@ -201,7 +205,7 @@ class Engine:
             self.prefetcher.on_prefetch_done(op)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.decoding)
+        return bool(self.waiting or self.prefilling or self.decoding or self.loading)
 
     # ----- planning -------------------------------------------------------------------------
     def step(self, now_s: float) -> Iteration | None:
@@ -209,6 +213,8 @@ class Engine:
         self.prefetcher.before_step(now_s)
         it = Iteration()
         budget = self.config.chunk_tokens
+        if self.loading:
+            self._dispatch_loaded(now_s)
         for request in self.prefilling:
             budget = self._add_chunk(it, request, budget)
         budget = self._admit(it, now_s, budget)
@@ -229,8 +235,15 @@ class Engine:
         it.prefill.append(PrefillChunk(request, new, request.prefilled_tokens, new == remaining))
         return budget - new
 
+    def _dispatch_loaded(self, now_s: float) -> None:
+        """Requests whose prefix finished loading join the prefill (load_then_dispatch)."""
+        ready = [r for r in self.loading if not _loading(r.node)]
+        for request in ready:
+            self.loading.remove(request)
+            self._dispatch(request, now_s)
+
     def _admit(self, it: Iteration, now_s: float, budget: int) -> int:
-        running = len(self.prefilling) + len(self.decoding)
+        running = len(self.prefilling) + len(self.decoding) + len(self.loading)
         skipped: list[Request] = []
         while self.waiting and budget > 0 and running < self.config.max_running_requests:
             request = self.waiting.popleft()
@@ -246,7 +259,8 @@ class Engine:
                 skipped.append(request)
                 break
             running += 1
-            budget = self._add_chunk(it, request, budget)
+            if outcome == "admitted":
+                budget = self._add_chunk(it, request, budget)
         self.waiting.extendleft(reversed(skipped))
         return budget
 
@@ -279,20 +293,36 @@ class Engine:
         if request.node is not match.gpu_node:  # (the same node: its lock simply stays)
             cache.lock(request.node)  # before the unlock: the shared path never looks evictable
             cache.unlock(match.gpu_node)
-        it.blocking_loads.extend(loads)
-        request.state = "prefill"
-        request.admit_s = now_s
-        if request.skipped_since_s is not None:
-            request.stalled_s += now_s - request.skipped_since_s
-            request.skipped_since_s = None
         request.cached_tokens = request.prefilled_tokens = request.known_tokens = match.gpu_tokens + loaded
         request.hit_gpu_tokens = match.gpu_tokens
         request.loaded_cpu_tokens = loaded
         request.loaded_bytes = sum(op.bytes for op in loads) if loads else 0
         request.recomputed_tokens = request.prompt_tokens - request.cached_tokens
         request.reserved_tokens = reserve
-        self.prefilling.append(request)
+        return self._enter(it, request, loads, now_s)
+
+    def _enter(self, it: Iteration, request: Request, loads: list[Load], now_s: float) -> str:
+        """An admitted request joins the prefill now (its CPU prefix, if any, loads inside this
+        iteration, HiCache), or with ``load_then_dispatch`` once that prefix has loaded as a
+        background op (KVFLOW.md 2.6: other requests run meanwhile)."""
+        if loads and self.config.load_then_dispatch:
+            self.cache.queue_ops(loads)
+            request.state = "loading"
+            if request.skipped_since_s is None:
+                request.skipped_since_s = now_s
+            self.loading.append(request)
+            return "loading"
+        it.blocking_loads.extend(loads)
+        self._dispatch(request, now_s)
         return "admitted"
+
+    def _dispatch(self, request: Request, now_s: float) -> None:
+        request.state = "prefill"
+        request.admit_s = now_s
+        if request.skipped_since_s is not None:
+            request.stalled_s += now_s - request.skipped_since_s
+            request.skipped_since_s = None
+        self.prefilling.append(request)
 
     def _count_attempt(self, last: RadixNode) -> None:
         """A match that admitted nothing still counts its hits in SGLang 0.4 (``count_match_hits``)."""
@@ -414,6 +444,15 @@ class Engine:
         elif request.node is not None:
             self.cache.unlock(request.node)
         request.node = node
+
+
+def _loading(node: RadixNode | None) -> bool:
+    """A node of the path root..``node`` is still being loaded."""
+    while node is not None and node.parent is not None:
+        if node.inflight is InFlight.LOAD:
+            return True
+        node = node.parent
+    return False
 
 
 class _PromptThenOutputs(Sequence[int]):

@@ -2,7 +2,9 @@
 ``none``) and where a GPU victim goes (its CPU copy stays, it is written back, or it is dropped).
 
 A copy is an ``Offload`` op queued for the backend; the node is in flight until ``complete``.
-The policy's ``worth_keeping`` can veto a copy (no expected reuse: save PCIe and CPU space).
+The policy's ``worth_keeping`` can veto a copy (no expected reuse: save PCIe and CPU space), and
+``CacheConfig.backup_dynamic`` False never copies a dynamic suffix or an output (KVFlow, KVFLOW.md
+2.4: only fixed prompts get a CPU copy; a suffix leaving the GPU is dropped).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class WritePolicy:
         # per backup on the hot path, as GpuTier does for observe_evict
         overridden = type(policy).worth_keeping is not Policy.worth_keeping
         self.worth_keeping = policy.worth_keeping if overridden else None
+        self.skip_dynamic = not config.backup_dynamic
 
     def join_gpu(self, node: RadixNode) -> None:
         """A node just computed on the GPU joins the tier, and its write-through backup starts at
@@ -59,6 +62,7 @@ class WritePolicy:
         if (
             not node.cpu
             and self.write_back
+            and not (self.skip_dynamic and node.suffix and not node.users)
             and self._cpu_anchored(node)
             and (self.worth_keeping is None or self.worth_keeping(node))
             and self.cpu.alloc(n)
@@ -83,6 +87,8 @@ class WritePolicy:
         """Write-through wants a CPU copy of ``node`` (on the GPU) now, and CPU space was reserved."""
         if not self.write_through or node.cpu or node.inflight is not None or node.hits < self.hits_due:
             return False
+        if self.skip_dynamic and node.suffix and not node.users:
+            return False  # a dynamic suffix or an output: never backed up (KVFLOW.md 2.4)
         if not self._cpu_anchored(node):
             return False
         if self.worth_keeping is not None and not self.worth_keeping(node):

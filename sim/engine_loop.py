@@ -9,7 +9,8 @@ loop only turns iterations into simulated time and runs the engine's ops on the 
 - reactive load-backs (``it.blocking_loads``) hold the H2D channel and overlap the prefill layer
   by layer: ``max(compute, load) + load / layers`` (DESIGN.md, HiCache);
 - async ops (``engine.take_ops()``) queue on their channel at once (background priority, behind
-  reactive loads); Free ops complete at once.
+  reactive loads; a load a request waits for, ``load_then_dispatch``, queues with the reactive
+  ones); Free ops complete at once.
 The engine model (``cost.engine``, docs/engines.md) adds two rules of SGLang 0.4:
 - ``gating: global`` (one global layer counter): a forward launched while any H2D load runs (a
   prefetch too) waits for it layer by layer, ``max(compute, remaining load) + remaining / layers``;
@@ -100,7 +101,9 @@ class EngineLoop:
             self.pcie.copy(op.bytes, "d2h", self._op_done, "offload", tag=op)
             return
         on_start = self._load_started if self.gate_all else None
-        self.pcie.copy(op.bytes, "h2d", self._op_done, "prefetch" if op.prefetch else "load", on_start=on_start, tag=op)
+        label = "prefetch" if op.prefetch else "load"  # a load an admitted request waits for goes first, as
+        urgent = not op.prefetch  # a reactive one (load_then_dispatch: the only non-prefetch Load op)
+        self.pcie.copy(op.bytes, "h2d", self._op_done, label, urgent=urgent, on_start=on_start, tag=op)
 
     def _load_started(self, _duration_s: float) -> None:
         """Global gating: a running decode run stops at its next step so that the next one waits."""
