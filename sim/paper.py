@@ -378,9 +378,10 @@ def markdown(data: Mapping[str, Any]) -> str:
 
 
 def _settings_table(settings: Sequence[Mapping[str, Any]]) -> list[str]:
+    order = ("sglang", "hicache", "kvflow_evict_only", "kvflow")  # baselines first, as kvflow-report
     policies = sorted(
         {p for s in settings for p in s["latency_s"]},
-        key=lambda p: ("sglang", "hicache").index(p) if p in ("sglang", "hicache") else 2,
+        key=lambda p: (p not in order, order.index(p) if p in order else 0, p),
     )
     lines = [
         "Every setting at the fitted value (mean end-to-end workflow latency, s):",
