@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,6 @@ QUICK_OVERRIDES = {  # --quick: a few small settings of each preset (tests; the 
 }
 BEGIN = "<!-- BEGIN sim.paper -->"
 END = "<!-- END sim.paper -->"
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class UsageError(Exception):
@@ -158,7 +158,7 @@ class Setting:
 
 def preset_sweep(experiment: str) -> dict[str, list[str]]:
     """The preset's own ``hydra.sweeper.params`` (conf/experiment/<name>.yaml), values as strings."""
-    data = yaml.safe_load((CONF / "experiment" / f"{experiment}.yaml").read_text())
+    data = yaml.safe_load((files("conf") / "experiment" / f"{experiment}.yaml").read_text())
     params = ((data.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
     return {str(k): [v.strip() for v in str(vals).split(",")] for k, vals in params.items()}
 
@@ -428,7 +428,9 @@ def parse_grid(text: str) -> list[float]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="python -m sim.paper", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = _Parser(
+        prog="python -m sim.paper", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a few small settings and a coarse grid (tests)")
     parser.add_argument("--out", type=Path, default=Path("docs/results"), help="where paper_fit.json/.md go")
     parser.add_argument("--results-md", type=Path, help="also rewrite the sim.paper block of this markdown file")
