@@ -23,6 +23,7 @@ FORBIDDEN = {
 # (file, imported package): the only crossings allowed, each with its reason
 IMPORT_EXCEPTIONS = {
     ("real/validate.py", "sim"),  # kvflow-real validate runs both backends on one trace, lazily
+    ("sim/paper.py", "analysis"),  # the paper protocol reads the paper's numbers (analysis.paper, pure data)
 }
 # private attributes of third-party code that have no public equivalent
 PRIVATE_THIRD_PARTY = {"hydra._internal"}
