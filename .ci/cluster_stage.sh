@@ -61,7 +61,7 @@ cd "$ROOT"
 # -c /dev/null + rootdir tests/cluster: the default suite's conftest (which ignores this folder)
 # is not loaded; tests/cluster/conftest.py is.
 set +e
-PYTHONPATH="$ROOT" "$PY" -m pytest -c /dev/null --rootdir "$ROOT/tests/cluster" -p no:cacheprovider -q \
+PYTHONPATH="$ROOT" "$PY" -m pytest -c /dev/null --rootdir "$ROOT/tests/cluster" -p no:cacheprovider -q --durations=0 \
   -W ignore::DeprecationWarning "$ROOT/tests/cluster"
 rc=$?
 set -e

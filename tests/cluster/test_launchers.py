@@ -81,15 +81,15 @@ def test_same_files_as_basic_launcher_and_resume(
     assert res.returncode == 0, res.output[-3000:]
     check_same_as(out, reference, SWEEP_JOBS)
 
-    # resume: job 4 was never finished, job 5 has a truncated summary (what a non-atomic writer
+    # resume: job 2 was never finished, job 3 has a truncated summary (what a non-atomic writer
     # killed mid-write would leave); the rerun must recompute exactly those two
-    (out / "4" / "summary.json").unlink()
-    broken = out / "5" / "summary.json"
+    (out / "2" / "summary.json").unlink()
+    broken = out / "3" / "summary.json"
     broken.write_bytes(broken.read_bytes()[:100])
-    kept = stamps(out, [0, 1, 2, 3])
+    kept = stamps(out, [0, 1])
     res = sweep([*args, *SWEEP], out, tmp_path)
     assert res.returncode == 0, res.output[-3000:]
-    assert stamps(out, [0, 1, 2, 3]) == kept, "a finished run was recomputed"
+    assert stamps(out, [0, 1]) == kept, "a finished run was recomputed"
     check_same_as(out, reference, SWEEP_JOBS)
 
 
@@ -148,7 +148,7 @@ def test_failed_job_leaves_no_half_written_file(
         if (out / str(i)).exists():
             check_no_half_written(out / str(i), reference / str(i))
     done = complete_jobs(out, SWEEP_JOBS)
-    assert 1 not in done and (launcher == "ray" or done == [0, 2, 3, 4, 5]), (done, res.output[-3000:])
+    assert 1 not in done and (launcher == "ray" or done == [0, 2, 3]), (done, res.output[-3000:])
     kept = stamps(out, done)
     res = sweep([*args, *SWEEP], out, tmp_path)
     assert res.returncode == 0, res.output[-3000:]
