@@ -11,7 +11,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 MOONCAKE = SHARED_DATA / "mooncake" / "synthetic_trace.jsonl"
 CHATDEV = SHARED_DATA / "chatdev"
 
-collect_ignore = ["sglang"]  # the SGLang adapter suite runs in its own venv (.ci/run stage 2)
+collect_ignore = ["sglang", "cluster"]  # own venvs: .ci/sglang_stage.sh, .ci/cluster_stage.sh
 
 
 @pytest.fixture
