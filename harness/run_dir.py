@@ -15,6 +15,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +39,7 @@ RUN_MARKERS = (".hydra", CONFIG, REQUESTS)  # a dir holding one of these looks l
 CONFIG_KEYS_IGNORED = ("force", "output", "hydra")  # change nothing simulated: no reason to recompute
 CONFIG_HASH = "config_sha256"  # summary key: hash of the resolved config, CONFIG_KEYS_IGNORED left out
 LOCK = ".kvflow.lock"
+HOST = socket.gethostname()  # kept in a lock: a pid is only checkable on its own host
 
 Timeline = Sequence[tuple[str, float, float, str]]  # resource (gpu|h2d|d2h), start_s, end_s, label
 
@@ -253,11 +256,38 @@ def _lock_owner(lock: Path) -> int | None:
         return None
 
 
-def lock_dir(directory: Path, what: str = "sweep", total_runs: int | None = None) -> Path:
+def _lock_host(lock: Path) -> str | None:
+    """The host that wrote ``lock`` (third line; None for locks written before hosts were kept)."""
+    try:
+        lines = lock.read_text().splitlines()
+    except OSError:
+        return None
+    return (lines[2].strip() or None) if len(lines) > 2 else None
+
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp")
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    """Delete the temporary files ``atomic_output`` left in ``directory`` when its process was
+    killed mid-write (``.NAME.PID.tmpSUFFIX`` whose PID is dead): nothing reads them, and a rerun
+    would otherwise leave them forever. Only this host's: a pid means nothing on another one."""
+    for path in directory.glob(".*.tmp*"):
+        m = _TEMP.match(path.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            path.unlink(missing_ok=True)
+
+
+def lock_dir(
+    directory: Path, what: str = "sweep", total_runs: int | None = None, other_hosts_hold: bool = True
+) -> Path:
     """Take ``directory/.kvflow.lock`` for this process: a second live writer is refused with a
     ``RunError`` naming its pid; a lock left by a dead process (Ctrl-C, kill) is taken over.
     Re-entrant for the holding process. ``total_runs`` (runs the sweep will make) is kept in the
-    lock for the Ctrl-C message (``lock_total``). Returns the lock path (``unlock_dir`` releases it)."""
+    lock for the Ctrl-C message (``lock_total``). A lock written on another host is never taken over when
+    ``other_hosts_hold`` (its pid cannot be checked here: a sweep lock); a run lock passes False, so a job
+    that Ray or Slurm retries on another node takes over its killed attempt's lock. Returns the lock path
+    (``unlock_dir`` releases it)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / LOCK
@@ -265,9 +295,14 @@ def lock_dir(directory: Path, what: str = "sweep", total_runs: int | None = None
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = _lock_owner(lock)
-            if owner == os.getpid():
+            owner, host = _lock_owner(lock), _lock_host(lock)
+            if owner == os.getpid() and host in (None, HOST):
                 return lock
+            if other_hosts_hold and host not in (None, HOST):  # its pid cannot be checked from here
+                raise RunError(
+                    f"{directory}: a {what} on host {host} (pid {owner}) holds {lock}; wait for it to finish or "
+                    "choose another directory (delete the lock only if that process is gone)"
+                ) from None
             if owner is not None and _alive(owner):
                 raise RunError(
                     f"{directory}: another {what} (pid {owner}) is writing into this directory; wait for it to "
@@ -279,7 +314,8 @@ def lock_dir(directory: Path, what: str = "sweep", total_runs: int | None = None
             lock.unlink(missing_ok=True)  # stale: its process is dead
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n{'' if total_runs is None else total_runs}\n")
+            f.write(f"{os.getpid()}\n{'' if total_runs is None else total_runs}\n{HOST}\n")
+        _remove_stale_temps(directory)
         return lock
     raise RunError(f"{directory}: could not take {lock} (another process keeps replacing it)")
 

@@ -106,7 +106,7 @@ def run(
     else:
         runs = {name: ({**plain, "policy": _policy_config(name)}, run_dir / name) for name in plain["compare"]}
     _note_progress(run_dir, len(runs))
-    lock_dir(run_dir, "kvflow-sim run")  # two runs writing into one dir would mix their files
+    lock_dir(run_dir, "kvflow-sim run", other_hosts_hold=False)  # two runs writing into one dir would mix their files
     try:
         summaries = {name: _run_one(c, d, trace, write_csv) for name, (c, d) in runs.items()}
     finally:

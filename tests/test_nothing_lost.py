@@ -123,8 +123,39 @@ def test_a_stale_lock_of_a_dead_pid_is_taken_over(tmp_path):
     dead.wait()
     (tmp_path / rd.LOCK).write_text(f"{dead.pid}\n7\n")
     rd.lock_dir(tmp_path, total_runs=3)
-    assert (tmp_path / rd.LOCK).read_text().split() == [str(os.getpid()), "3"] and rd.lock_total(tmp_path) == 3
+    assert (tmp_path / rd.LOCK).read_text().split() == [str(os.getpid()), "3", rd.HOST]
+    assert rd.lock_total(tmp_path) == 3
     rd.unlock_dir(tmp_path)
+
+
+def test_a_lock_from_another_host_is_never_taken_over(tmp_path):
+    """On a shared filesystem a pid of another host looks dead here: the lock must stand (a second
+    sweep from another machine into the same directory is refused, naming the host)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / rd.LOCK).write_text(f"{dead.pid}\n2\nother-node-7\n")
+    with pytest.raises(rd.RunError, match="on host other-node-7"):
+        rd.lock_dir(tmp_path)
+    assert (tmp_path / rd.LOCK).read_text().splitlines()[2] == "other-node-7"
+    rd.lock_dir(tmp_path, "kvflow-sim run", other_hosts_hold=False)  # a run lock: a retry on another node
+    assert (tmp_path / rd.LOCK).read_text().splitlines()[::2] == [str(os.getpid()), rd.HOST]
+    rd.unlock_dir(tmp_path)
+
+
+def test_temp_files_of_a_killed_writer_are_removed_when_the_lock_is_taken(tmp_path):
+    """A SIGKILL mid-write leaves ``.NAME.PID.tmpSUFFIX``; the next run in that directory removes it
+    (its pid is dead), and leaves a live writer's temp file and other hidden files alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".summary.json.{dead.pid}.tmp.json"
+    live = tmp_path / f".requests.csv.{os.getppid()}.tmp.csv"
+    other = tmp_path / ".hydra"
+    for path in (stale, live):
+        path.write_text("half")
+    other.mkdir()
+    rd.lock_dir(tmp_path)
+    rd.unlock_dir(tmp_path)
+    assert not stale.exists() and live.exists() and other.exists()
 
 
 def _minimal_run(run_dir: Path, config: dict) -> None:
