@@ -155,6 +155,22 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+LAUNCHER_MODULES = ("hydra_plugins.", "submitit.")  # a launcher's own set-up failures, e.g. no ``srun``
+
+
+def _from_launcher(exc: BaseException) -> bool:
+    """``exc`` was raised inside a launcher plugin (the innermost frame is a launcher module): an
+    environment problem such as ``hydra/launcher=submitit_slurm`` on a machine without Slurm, not a
+    kvflow bug, so it is one line. Errors of the jobs themselves come back through the jobs' own
+    logs, and Ray's are left alone (its errors wrap the remote job's traceback)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith(LAUNCHER_MODULES)
+
+
 def _fail(exc: BaseException) -> None:
     if interrupt.received():  # Ctrl-C that a library turned into its own error (harness/interrupt.py)
         raise KeyboardInterrupt from exc
@@ -202,6 +218,8 @@ def main() -> None:
             _interrupted()
         if isinstance(exc, USER_ERRORS):
             _fail(exc)
+        if _from_launcher(exc):
+            _fail(SetupError(f"the Hydra launcher could not start the sweep (docs/sweeps.md): {one_line(exc)}"))
         raise
     finally:
         if old is None:

@@ -100,3 +100,23 @@ def test_a_trace_imported_on_the_fly_needs_no_trace_path(tmp_path):
 
     wl = {"name": "trace", "generator": None, "trace": "???", "import_format": "mooncake", "import_from": "x.jsonl"}
     validate_config({"workload": wl})  # no ConfigError
+
+
+def test_an_error_raised_inside_a_launcher_plugin_counts_as_a_launcher_error():
+    """``sim.cli._from_launcher`` looks at the innermost frame: raised in a ``hydra_plugins.*`` or
+    ``submitit.*`` module -> a launcher set-up error (one line); raised in kvflow code -> not."""
+    from sim import cli
+
+    def raised_in(module_name: str) -> BaseException:
+        namespace: dict = {"__name__": module_name}
+        exec("def boom():\n    raise RuntimeError('Could not detect \"srun\"')\n", namespace)
+        try:
+            namespace["boom"]()
+        except RuntimeError as exc:
+            return exc
+        raise AssertionError("not raised")
+
+    assert cli._from_launcher(raised_in("hydra_plugins.hydra_submitit_launcher.submitit_launcher"))
+    assert cli._from_launcher(raised_in("submitit.slurm.slurm"))
+    assert not cli._from_launcher(raised_in("kvflow.engine"))
+    assert not cli._from_launcher(raised_in("ray._private.worker"))

@@ -160,3 +160,15 @@ def _job_output(launcher_output: str, sweep_dir: Path) -> str:
     """What the jobs printed: Ray forwards it to the launcher; Submitit keeps it in .submitit/."""
     logs = sorted((sweep_dir / ".submitit").rglob("*_log.err")) if (sweep_dir / ".submitit").is_dir() else []
     return launcher_output + "".join(p.read_text() for p in logs)
+
+
+def test_a_launcher_that_cannot_start_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """``hydra/launcher=submitit_slurm`` on a machine without Slurm: submitit raises its own
+    RuntimeError (no ``srun``); kvflow-sim says so in one line, exit 2, no traceback."""
+    got = sweep(
+        ["hydra/launcher=submitit_slurm", "experiment=paper_single", "policy=hicache"], tmp_path / "sw", tmp_path
+    )
+    assert got.returncode == 2, got.output
+    lines = got.output.strip().splitlines()
+    assert lines[-1].startswith("kvflow-sim: error: the Hydra launcher could not start the sweep"), got.output
+    assert "srun" in lines[-1] and "Traceback" not in got.output
