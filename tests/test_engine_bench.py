@@ -181,8 +181,8 @@ def test_cli_rejects_cuda_without_a_gpu_in_one_line(tmp_path):
 
 def test_direct_fit_recovers_latency_and_rate():
     points = [
-        {"copies": c, "bytes": b, "time_s": c * 3e-6 + b / 40e9}
-        for c, b in ((16384, 4 << 20), (16384, 64 << 20), (4096, 64 << 20), (64, 64 << 20))
+        {"page_layers": c, "bytes": b, "time_s": c * 3e-6 + b / 40e9}
+        for c, b in ((8192, 4 << 20), (8192, 64 << 20), (2048, 64 << 20), (32, 64 << 20))
     ]
     fit = engine_bench._fit_direct(points)
     assert fit["latency_s"] == pytest.approx(3e-6, rel=1e-6) and fit["gbps"] == pytest.approx(40.0, rel=1e-6)
