@@ -169,10 +169,24 @@ def _raw_lines(raw: dict) -> list[str]:
         lines += [
             f"decode step, {graph['model']} shapes, batch 1, context {graph['context_tokens']}: eager "
             f"{1e3 * graph['eager_step_s']:.2f} ms, CUDA graph "
-            + (f"{1e3 * g:.2f} ms ({graph['eager_step_s'] / g:.2f}x)" if g else str(graph.get("graph"))),
+            + (f"{1e3 * g:.2f} ms ({graph['eager_step_s'] / g:.2f}x)" if g else str(graph.get("graph")))
+            + _predicted_decode(graph),
             "",
         ]
     return lines
+
+
+def _predicted_decode(graph: dict) -> str:
+    """The h200 spec profile's decode time for the same step (SGLang's CI bound: < 7.4 ms for 8B)."""
+    try:
+        from harness.cost_model import CostModel
+        from kvflow.model_spec import load_model_spec
+
+        hw = yaml.safe_load((REPO / "conf/hardware/h200.yaml").read_text())
+        cost = CostModel.from_config(hw, load_model_spec(graph["model"]))
+        return f"; cost model (hardware h200) {1e3 * cost.decode_time_s([graph['context_tokens']]):.2f} ms"
+    except (ImportError, ValueError, KeyError, OSError) as exc:
+        return f"; cost model: not computed ({exc})"
 
 
 def engine_section(res: Path) -> tuple[list[str], dict | None]:

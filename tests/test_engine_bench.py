@@ -47,7 +47,7 @@ def dry_profile(tmp_path_factory) -> tuple[Path, dict, float]:
 
 def test_dry_run_writes_a_well_formed_profile(dry_profile):
     path, prof, wall_s = dry_profile
-    assert wall_s < 60  # ~5 s here; the brief's bound is ~30 s on a quiet host
+    assert wall_s < 30  # 5-10 s on the 2-core development VM, torch import included
     assert prof["format"] == PROFILE_FORMAT and prof["device"] == "cpu" and prof["dry_run"] is True
     assert set(engine_bench.ENGINE_PARAMS) <= set(prof) and set(prof["hardware"]) == set(engine_bench.HARDWARE_PARAMS)
     assert list(prof["parts"]) == [name for name, _ in engine_bench.PARTS]
