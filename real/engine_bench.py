@@ -248,29 +248,41 @@ def _single_thread_gather(ctx: Ctx, pool: torch.Tensor, n: int) -> float:
         torch.set_num_threads(threads)
 
 
+def _path_model(ctx: Ctx, name: str, single_thread: bool) -> dict[str, Any]:
+    """Loads and backups of one model's KV shape at every token count."""
+    layers, heads, dim = _kv_dims(load_model_spec(name))
+    n_max = max(ctx.sizes.tokens)
+    pool = torch.zeros((2, layers, 2 * n_max, heads, dim), dtype=ctx.dtype)  # unpinned, as in 0.4
+    dev = torch.zeros((2, layers, n_max, heads, dim), dtype=ctx.dtype, device=ctx.device)
+    rows: dict[str, Any] = {"layers": layers, "load": [], "backup": []}
+    for n in ctx.sizes.tokens:
+        rows["load"].append(_load_point(ctx, pool, dev, n))
+        rows["backup"].append(_backup_point(ctx, pool, dev, n))
+    if single_thread:
+        rows["host_gather_1thread_gbps"] = _single_thread_gather(ctx, pool, n_max)
+    return rows
+
+
 def part_path_04(ctx: Ctx) -> PartResult:
-    sizes, res = ctx.sizes, PartResult()
-    res.raw = {"cpu_threads": torch.get_num_threads(), "models": {}}
-    for i, name in enumerate(sizes.models):
-        layers, heads, dim = _kv_dims(load_model_spec(name))
-        n_max = max(sizes.tokens)
-        pool = torch.zeros((2, layers, 2 * n_max, heads, dim), dtype=ctx.dtype)  # unpinned, as in 0.4
-        dev = torch.zeros((2, layers, n_max, heads, dim), dtype=ctx.dtype, device=ctx.device)
-        rows: dict[str, Any] = {"layers": layers, "load": [], "backup": []}
-        for n in sizes.tokens:
-            rows["load"].append(_load_point(ctx, pool, dev, n))
-            rows["backup"].append(_backup_point(ctx, pool, dev, n))
-        if i == 0 and sizes.single_thread_gather:
-            rows["host_gather_1thread_gbps"] = _single_thread_gather(ctx, pool, n_max)
-        res.raw["models"][name] = rows
-        del pool, dev
+    res = PartResult(raw={"cpu_threads": torch.get_num_threads(), "models": {}})
+    errors = []
+    for i, name in enumerate(ctx.sizes.models):
+        try:
+            res.raw["models"][name] = _path_model(ctx, name, i == 0 and ctx.sizes.single_thread_gather)
+        except Exception as exc:  # noqa: BLE001 - recorded; the other model still counts
+            errors.append(f"{name}: {_one_line(exc)}")
+            res.raw["models"][name] = {"error": errors[-1]}
         gc.collect()
-    largest = list(res.raw["models"].values())  # medians over models of the largest token count
+    done = [m for m in res.raw["models"].values() if "error" not in m]  # medians over models, largest count
+    if not done:
+        raise RuntimeError("; ".join(errors))
     res.engine = {
-        "host_gather_gbps": statistics.median(m["load"][-1]["host_gather_gbps"] for m in largest),
-        "pageable_h2d_gbps": statistics.median(m["load"][-1]["pageable_h2d_gbps"] for m in largest),
-        "pageable_d2h_gbps": statistics.median(m["backup"][-1]["pageable_d2h_gbps"] for m in largest),
+        "host_gather_gbps": statistics.median(m["load"][-1]["host_gather_gbps"] for m in done),
+        "pageable_h2d_gbps": statistics.median(m["load"][-1]["pageable_h2d_gbps"] for m in done),
+        "pageable_d2h_gbps": statistics.median(m["backup"][-1]["pageable_d2h_gbps"] for m in done),
     }
+    if errors:
+        res.status = "partial: " + "; ".join(errors)
     return res
 
 

@@ -195,3 +195,18 @@ def test_synthetic_decoder_step_is_deterministic():
     first, second = dec.decode_step(x), dec.decode_step(x)  # the step rewrites the same slot
     assert first.shape == (1,) and torch.equal(first, second)
     assert dec.prefill_layer(0, torch.randn(8, spec.hidden)).shape == (8, spec.hidden)
+
+
+def test_a_failing_part_is_recorded_and_the_rest_run(tmp_path, monkeypatch):
+    def broken(ctx):
+        raise RuntimeError("no such\nkernel")
+
+    parts = (("broken", broken), ("graph_decode", engine_bench.part_graph_decode))
+    monkeypatch.setattr(engine_bench, "PARTS", parts)
+    ctx = engine_bench.Ctx(torch.device("cpu"), engine_bench.DRY_SIZES)
+    prof = engine_bench.run(ctx, tmp_path, dry_run=True, budget_s=60.0)
+    assert prof["parts"] == {"broken": "failed: RuntimeError: no such kernel", "graph_decode": "ok"}
+    on_disk = yaml.safe_load((tmp_path / engine_bench.PROFILE_NAME).read_text())
+    assert on_disk["parts"] == prof["parts"] and on_disk["raw"]["graph_decode"]["eager_step_s"] > 0
+    late = engine_bench.run(ctx, tmp_path, dry_run=True, budget_s=-1.0)
+    assert all(status.startswith("skipped: time budget") for status in late["parts"].values())
