@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of the real backend, sized for ~8 minutes on one H200 (Python 3.12, torch 2.11):
+#   0. python -m real.engine_bench: the engine data paths that decide the headline (ENGINES.md
+#      section 4: 0.4 gather + pageable copy, 0.5 direct/kernel copies, layer overlap, bidirectional,
+#      CUDA-graph decode) -> engine_bench/engine_profile.yaml, read by +engine.measured=PATH;
+#      parts not started within EB_BUDGET_S (default 120 s) are skipped, the step is killed at +60 s
 #   1. kvflow-real calibrate for Llama-3.1-8B shapes -> measured hardware profile
 #   2. paper_single-style runs (10 sequential agents, fixed/dynamic/output = 8192/32/32 and
 #      4096/32/32) with every policy, a GPU KV cap of 4 agents' prompts (forces eviction)
@@ -28,6 +32,7 @@ DRY=0
 STAMP=$(date +%Y%m%d-%H%M%S)
 PY=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-480}
+EB_BUDGET_S=${EB_BUDGET_S:-120}
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -38,12 +43,14 @@ export PYTHONUNBUFFERED=1
 
 if [ $DRY = 1 ]; then
   RES=${RESULTS_DIR:-/tmp/kvflow-gpu-check-dry-$STAMP}
+  EB_ARGS=(--dry-run)
   MODEL=tiny; MODEL2=""; DEVICE=cpu; FIXED_LIST="64 32"; RUNS=1; AGENTS=8; PAD=64
   CAL_GRID=(--prefill-new 16,64 --prefill-ctx 0,64 --decode-batch 1,2 --decode-ctx 32,128 --copy-tokens 64,1024
             --reps 2 --loop-fixed-tokens 64)
   CAL2_GRID=()
 else
   RES=${RESULTS_DIR:-results/h200/$STAMP}
+  EB_ARGS=()
   MODEL=llama-3.1-8b; MODEL2=qwen2.5-32b; DEVICE=cuda; FIXED_LIST="8192 4096"; RUNS=2; AGENTS=10; PAD=64
   CAL_GRID=(--reps 3)
   CAL2_GRID=(--prefill-new 512,2048,8192 --prefill-ctx 0,8192 --decode-batch 1,8,16 --decode-ctx 1024,8192 --reps 2
@@ -71,6 +78,10 @@ step() {  # step NAME CMD... : run, time and record the exit code of one step
   [ $rc -ne 0 ] && STATUS=1
   return 0
 }
+
+ENGINE_PROFILE="$RES/engine_bench/engine_profile.yaml"
+step engine_bench timeout $((EB_BUDGET_S + 60)) "$PY" -m real.engine_bench --device $DEVICE --out "$RES/engine_bench" \
+  --budget-s "$EB_BUDGET_S" "${EB_ARGS[@]}"
 
 PROFILE="$RES/h200_${MODEL//./}_measured.yaml"
 step calibrate "$PY" -m real.cli calibrate --device $DEVICE --model $MODEL --base h200 \
@@ -107,7 +118,7 @@ echo "== done in ${SECONDS}s, status $STATUS: $RES"
 
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
   tar -czf "$OUT/gpu_check_results.tar.gz" -C "$(dirname "$RES")" "$(basename "$RES")"
-  for f in "$RES/summary.md" "$PROFILE" "$RES/validate/validation.json" "$RES/validate/scatter.png" "$LOG"; do
+  for f in "$RES/summary.md" "$ENGINE_PROFILE" "$PROFILE" "$RES/validate/validation.json" "$RES/validate/scatter.png" "$LOG"; do
     [ -f "$f" ] && cp "$f" "$OUT/"
   done
 fi

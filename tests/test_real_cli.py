@@ -176,14 +176,21 @@ def test_gpu_check_dry_run(tmp_path):
     res = tmp_path / "res"
     steps = dict(line.split()[:2] for line in (res / "steps.txt").read_text().splitlines())
     assert steps == {
+        "engine_bench": "0",
         "calibrate": "0",
         "runs_fixed64": "0",
         "runs_fixed32": "0",
         "validate": "0",
         "summary": "0",
     } or all(rc == "0" for rc in steps.values())
+    assert steps.get("engine_bench") == "0"
     for policy in ("sglang", "hicache", "kvflow", "kvflow_evict_only", "clairvoyant"):
         assert (res / "runs" / "fixed64" / policy / "summary.json").exists()
-    assert (res / "summary.md").read_text().count("| kvflow |") == 2
+    summary = (res / "summary.md").read_text()
+    assert summary.count("| kvflow |") == 2
+    assert "## Engine data paths" in summary and "| host_gather_gbps |" in summary and "skipped: no CUDA" in summary
+    profile = yaml.safe_load((res / "engine_bench" / "engine_profile.yaml").read_text())
+    assert profile["dry_run"] is True and profile["host_gather_gbps"] > 0
     returned = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert "gpu_check_results.tar.gz" in returned and "summary.md" in returned and len(returned) <= 8
+    assert "engine_profile.yaml" in returned

@@ -4,6 +4,8 @@ sglang_0.5 | ideal``, ``conf/engine/*.yaml``, docs/engines.md).
 ``load_engine(engine_cfg)`` builds the model an ``engine`` config section names with ``kind``; a
 section without ``kind`` (hand-built configs, tests) is read over ``conf/engine/sglang_0.5.yaml``,
 the default. ``SCHEDULER_KEYS`` are the section's scheduler settings, which no model reads.
+``measured: PATH`` (``+engine.measured=PATH``) puts a measured engine profile's rates over the
+section's (harness/engines/measured.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 
 from harness.engines.base import GATINGS, WRITE_POLICIES, CopyLink, EngineModel
 from harness.engines.ideal import IdealEngine
+from harness.engines.measured import MEASURED_KEY, with_measured
 from harness.engines.sglang_04 import SGLang04
 from harness.engines.sglang_05 import HOST_LAYOUTS, IO_BACKENDS, SGLang05
 from harness.errors import SetupError
@@ -60,9 +63,14 @@ def conf_engine(name: str) -> dict[str, Any]:
 
 
 def resolved(engine_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The section with the default engine's file under it when it names no ``kind``."""
+    """The section with the default engine's file under it when it names no ``kind``, and the
+    rates of its ``measured`` profile, if any, over the file's."""
     cfg = dict(engine_cfg or {})
-    return cfg if cfg.get("kind") else {**conf_engine(DEFAULT_ENGINE), **cfg}
+    cfg = cfg if cfg.get("kind") else {**conf_engine(DEFAULT_ENGINE), **cfg}
+    if MEASURED_KEY not in cfg:
+        return cfg
+    kind = str(cfg.get("kind"))
+    return with_measured(cfg, engine_keys(kind) if kind in ENGINE_CLASSES else ())
 
 
 def load_engine(engine_cfg: Mapping[str, Any] | None) -> EngineModel:
