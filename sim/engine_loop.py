@@ -133,7 +133,11 @@ class EngineLoop:
                 if self._wake.triggered:
                     self._wake = self.env.event()
                     continue
-                yield self._wake
+                wake_s = self.engine.next_wake_s()  # a prefetch falling due (None for most prefetchers)
+                if wake_s is not None and wake_s > self.env.now:
+                    yield self._wake | self.env.timeout(wake_s - self.env.now)
+                else:
+                    yield self._wake
                 self._wake = self.env.event()
                 continue
             if self._wake.triggered:
