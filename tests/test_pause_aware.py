@@ -217,3 +217,50 @@ def test_resume_prefetch_counts_late_and_wasted():
     evict_to_cpu(eng)  # evicted again before the call
     eng.finish_client("s", wake)
     assert eng.cache.stats.resume_wasted == 1
+
+
+# ----- end to end: two real coding-agent sessions ------------------------------------------------
+def test_session_policies_run_on_two_weka_sessions(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SHARED_DATA
+
+    from harness.run_dir import validate_run_dir
+
+    files = [SHARED_DATA / "weka" / n for n in ("trace_0254.json.gz", "trace_0277.json.gz")]
+    if not all(f.exists() for f in files):
+        pytest.skip("shared weka data not found")
+    policies = ["hicache", "pause_aware", "pause_aware_prefetch", "ttl_pin"]
+    args = [
+        "experiment=coding_agents",
+        f"workload.import_from='{','.join(map(str, files))}'",
+        "workload.sessions=all",
+        "workload.start=together",
+        "cache.gpu_capacity_tokens=200000",  # below the two sessions' contexts: evictions happen
+        "sim.check_invariants=true",
+        "output.report=false",
+        f"compare=[{','.join(policies)}]",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
+    p = subprocess.run(
+        [sys.executable, "-c", "from sim.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    summaries = {}
+    for policy in policies:
+        run = tmp_path / "run" / policy
+        validate_run_dir(run)
+        summaries[policy] = json.loads((run / "summary.json").read_text())
+    assert len({s["requests"] for s in summaries.values()}) == 1
+    assert all(s["details"]["evicted_tokens"]["gpu"] > 0 for s in summaries.values())
+    assert summaries["pause_aware_prefetch"]["prefetch_issued"] > 0
+    resume = summaries["pause_aware_prefetch"]["details"]["resume_prefetch"]
+    assert set(resume) == {"early", "late", "wasted"}
