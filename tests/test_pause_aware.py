@@ -264,3 +264,46 @@ def test_session_policies_run_on_two_weka_sessions(tmp_path):
     assert summaries["pause_aware_prefetch"]["prefetch_issued"] > 0
     resume = summaries["pause_aware_prefetch"]["details"]["resume_prefetch"]
     assert set(resume) == {"early", "late", "wasted"}
+
+
+@pytest.mark.parametrize("policy_name", ["pause_aware", "ttl_pin"])
+def test_key_order_rule_holds_under_random_session_events(policy_name):
+    """After any sequence of pauses, resumes, re-predictions, expiries and ends, the heap's top is
+    the evictable leaf with the lowest *current* key: every hook that lowers keys reported it."""
+    import random
+
+    rng = random.Random(11)
+    config = CacheConfig(gpu_capacity_tokens=100_000, write_policy="none")
+    kwargs = {"budget_tokens": 40} if policy_name == "ttl_pin" else {}
+    cache = KVCacheManager(config, make_policy(policy_name, **kwargs))
+    clients = [f"c{i}" for i in range(6)]
+    running: set[str] = set()
+    prompts = {c: seq(1000 * (i + 1), 4) for i, c in enumerate(clients)}
+    ended: set[str] = set()
+    now = 0.0
+    for _ in range(300):
+        now += rng.expovariate(0.2)
+        client = rng.choice(clients)
+        if client in ended:
+            continue
+        if client in running:
+            prompts[client] = prompts[client] + seq(rng.randrange(10**6, 2 * 10**6), 4)
+            put(cache, prompts[client], 0, (client, "main"))
+            cache.session_finish(client, "main", len(prompts[client]), now)
+            running.discard(client)
+        elif rng.random() < 0.05:
+            cache.session_end(client, now)
+            ended.add(client)
+        else:
+            cache.session_submit(client, (client, "main"), now)
+            running.add(client)
+        leaves = [
+            n
+            for n in cache.tree.walk()
+            if n.parent is not None and n.gpu and not n.gpu_children and not n.lock_ref and n.inflight is None
+        ]
+        if not leaves:
+            continue
+        top = cache.tree.gpu_heap.top()
+        assert top is not None
+        assert cache.policy.key(top) == min(cache.policy.key(n) for n in leaves)
