@@ -8,7 +8,7 @@ import pytest
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.engine import Engine, EngineConfig, Request
 from kvflow.policies import make_policy
-from kvflow.policies.pause_aware import NO_USER, SESSION
+from kvflow.policies.pause_aware import NO_USER, PAUSED, RUNNING
 from kvflow.prefetch import ResumePrefetcher
 from kvflow.radix import InFlight
 from tests.test_policies import order, put, seq
@@ -28,7 +28,7 @@ def call(cache: KVCacheManager, client: str, tokens: list[int], start_s: float, 
         cache.session_finish(client, "main", len(tokens), end_s)
 
 
-def test_no_user_first_then_latest_call_first_then_queued():
+def test_no_user_first_then_latest_call_first_then_running():
     cache = make()
     put(cache, seq(900))  # no session uses it
     call(cache, "slow", seq(100), 0.0, 1.0)
@@ -38,7 +38,7 @@ def test_no_user_first_then_latest_call_first_then_queued():
     call(cache, "busy", seq(300), 50.0, None)  # a call in the engine
     policy = cache.policy
     assert policy.key(cache.match(seq(900), touch=False).last_node)[0] == NO_USER
-    assert policy.key(cache.match(seq(300), touch=False).last_node) >= (SESSION, -50.0)
+    assert policy.key(cache.match(seq(300), touch=False).last_node)[0] == RUNNING
     assert policy.resume_s["slow"] > policy.resume_s["fast"]
     assert order(cache) == [seq(900), seq(110), seq(100), seq(210), seq(200), seq(300)]
 
@@ -50,27 +50,11 @@ def test_pause_refiles_and_resume_protects():
     call(cache, "a", seq(100), 0.0, None)
     call(cache, "b", seq(200), 0.0, 1.0)
     cache.session_finish("a", "main", 4, 2.0)  # a pauses after b: predicted to call later
-    cache.session_submit("b", ("b", "main"), 3.0)  # b calls again: queued since 3 s
-    assert cache.policy.resume_s["b"] == 3.0 < cache.policy.resume_s["a"]
-    assert order(cache) == [seq(100), seq(200)]
-
-
-def test_queued_calls_rank_by_arrival_above_paused_sessions():
-    """Under load LRU gets it backwards: a queued call's KV was last touched by its previous call."""
-    cache = make()
-    call(cache, "old", seq(100), 0.0, 1.0)
-    call(cache, "new", seq(200), 0.0, 1.0)
-    call(cache, "paused", seq(300), 5.0, 9.0)  # touched last, predicted to call after 9 s
-    cache.session_submit("new", ("new", "main"), 11.0)
-    cache.session_submit("old", ("old", "main"), 10.0)  # (arrived before new)
-    assert order(cache) == [seq(300), seq(200), seq(100)]
-
-
-def test_resume_after_the_prediction_refiles():
-    cache = make()
-    call(cache, "a", seq(100), 0.0, 1.0)  # predicted ~11 s (the 10 s prior)
-    call(cache, "b", seq(200), 30.0, None)  # queued since 30 s
-    cache.session_submit("a", ("a", "main"), 40.0)  # a's keys drop to 40 s: below b's
+    cache.session_submit("b", ("b", "main"), 3.0)  # b calls again
+    assert [cache.policy.key(cache.match(s, touch=False).last_node)[0] for s in (seq(100), seq(200))] == [
+        PAUSED,
+        RUNNING,
+    ]
     assert order(cache) == [seq(100), seq(200)]
 
 
@@ -101,7 +85,8 @@ def test_shared_node_takes_the_soonest_session():
     call(cache, "a", seq(100) + seq(110), 0.0, 1.0)
     call(cache, "b", seq(100) + seq(120), 0.0, None)  # b shares a's first 4 tokens and runs
     node = cache.match(seq(100), touch=False).last_node
-    assert cache.policy.key(node)[:2] == (SESSION, -0.0)
+    assert cache.policy.key(node)[0] == RUNNING
+    assert cache.policy.key(cache.match(seq(100) + seq(110), touch=False).last_node)[0] == PAUSED
 
 
 def test_backup_on_pause_starts_offloads_of_the_sessions_nodes():

@@ -1,25 +1,21 @@
 """Pause-aware eviction for agent sessions that think, run tools and resume (issue 15 item 1).
 
 A coding-agent session's context (~100K tokens) is reused by its next call, which comes after a
-pause of seconds to minutes. What predicts reuse is *when each session's next call is served*,
-so a node ranks by the *call time* of the sessions that use it, soonest kept:
-- a session with a call in the engine has the call's arrival time (the FCFS queue serves earlier
-  arrivals first; the path of an admitted call is locked anyway);
-- a paused session has its predicted next call: the pause start plus its learned pause
-  (``kvflow.session_gaps.GapLearner``: per session and per agent whose call ended, population
-  prior), always later than every call already waiting; a session still paused past its
-  prediction is re-predicted with the median *remaining* pause given how long it has waited (a
-  long pause predicts a longer one), checked at every session event;
-- a session that ended never calls again (evicted first among sessions);
-- nodes no session's latest prompt uses (outputs, abandoned branches) go before all of them.
-Ties: LRU. A node shared by several sessions takes the soonest. LRU gets the overloaded case
-backwards: a call waiting in the queue was last touched by its *previous* call, so LRU evicts it
-before the sessions that just paused. With ``backup_on_pause`` the cache backs a pausing
-session's GPU nodes up at once, so evicting them later never waits for a D2H copy.
+pause of seconds to minutes. What predicts reuse is *when each paused session calls again*:
+- nodes no session's latest prompt uses (outputs, abandoned branches) go first;
+- then nodes of paused sessions, the one predicted to call *last* first; the predicted call is the
+  pause start plus the session's learned pause (``kvflow.session_gaps.GapLearner``: per session and
+  per agent whose call ended, population prior); a session still paused past its prediction is
+  re-predicted with the median *remaining* pause given how long it has waited (a long pause
+  predicts a longer one), checked at every session event; a session that ended never calls;
+- nodes of sessions with a call in the engine (running or queued) are kept.
+Ties: LRU (within running sessions too). A node shared by several sessions takes the soonest.
+(Ranking queued sessions by arrival instead, as FCFS would serve them, lost GPU hits on the
+training sessions: 8.7% vs 16.4%; docs/sessions.md.) With ``backup_on_pause`` the cache backs a
+pausing session's GPU nodes up at once, so evicting them later never waits for a D2H copy.
 
-Key-order rule: a pause, a later re-prediction, a session's end (and a resume after its predicted
-time) lower its nodes' keys, so those hooks return the session (the cache re-files its users'
-paths); a resume before the predicted time only raises them.
+Key-order rule: a pause, a later re-prediction and a session's end lower its nodes' keys, so
+those hooks return the session (the cache re-files its users' paths); a resume only raises them.
 """
 
 from __future__ import annotations
@@ -34,7 +30,7 @@ from kvflow.step_graph import INF
 if TYPE_CHECKING:
     from kvflow.radix import RadixNode
 
-NO_USER, SESSION = 0, 1
+NO_USER, PAUSED, RUNNING = 0, 1, 2
 
 
 class PauseAwarePolicy(Policy):
@@ -45,8 +41,7 @@ class PauseAwarePolicy(Policy):
     def __init__(self, prior_gap_s: float = 10.0, shrink_n: float = 3.0, backup_on_pause: bool = True) -> None:
         self.gaps = GapLearner(prior_gap_s=prior_gap_s, shrink_n=shrink_n)
         self.backup_on_pause = backup_on_pause
-        # client -> its next call: arrival of the one in the engine, else predicted (INF: ended)
-        self.resume_s: dict[str, float] = {}
+        self.resume_s: dict[str, float] = {}  # paused or ended client -> predicted next call (INF: none)
         self.paused: dict[str, tuple[float, str]] = {}  # paused client -> (pause start s, context)
         self._due: list[tuple[float, str]] = []  # (predicted call, client), to re-predict once passed
 
@@ -58,12 +53,10 @@ class PauseAwarePolicy(Policy):
 
     def on_session_resume(self, client: str, now_s: float) -> list[str]:
         start = self.paused.pop(client, None)
-        predicted = self.resume_s.get(client)
-        self.resume_s[client] = now_s  # in the queue since now
+        self.resume_s.pop(client, None)  # a call in the engine: its keys rise, no re-filing
         if start is not None:
             self.gaps.observe(client, start[1], now_s - start[0])
-        later = predicted is not None and predicted < now_s  # came after its prediction: keys drop
-        return ([client] if later else []) + self._overdue(now_s)
+        return self._overdue(now_s)
 
     def on_session_end(self, client: str, now_s: float) -> list[str]:
         self.paused.pop(client, None)
@@ -90,11 +83,14 @@ class PauseAwarePolicy(Policy):
 
     # ----- ranking --------------------------------------------------------------------------------
     def node_call_s(self, node: RadixNode) -> float | None:
-        """Soonest next call of the node's sessions; None if no session uses the node."""
+        """Soonest predicted call of the node's sessions; -INF if one has a call in the engine;
+        None if no session uses the node."""
         resume, best = self.resume_s, None
         for users in (node.users, node.dynamic_users):
             for client, _ in users:
-                value = resume.get(client, -INF)  # (every user's client has called: never unknown)
+                value = resume.get(client)
+                if value is None:
+                    return -INF
                 if best is None or value < best:
                     best = value
         return best
@@ -103,7 +99,9 @@ class PauseAwarePolicy(Policy):
         call_s = self.node_call_s(node)
         if call_s is None:
             return (NO_USER, 0.0, node.last_access)
-        return (SESSION, -call_s, node.last_access)
+        if call_s == -INF:
+            return (RUNNING, 0.0, node.last_access)
+        return (PAUSED, -call_s, node.last_access)
 
     def prefetch_limit(self, node: RadixNode) -> tuple | None:
         """A prefetch may only evict what is needed later than the node it loads."""
