@@ -199,7 +199,7 @@ POLICY: dict[str, Check] = {
     "hints": boolean,
     "infer_steps": boolean,
     "release_finished": boolean,
-    "prefetch_mode": one_of("next_step", "deadline"),
+    "prefetch_mode": one_of("next_step", "deadline", "resume"),
     "prefetch_lookahead_steps": POSITIVE_INT,
 }
 WORKLOAD: dict[str, Check] = {

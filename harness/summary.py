@@ -71,6 +71,7 @@ class RunCounters:
     prefetch_used: int = 0
     prefetch_wasted: int = 0
     prefetch_late: int = 0
+    resume_prefetch: dict[str, int] = field(default_factory=dict)  # early/late/wasted (prefetch_mode=resume)
     gpu_evicted_tokens: int = 0
     cpu_evicted_tokens: int = 0
     gpu_busy_s: float = 0.0
@@ -86,6 +87,8 @@ class RunCounters:
         self.prefetch_issued, self.prefetch_used = stats.prefetch_issued, stats.prefetch_used
         self.prefetch_wasted, self.prefetch_late = stats.prefetch_wasted, stats.prefetch_late
         self.gpu_evicted_tokens, self.cpu_evicted_tokens = stats.gpu_evicted_tokens, stats.cpu_evicted_tokens
+        resume = {k: getattr(stats, f"resume_{k}", 0) for k in ("early", "late", "wasted")}
+        self.resume_prefetch = resume if any(resume.values()) else {}
 
 
 @dataclass
@@ -193,12 +196,18 @@ def summarize(
         "prefetch_late": c.prefetch_late,
         "wall_s": c.wall_s,
         "params": dict(who.params),
-        "details": {**_details(c, rows, measured), **c.extra},
+        "details": {**_details(c, rows, measured), **_resume_details(c), **c.extra},
     }
     facts = why(c)
     if facts is not None:
         out["why"] = facts  # an addition: every contract key above is unchanged
     return out
+
+
+def _resume_details(c: RunCounters) -> dict[str, Any]:
+    """Session prefetches before resume (``kvflow.prefetch.resume``): only in runs that made one,
+    so every earlier summary keeps its exact keys."""
+    return {"resume_prefetch": dict(c.resume_prefetch)} if c.resume_prefetch else {}
 
 
 def _details(c: RunCounters, rows: list[dict[str, Any]], measured: list[dict[str, Any]]) -> dict[str, Any]:

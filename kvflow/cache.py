@@ -17,6 +17,7 @@ from kvflow.insert import Insertion, add_new, walk_cached
 from kvflow.ops import Load, Offload, Op
 from kvflow.policies.base import Policy
 from kvflow.radix import InFlight, MatchResult, RadixNode, RadixTree, User
+from kvflow.session_gaps import SessionActivity
 from kvflow.tagging import UserTags
 from kvflow.tiers import CpuTier, GpuTier
 from kvflow.write_policy import WritePolicy
@@ -59,6 +60,10 @@ class CacheStats:
     prefetch_used: int = 0
     prefetch_wasted: int = 0
     prefetch_late: int = 0
+    # session prefetches before resume (kvflow.prefetch.resume), counted when the session resumes
+    resume_early: int = 0  # every load had finished, the KV still on the GPU
+    resume_late: int = 0  # a load was still running
+    resume_wasted: int = 0  # evicted again before the call, or the session never called
 
 
 class KVCacheManager:
@@ -74,6 +79,8 @@ class KVCacheManager:
         self.writes = WritePolicy(config, self.tree, self.stats, policy, self.cpu, self._pending)
         self.gpu = GpuTier(config, self.tree, self.stats, policy, self.writes.demote)
         self.tags = UserTags(self.tree, policy)
+        # sessions pausing and resuming, only for a policy that ranks by them (None: no cost)
+        self.sessions = SessionActivity() if policy.observes_sessions else None
 
     # ----- capacity -------------------------------------------------------------------------
     @property
@@ -295,6 +302,52 @@ class KVCacheManager:
     def refresh_users(self, users: Iterable[User]) -> None:
         """Re-file the fixed-prompt paths of ``users`` (a policy hook said their keys may drop)."""
         self.tags.refresh_users(users)
+
+    # ----- sessions (``Policy.observes_sessions`` only; the engine calls these when ``sessions``) ----
+    def session_submit(self, client: str, user: User | None, now_s: float) -> None:
+        """A call of ``client`` arrived: a paused session resumes."""
+        assert self.sessions is not None
+        if self.sessions.submit(client, user):
+            self.refresh_clients(self.policy.on_session_resume(client, now_s))
+
+    def session_finish(self, client: str, agent: str, prompt_tokens: int, now_s: float) -> None:
+        """A call of ``client`` finished: with none left the session pauses (re-rank it, and back
+        its GPU nodes up now if the policy asks, so evicting them later needs no D2H copy)."""
+        assert self.sessions is not None
+        if not self.sessions.finish(client):
+            return
+        self.refresh_clients(self.policy.on_session_pause(client, agent, prompt_tokens, now_s))
+        if self.policy.backup_on_pause and self.config.cpu_capacity_tokens:
+            for node in self._session_paths(client):
+                self.writes.backup_now(node)
+
+    def session_end(self, client: str, now_s: float) -> None:
+        """Session ``client`` is over (its workflow finished)."""
+        assert self.sessions is not None
+        self.refresh_clients(self.policy.on_session_end(client, now_s))
+        self.sessions.end(client)
+
+    def refresh_clients(self, clients: Iterable[str]) -> None:
+        """Re-file every node on the fixed-prompt and latest-dynamic paths of ``clients``' users."""
+        refresh = self.tree.refresh
+        for client in clients:
+            for node in self._session_paths(client):
+                refresh(node)
+
+    def _session_paths(self, client: str) -> list[RadixNode]:
+        """The nodes of ``client``'s users' paths (fixed prompt, latest dynamic prompt), each once,
+        root first (a backup needs its parent's copy started first)."""
+        assert self.sessions is not None
+        seen: dict[int, RadixNode] = {}
+        for user in sorted(self.sessions.users.get(client, ())):
+            for index in (self.tree.user_nodes, self.tags.dynamic_ends):
+                end = index.get(user)
+                if end is None or end.parent is None:
+                    continue
+                path = list(end.path_to_root())
+                for node in reversed(path):
+                    seen.setdefault(node.node_id, node)
+        return list(seen.values())
 
     # ----- checks -----------------------------------------------------------------------------
     def check_invariants(self) -> None:

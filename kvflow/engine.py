@@ -28,6 +28,7 @@ from kvflow.step_inference import TransitionModel
 _output_ids = itertools.count(1)
 OUTPUT_TOKEN_BASE = 1 << 40  # generated tokens get ids no prompt uses
 NO_AGENT = ("", "-")  # agent ids that mean "no workflow information"
+PREFETCH_MODES = ("next_step", "deadline", "resume")
 
 
 @dataclass
@@ -41,7 +42,8 @@ class EngineConfig:
     infer_steps: bool = False  # learn the step graph from observed transitions (no declared graph)
     infer_min_observations: int = 3  # transitions seen before a prediction is trusted
     release_finished: bool = False  # a finished workflow's nodes become the first to evict
-    prefetch_mode: str = "next_step"  # or "deadline": earliest predicted start first, lead by copy time
+    prefetch_mode: str = "next_step"  # or "deadline": earliest predicted start first, lead by copy time;
+    #                                  or "resume": paused sessions before their predicted next call
     prefetch_lookahead_steps: int = 2  # deadline mode: how many steps ahead to consider
     h2d_gbps: float = 0.0  # deadline mode: copy bandwidth for the lead time (0 = unknown: next_step)
     load_back_threshold_tokens: int = 0  # a CPU-only prefix shorter than this is recomputed (SGLang: 10)
@@ -54,8 +56,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.chunk_tokens < 1 or self.max_running_requests < 1:
             raise ValueError("chunk_tokens and max_running_requests must be >= 1")
-        if self.prefetch_mode not in ("next_step", "deadline"):
-            raise ValueError(f"prefetch_mode '{self.prefetch_mode}'; valid: next_step, deadline")
+        if self.prefetch_mode not in PREFETCH_MODES:
+            raise ValueError(f"prefetch_mode '{self.prefetch_mode}'; valid: {', '.join(PREFETCH_MODES)}")
 
 
 @dataclass(eq=False, slots=True)
@@ -142,7 +144,7 @@ class Engine:
         self.hints: dict[str, dict[str, float]] = {}
         self.declared_clients: set[str] = set()
         self.transitions = TransitionModel(self.config.infer_min_observations) if self.config.infer_steps else None
-        self.prefetcher: Prefetcher = make_prefetcher(self.config, cache, self.hints)
+        self.prefetcher: Prefetcher = make_prefetcher(self.config, cache, self.hints, self.waiting)
 
     # ----- inputs ---------------------------------------------------------------------------
     def submit(self, request: Request, now_s: float) -> None:
@@ -159,6 +161,8 @@ class Engine:
         request.arrival_s, request.state = now_s, "waiting"
         self.waiting.append(request)
         self.cache.observe_prompt(request.user, request.tokens, request.fixed_tokens)
+        if self.cache.sessions is not None:  # a session-aware policy: it may resume
+            self.cache.session_submit(request.client_id, request.user, now_s)
         self.prefetcher.on_submit(request, now_s)
         if self.transitions is not None and request.user is not None:
             self.transitions.observe(request.app_id, request.client_id, request.agent_id)
@@ -182,6 +186,9 @@ class Engine:
 
     def finish_client(self, client_id: str, now_s: float) -> None:
         """A workflow instance ended: with ``release_finished`` its private nodes go first."""
+        if self.cache.sessions is not None:
+            self.cache.session_end(client_id, now_s)
+        self.prefetcher.on_client_end(client_id, now_s)
         if not self.config.release_finished:
             return
         agents = {agent for (client, agent) in self.cache.tree.user_nodes if client == client_id}
@@ -203,6 +210,11 @@ class Engine:
         self.cache.complete(op)
         if type(op) is Load and op.prefetch:
             self.prefetcher.on_prefetch_done(op)
+
+    def next_wake_s(self) -> float | None:
+        """When the engine wants to plan again with nothing else happening (a prefetch falls due);
+        None: only on new input or a finished op. A backend idling should wake by then."""
+        return self.prefetcher.wake_at_s()
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.decoding or self.loading)
@@ -430,6 +442,8 @@ class Engine:
                 known_tokens=tree.depth_tokens(end) if end is not None else 0,  # locked since prefill
                 count_hits=counting,
             )
+        if self.cache.sessions is not None:  # a session-aware policy: it may pause
+            self.cache.session_finish(request.client_id, request.agent_id, request.prompt_tokens, now_s)
         self.prefetcher.on_finish(request, now_s)
         request.reserved_tokens = 0
         self._relock(request, None)

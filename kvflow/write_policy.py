@@ -52,6 +52,19 @@ class WritePolicy:
             self.tree.begin_offload(node)
             self._queue_offload(node, free_gpu_after=False)
 
+    def backup_now(self, node: RadixNode) -> bool:
+        """Start a CPU copy of GPU node ``node`` now, whatever the write policy (a session paused:
+        ``Policy.backup_on_pause``); False when it has one, is busy, or finds no room."""
+        if not node.gpu or node.cpu or node.inflight is not None or not self._cpu_anchored(node):
+            return False
+        if self.worth_keeping is not None and not self.worth_keeping(node):
+            return False
+        if not self.cpu.alloc(len(node.tokens)):
+            return False
+        self.tree.begin_offload(node)
+        self._queue_offload(node, free_gpu_after=False)
+        return True
+
     def demote(self, node: RadixNode) -> int:
         """Take GPU victim ``node`` off the GPU: keep its CPU copy, write it back (write-back), or
         drop it. Returns the GPU tokens it held."""

@@ -70,6 +70,7 @@ class EngineLoop:
         self.computing = False  # an iteration is on the GPU
         self._held_loads: list[Load] = []  # loads issued mid-iteration under scheduler_sync
         self.gated_s = 0.0  # time forwards spent waiting for a load they do not read (gating: global)
+        self._next_wake = getattr(engine, "next_wake_s", None)  # (absent on a test's stand-in engine)
 
     # -- outside input -------------------------------------------------------------------------
     def poke(self) -> None:
@@ -136,7 +137,12 @@ class EngineLoop:
                 if self._wake.triggered:
                     self._wake = self.env.event()
                     continue
-                yield self._wake
+                # a prefetch falling due (None for most prefetchers)
+                wake_s = self._next_wake() if self._next_wake is not None else None
+                if wake_s is not None and wake_s > self.env.now:
+                    yield self._wake | self.env.timeout(wake_s - self.env.now)
+                else:
+                    yield self._wake
                 self._wake = self.env.event()
                 continue
             if self._wake.triggered:

@@ -16,6 +16,9 @@ POLICIES = (
     "kvflow_cost",
     "kvflow_gd",
     "clairvoyant",
+    "pause_aware",
+    "pause_aware_prefetch",
+    "ttl_pin",
 )
 
 

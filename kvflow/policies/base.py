@@ -34,7 +34,11 @@ class Policy:
     ``observes_prompts``: the cache calls ``observe_prompt`` for every tagged prompt;
     ``reads_future``: the backend must feed it next uses read from the trace through
     ``set_next_use`` (``kvflow.workflow.NextUseFeed``); the backends build that feed only for such a
-    policy, so the others pay nothing for it.
+    policy, so the others pay nothing for it;
+    ``observes_sessions``: the cache tells it when a session (client) pauses (its last call in the
+    engine finished), resumes (its next submit) and ends, with the time (``on_session_pause`` /
+    ``on_session_resume`` / ``on_session_end``); it may then back up a pausing session's GPU nodes
+    at once (``backup_on_pause``) so that evicting them later never waits for a D2H copy.
     """
 
     name: ClassVar[str] = ""
@@ -42,6 +46,8 @@ class Policy:
     tracks_dynamic: ClassVar[bool] = False
     observes_prompts: ClassVar[bool] = False
     reads_future: ClassVar[bool] = False
+    observes_sessions: ClassVar[bool] = False
+    backup_on_pause: bool = False
 
     def key(self, node: RadixNode) -> tuple:
         """Eviction rank of ``node``: lowest first (see the key-order rule)."""
@@ -69,6 +75,20 @@ class Policy:
 
     def observe_evict(self, node: RadixNode, tick: int) -> None:
         """``node`` is leaving the GPU as a victim at access-clock ``tick``."""
+
+    def on_session_pause(self, client: str, context: str, tokens: int, now_s: float) -> list[str]:
+        """``client`` has no call left in the engine at ``now_s``; its last call was of agent
+        ``context`` with a ``tokens``-token prompt (``observes_sessions``). Returns the clients whose
+        keys may have dropped (the cache re-files their users' paths), as every hook below."""
+        return []
+
+    def on_session_resume(self, client: str, now_s: float) -> list[str]:
+        """A call of paused (or new) session ``client`` arrived at ``now_s``."""
+        return []
+
+    def on_session_end(self, client: str, now_s: float) -> list[str]:
+        """Session ``client`` finished its last call: it never calls again."""
+        return []
 
     def worth_keeping(self, node: RadixNode) -> bool:
         """Whether a CPU copy of ``node`` is worth making (False: drop it, never back it up)."""

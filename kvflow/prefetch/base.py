@@ -38,6 +38,14 @@ class Prefetcher:
     def before_step(self, now_s: float) -> None:
         """The engine is about to plan an iteration."""
 
+    def on_client_end(self, client_id: str, now_s: float) -> None:
+        """A workflow instance (session) ended: it submits nothing more."""
+
+    def wake_at_s(self) -> float | None:
+        """When this prefetcher next wants ``before_step`` called with nothing else happening
+        (a load falls due); None: never on its own."""
+        return None
+
 
 class NoPrefetcher(Prefetcher):
     """No proactive loads (prefetch off, or no CPU tier to load from)."""
