@@ -15,6 +15,7 @@ The **latency floor** is the ``engine=ideal`` run (every copy free); it is a run
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,15 +46,40 @@ def admission_order(rows: Sequence[Mapping[str, Any]]) -> list[int]:
     return sorted(range(len(rows)), key=when)
 
 
-def reuse_bound(trace: Trace, rows: Sequence[Mapping[str, Any]], capacity_tokens: int) -> ReuseBound:
+def reuse_bound(
+    trace: Trace, rows: Sequence[Mapping[str, Any]], capacity_tokens: int, page_tokens: int = 1
+) -> ReuseBound:
     """Exact Belady reuse over ``rows`` (a run's ``requests.csv`` rows, trace order) with
-    ``capacity_tokens`` (GPU + CPU pool) of cache."""
+    ``capacity_tokens`` (GPU + CPU pool) of cache, in units of ``page_tokens`` (the run's page size:
+    a paged cache holds and matches whole pages only, so this is the bound for that cache, and one
+    key per page keeps 100K-token prompts cheap); a prompt's partial last page is one unit that
+    never hits."""
     invocations = trace.by_id()
     order = admission_order(rows)
-    requests = [ReplayRequest(trace.prompt_tokens(invocations[str(rows[i]["request_id"])]), None) for i in order]
+    prompts = [invocations[str(rows[i]["request_id"])] for i in order]
+    if page_tokens <= 1:
+        requests = [ReplayRequest(trace.prompt_tokens(inv), None) for inv in prompts]
+        capacity_units = capacity_tokens
+    else:
+        requests = [_paged(trace.prompt_array(inv), page_tokens, i) for i, inv in enumerate(prompts)]
+        capacity_units = capacity_tokens // page_tokens
     measured = [not _is_true(rows[i]["warmup"]) for i in order]
-    result = replay(requests, BELADY, max(1, capacity_tokens), measured=measured)
+    result = replay(requests, BELADY, max(1, capacity_units), measured=measured)
     return ReuseBound(int(result["hit_tokens"]), int(result["total_tokens"]), capacity_tokens)
+
+
+def _paged(tokens: array, page_tokens: int, index: int) -> ReplayRequest:
+    """One key per whole page (its token bytes: equal pages at equal depth share a node) and a
+    request-unique key for the partial tail."""
+    prompt, step = tokens.tobytes(), tokens.itemsize * page_tokens
+    whole = len(tokens) // page_tokens
+    keys: list[Any] = [prompt[k * step : (k + 1) * step] for k in range(whole)]
+    sizes = [page_tokens] * whole
+    tail = len(tokens) - whole * page_tokens
+    if tail:
+        keys.append(("tail", index))
+        sizes.append(tail)
+    return ReplayRequest(keys, sizes)
 
 
 def run_reuse_bound(trace: Trace, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> ReuseBound:

@@ -49,3 +49,26 @@ def test_warmup_rows_are_not_counted():
     everything = reuse_bound(trace, all_rows, 4000)
     assert any(r["warmup"] for r in result.rows)
     assert with_warmup.total_tokens < everything.total_tokens
+
+
+def test_the_paged_bound_counts_whole_pages_only():
+    """``reuse_bound(page_tokens=P)``: one unit per whole page, a request-unique tail unit that never
+    hits; the total is still every prompt token; a page-granular bound is never above the token one
+    (a paged cache can only match less) and it is exact on a hand-worked pair of prompts."""
+    from array import array
+
+    from sim.bounds import _paged
+
+    req = _paged(array("i", range(10)), 4, 7)
+    assert req.unit_tokens == [4, 4, 2] and req.keys[-1] == ("tail", 7)
+    assert req.keys[0] == array("i", range(4)).tobytes()
+    assert _paged(array("i", range(8)), 4, 0).unit_tokens == [4, 4]
+    # [0..9] then [0..5, 99]: pages [0-3] shared, [4-7] differ -> 4 hit tokens of the 2nd prompt
+    first, second = _paged(array("i", range(10)), 4, 0), _paged(array("i", [0, 1, 2, 3, 4, 5, 99]), 4, 1)
+    got = replay([first, second], "belady", 100, measured=[False, True])
+    assert (got["hit_tokens"], got["total_tokens"]) == (4, 7)
+    cfg = make_cfg("hicache", "sequential")
+    result = simulate(cfg)
+    trace = build_trace(cfg["workload"], 0)
+    tokens, paged = reuse_bound(trace, result.rows, 4000), reuse_bound(trace, result.rows, 4000, page_tokens=16)
+    assert paged.total_tokens == tokens.total_tokens and paged.hit_tokens <= tokens.hit_tokens
