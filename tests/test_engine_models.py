@@ -164,10 +164,12 @@ class LateLoad(OneIteration):
         self.late = self.ops.pop()
 
 
-def test_04_loads_wait_for_the_running_iteration() -> None:
+def test_04_loads_wait_for_the_running_iteration_without_the_overlap_scheduler() -> None:
+    """scheduler_sync (--disable-overlap-schedule): a load issued mid-iteration starts when it ends;
+    under the default overlap scheduler the sync is on the scheduler's stream and waits for nothing."""
     starts = {}
-    for name in ("sglang_0.4", "sglang_0.5"):
-        model = cost(name)
+    for name, sync in (("sglang_0.4", True), ("sglang_0.4_overlap", False), ("sglang_0.5", False)):
+        model = cost(name.removesuffix("_overlap"), scheduler_sync=sync)
         env = simpy.Environment()
         timeline: list = []
         pcie = PCIeLink(env, model, timeline=timeline)
@@ -185,7 +187,9 @@ def test_04_loads_wait_for_the_running_iteration() -> None:
         starts[name] = [start for resource, start, _end, _label in timeline if resource == "h2d"][0]
         iteration_s = model.prefill_time_s([(8192, 0)])
     assert starts["sglang_0.5"] == pytest.approx(1e-3)
+    assert starts["sglang_0.4_overlap"] == pytest.approx(1e-3)
     assert starts["sglang_0.4"] == pytest.approx(iteration_s)
+    assert not engine("sglang_0.4").scheduler_sync  # the committed 0.4: overlap scheduler on
 
 
 # -- write policy ------------------------------------------------------------------------------------
