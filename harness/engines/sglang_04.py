@@ -7,10 +7,11 @@ Backups: a GPU gather into a temporary, a pageable synchronous D2H and a CPU sca
 thread: ``L x latency`` is not paid (one copy per node, merged or split at 1000 tokens), so
 ``latency + bytes / pageable_d2h + bytes / gather``. The pageable rates are capped by the link.
 Every forward launched while a load runs waits for it layer by layer (one global LayerDoneCounter),
-and ``HiCacheController.load`` synchronizes the scheduler thread. The counter is consulted in
+and ``HiCacheController.load`` synchronizes the scheduler thread's stream. The counter is consulted in
 ``get_key_buffer`` (memory_pool.py:288-290), Python that a CUDA-graph replay does not run: a decode
 batch of at most ``cuda_graph_bs`` requests (null: ServerArgs' default, 8 below 25,000 MiB of GPU
-memory at TP < 4, else 160, server_args.py:226-234) is not gated (cuda_graph_runner.py replay).
+memory at TP < 4, else 160, server_args.py:226-234) is not gated (model_runner.py:936-943, cuda_graph_runner.py:511-520). Under the default overlap
+scheduler the load's sync is on the scheduler's stream, not the forward's: ``scheduler_sync: false``.
 """
 
 from __future__ import annotations
