@@ -172,7 +172,12 @@ ENGINE: dict[str, Check] = {  # every engine kind (harness.engines.base.EngineMo
     "chunk_inserts": boolean,
 }
 ENGINE_KINDS: dict[str, dict[str, Check]] = {  # each kind's own parameters
-    "sglang_0.4": {"host_gather_gbps": POSITIVE, "pageable_h2d_gbps": POSITIVE, "pageable_d2h_gbps": POSITIVE},
+    "sglang_0.4": {
+        "host_gather_gbps": POSITIVE,
+        "pageable_h2d_gbps": POSITIVE,
+        "pageable_d2h_gbps": POSITIVE,
+        "cuda_graph_bs": optional(NON_NEGATIVE_INT),
+    },
     "sglang_0.5": {
         "io_backend": one_of(*IO_BACKENDS),
         "host_layout": one_of(*HOST_LAYOUTS),

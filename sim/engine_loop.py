@@ -15,6 +15,8 @@ The engine model (``cost.engine``, docs/engines.md) adds two rules of SGLang 0.4
 - ``gating: global`` (one global layer counter): a forward launched while any H2D load runs (a
   prefetch too) waits for it layer by layer, ``max(compute, remaining load) + remaining / layers``;
   a load that starts during a decode run cuts the run at the next step, so the next step is gated;
+  a decode batch the engine replays as a CUDA graph (``cuda_graph_max_bs``) is not gated: the
+  counter is read in Python that a graph replay skips;
 - ``scheduler_sync``: issuing a load synchronizes the scheduler with the GPU, so a load queued
   while an iteration computes starts when that iteration ends.
 With ``gating: consumer`` (0.5, ideal) only the batch that reads the KV waits (the reactive loads
@@ -66,6 +68,7 @@ class EngineLoop:
         self.timeline = timeline  # a list to record GPU iterations into (Gantt plots), or None
         model = cost.engine
         self.gate_all = model is not None and model.gating == "global"  # loads gate every forward
+        self.graph_max_bs = model.cuda_graph_max_bs(cost.gpu_memory_bytes) if model is not None else 0
         self.sync_loads = model is not None and model.scheduler_sync  # loads wait for the running iteration
         self.computing = False  # an iteration is on the GPU
         self._held_loads: list[Load] = []  # loads issued mid-iteration under scheduler_sync
@@ -105,6 +108,10 @@ class EngineLoop:
         label = "prefetch" if op.prefetch else "load"  # a load an admitted request waits for goes first, as
         urgent = not op.prefetch  # a reactive one (load_then_dispatch: the only non-prefetch Load op)
         self.pcie.copy(op.bytes, "h2d", self._op_done, label, urgent=urgent, on_start=on_start, tag=op)
+
+    def _graph_replay(self, it: Any) -> bool:
+        """A pure decode batch small enough to run as a CUDA graph (no Python layer calls)."""
+        return bool(it.decode) and not it.prefill and len(it.decode) <= self.graph_max_bs
 
     def _load_started(self, _duration_s: float) -> None:
         """Global gating: a running decode run stops at its next step so that the next one waits."""
@@ -150,7 +157,7 @@ class EngineLoop:
             start_s = self.env.now
             self.iterations += 1
             self.computing = True
-            gate_s = self._load_remaining_s() if self.gate_all else 0.0
+            gate_s = self._load_remaining_s() if self.gate_all and not self._graph_replay(it) else 0.0
             if it.blocking_loads:
                 finished = yield from self._run_with_loads(it)
             elif gate_s > 0:

@@ -106,8 +106,8 @@ class OneIteration:
         pass
 
 
-def run_loop(name: str, fake: OneIteration, until_s: float = 10.0) -> tuple[EngineLoop, list]:
-    model = cost(name)
+def run_loop(name: str, fake: OneIteration, until_s: float = 10.0, **overrides: Any) -> tuple[EngineLoop, list]:
+    model = cost(name, **overrides)
     env = simpy.Environment()
     timeline: list = []
     pcie = PCIeLink(env, model, timeline=timeline)
@@ -123,6 +123,7 @@ def decode_of_another_request() -> Iteration:
 
 
 def test_a_decode_batch_waits_for_a_load_in_04_not_in_05() -> None:
+    """Eager decode (cuda_graph_bs 0) in 0.4 waits layer by layer; 0.5 only gates the consumer."""
     step_s = cost("sglang_0.5").decode_time_s([1000])
     load_05 = cost("sglang_0.5").transfer_time_s(GIB, "h2d")
     fake = OneIteration(decode_of_another_request(), GIB)
@@ -130,10 +131,28 @@ def test_a_decode_batch_waits_for_a_load_in_04_not_in_05() -> None:
     assert fake.finished_at == pytest.approx(step_s)  # only the consumer waits: this batch does not
     assert load_05 > step_s and loop.gated_s == 0.0
     fake = OneIteration(decode_of_another_request(), GIB)
-    loop, _ = run_loop("sglang_0.4", fake)
+    loop, _ = run_loop("sglang_0.4", fake, cuda_graph_bs=0)
     load_04 = cost("sglang_0.4").transfer_time_s(GIB, "h2d")
     assert fake.finished_at == pytest.approx(load_04 + load_04 / 32)  # max(step, load) + load / layers
     assert loop.gated_s == pytest.approx(load_04 + load_04 / 32 - step_s)
+
+
+def test_a_cuda_graph_decode_is_not_gated_in_04() -> None:
+    """The counter wait is Python in get_key_buffer; a graph replay skips it (batch <= max bs)."""
+    step_s = cost("sglang_0.4").decode_time_s([1000])
+    fake = OneIteration(decode_of_another_request(), GIB)
+    loop, _ = run_loop("sglang_0.4", fake)  # H100 80 GB: ServerArgs' default 160
+    assert fake.finished_at == pytest.approx(step_s) and loop.gated_s == 0.0
+    assert engine("sglang_0.4").cuda_graph_max_bs(cost("sglang_0.4").gpu_memory_bytes) == 160
+    assert engine("sglang_0.4").cuda_graph_max_bs(cost("sglang_0.4", "a10g_paper").gpu_memory_bytes) == 8
+    fake = OneIteration(decode_of_another_request(), GIB)
+    loop, _ = run_loop("sglang_0.4", fake, cuda_graph_bs=1)
+    assert fake.finished_at == pytest.approx(step_s)  # batch 1 <= 1: replayed
+    two = Iteration(decode=[Request(f"r{i}", "c", "a", [1, 2], 0, 8) for i in range(2)], decode_contexts=[1000] * 2)
+    fake = OneIteration(two, GIB)
+    loop, _ = run_loop("sglang_0.4", fake, cuda_graph_bs=1)  # batch 2 > 1: eager, gated
+    load_04 = cost("sglang_0.4").transfer_time_s(GIB, "h2d")
+    assert fake.finished_at == pytest.approx(load_04 + load_04 / 32)
 
 
 class LateLoad(OneIteration):
@@ -145,10 +164,12 @@ class LateLoad(OneIteration):
         self.late = self.ops.pop()
 
 
-def test_04_loads_wait_for_the_running_iteration() -> None:
+def test_04_loads_wait_for_the_running_iteration_without_the_overlap_scheduler() -> None:
+    """scheduler_sync (--disable-overlap-schedule): a load issued mid-iteration starts when it ends;
+    under the default overlap scheduler the sync is on the scheduler's stream and waits for nothing."""
     starts = {}
-    for name in ("sglang_0.4", "sglang_0.5"):
-        model = cost(name)
+    for name, sync in (("sglang_0.4", True), ("sglang_0.4_overlap", False), ("sglang_0.5", False)):
+        model = cost(name.removesuffix("_overlap"), scheduler_sync=sync)
         env = simpy.Environment()
         timeline: list = []
         pcie = PCIeLink(env, model, timeline=timeline)
@@ -166,7 +187,9 @@ def test_04_loads_wait_for_the_running_iteration() -> None:
         starts[name] = [start for resource, start, _end, _label in timeline if resource == "h2d"][0]
         iteration_s = model.prefill_time_s([(8192, 0)])
     assert starts["sglang_0.5"] == pytest.approx(1e-3)
+    assert starts["sglang_0.4_overlap"] == pytest.approx(1e-3)
     assert starts["sglang_0.4"] == pytest.approx(iteration_s)
+    assert not engine("sglang_0.4").scheduler_sync  # the committed 0.4: overlap scheduler on
 
 
 # -- write policy ------------------------------------------------------------------------------------

@@ -54,6 +54,10 @@ class EngineModel(ABC):
     #                          a prefill chunk's insert counts again (new nodes start at 0)
     chunk_inserts: bool  # each non-last prefill chunk's KV joins the tree at the chunk's end
 
+    def cuda_graph_max_bs(self, gpu_memory_bytes: float) -> int:
+        """Largest decode batch replayed as a CUDA graph, whose layers no load gates (0: none)."""
+        return 0
+
     @abstractmethod
     def copy_link(self, direction: str, link_gbps: float, latency_s: float, model: ModelSpec) -> CopyLink:
         """The data path's cost for ``direction`` (h2d: loads, d2h: backups) on a host link whose
