@@ -2,7 +2,7 @@
 # GPU check of the real backend, sized for ~8 minutes on one H200 (Python 3.12, torch 2.11):
 #   0. python -m real.engine_bench: the engine data paths that decide the headline (ENGINES.md
 #      section 4: 0.4 gather + pageable copy, 0.5 direct/kernel copies, layer overlap, bidirectional,
-#      CUDA-graph decode) -> engine_bench/engine_profile.yaml, read by +engine.measured=PATH;
+#      CUDA-graph decode) -> engine_bench/engine_profile.yaml, read by engine.measured=PATH;
 #      parts not started within EB_BUDGET_S (default 120 s) are skipped, the step is killed at +60 s
 #   1. kvflow-real calibrate for Llama-3.1-8B shapes -> measured hardware profile
 #   2. paper_single-style runs (10 sequential agents, fixed/dynamic/output = 8192/32/32 and

@@ -205,7 +205,7 @@ def engine_section(res: Path) -> tuple[list[str], dict | None]:
         *_rate_rows(prof),
         "",
         "One 8192-token Llama-3.1-8B load (1 GiB) on the h200 link, conf vs measured rates "
-        f"(`+engine.measured={path.name}`):",
+        f"(`engine.measured={path.name}`):",
         "",
         *_load_rows(path),
         "",

@@ -1,6 +1,6 @@
 """``python -m real.engine_bench``: measure, with torch alone, the data paths that decide the
 headline (ENGINES.md section 4) and write ``engine_profile.yaml``, which an engine model reads with
-``+engine.measured=PATH`` (harness/engines/measured.py; docs/real_backend.md).
+``engine.measured=PATH`` (harness/engines/measured.py; docs/real_backend.md).
 
     python -m real.engine_bench --device cuda --out DIR          # on the GPU machine (~1 min expected on an H200; not yet measured)
     python -m real.engine_bench --device cpu --out DIR --dry-run # tiny shapes on CPU (tests)
@@ -720,7 +720,7 @@ def _plain(value: Any) -> Any:
 def write_profile(profile: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path, tmp = out / PROFILE_NAME, out / f".{PROFILE_NAME}.tmp"
-    head = "# engine profile from real.engine_bench (docs/real_backend.md); read by +engine.measured=PATH\n"
+    head = "# engine profile from real.engine_bench (docs/real_backend.md); read by engine.measured=PATH\n"
     tmp.write_text(head + yaml.safe_dump(_plain(profile), sort_keys=False))
     tmp.replace(path)
     return path

@@ -1,5 +1,5 @@
 """``python -m real.engine_bench`` in its CPU dry run writes a well-formed engine profile, an engine
-model reads it (``+engine.measured=PATH`` overrides the sourced rates, so ``copy_link`` changes),
+model reads it (``engine.measured=PATH`` overrides the sourced rates, so ``copy_link`` changes),
 and a bad or missing profile is one line and exit 2."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def test_unknown_kernel_layout_is_rejected(tmp_path):
 def test_config_schema_accepts_measured(dry_profile):
     from real.config import compose
 
-    cfg = compose(["engine=sglang_0.4", f"+engine.measured={dry_profile[0]}"])
+    cfg = compose(["engine=sglang_0.4", f"engine.measured={dry_profile[0]}"])
     validate_config(cfg)  # no unknown-key error: resolved() folds the profile in
     cfg["engine"]["measured"] = str(dry_profile[0].parent / "missing.yaml")
     with pytest.raises(SetupError, match="no such file"):
@@ -158,11 +158,11 @@ def _sim(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_kvflow_sim_with_a_bad_profile_exits_2_with_one_line(tmp_path, dry_profile):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"format: {PROFILE_FORMAT}\ndirect_gbps: 0\n")
-    proc = _sim(f"+engine.measured={bad}", cwd=tmp_path)
+    proc = _sim(f"engine.measured={bad}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "direct_gbps=0 must be a positive number" in lines[0], proc.stderr
-    ok = _sim("engine=sglang_0.4", f"+engine.measured={dry_profile[0]}", cwd=tmp_path)
+    ok = _sim("engine=sglang_0.4", f"engine.measured={dry_profile[0]}", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
 
 

@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
 LLAMA = load_model_spec("llama-3.1-8b")
 
+GATHER_GBPS = float(conf_engine("sglang_0.4")["host_gather_gbps"])  # the fitted value (sim.paper)
+
 
 def engine(name: str, **overrides: Any) -> EngineModel:
     return load_engine({**conf_engine(name), **overrides})
@@ -47,9 +49,9 @@ def test_each_name_builds_its_class() -> None:
 
 def test_04_is_gather_then_pageable_copy_per_layer() -> None:
     t = cost("sglang_0.4").transfer_time_s(GIB, "h2d")
-    assert t == pytest.approx(32 * 1e-5 + GIB / 10.0e9 + GIB / 11.1e9)
+    assert t == pytest.approx(32 * 1e-5 + GIB / (GATHER_GBPS * 1e9) + GIB / 11.1e9)
     backup = cost("sglang_0.4").transfer_time_s(GIB, "d2h")  # one copy per node, not per layer
-    assert backup == pytest.approx(1e-5 + GIB / 10.0e9 + GIB / 11.1e9)
+    assert backup == pytest.approx(1e-5 + GIB / (GATHER_GBPS * 1e9) + GIB / 11.1e9)
 
 
 def test_pageable_04_is_slower_than_pinned_05_and_the_link_caps_both() -> None:
@@ -59,7 +61,7 @@ def test_pageable_04_is_slower_than_pinned_05_and_the_link_caps_both() -> None:
     assert cost("sglang_0.5", host_layout="layer_first").transfer_gbps("h2d") == pytest.approx(28.4)
     # the paper's A10G link (2 GB/s) is below every path rate
     assert cost("sglang_0.5", "a10g_paper").transfer_gbps("h2d") == pytest.approx(2.0)
-    assert cost("sglang_0.4", "a10g_paper").transfer_gbps("h2d") == pytest.approx(1 / (1 / 10.0 + 1 / 2.0))
+    assert cost("sglang_0.4", "a10g_paper").transfer_gbps("h2d") == pytest.approx(1 / (1 / GATHER_GBPS + 1 / 2.0))
 
 
 def test_direct_copies_cost_per_page() -> None:

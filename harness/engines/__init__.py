@@ -4,7 +4,7 @@ sglang_0.5 | ideal``, ``conf/engine/*.yaml``, docs/engines.md).
 ``load_engine(engine_cfg)`` builds the model an ``engine`` config section names with ``kind``; a
 section without ``kind`` (hand-built configs, tests) is read over ``conf/engine/sglang_0.5.yaml``,
 the default. ``SCHEDULER_KEYS`` are the section's scheduler settings, which no model reads.
-``measured: PATH`` (``+engine.measured=PATH``) puts a measured engine profile's rates over the
+``measured: PATH`` (``engine.measured=PATH``) puts a measured engine profile's rates over the
 section's (harness/engines/measured.py).
 """
 

@@ -1,4 +1,4 @@
-"""``+engine.measured=PATH``: rates measured on a machine instead of the sourced ones.
+"""``engine.measured=PATH``: rates measured on a machine instead of the sourced ones.
 
 ``python -m real.engine_bench`` (benchmarks/gpu_check.sh runs it) writes ``engine_profile.yaml``,
 whose top-level keys named in ``RATE_KEYS`` are engine-model parameters (conf/engine/*.yaml). A
