@@ -90,6 +90,13 @@ def first_sessions(trace: Trace, n: int | None) -> Trace:
     return Trace({**trace.meta, "sessions_kept": len(chosen)}, trace.workflows, keep)
 
 
+def largest_call_tokens(trace: Trace, page_tokens: int = 64) -> int:
+    """The KV a single call needs (prompt + output), rounded up to whole pages: no pool below it can
+    run the trace, so a pool factor that would go below is clamped to it (and the table says so)."""
+    need = max(trace.prompt_len(inv) + inv.output_tokens for inv in trace.invocations)
+    return -(-need // page_tokens) * page_tokens
+
+
 def job_config(base: Mapping[str, Any], job: Job) -> dict[str, Any]:
     from sim.runner import load_conf
 
@@ -236,6 +243,11 @@ def markdown(meta: Mapping[str, Any], results: Mapping[int, Mapping[str, Any]]) 
         "",
     ]
     for pool, runs in results.items():
+        if pool == meta["largest_call_tokens"]:
+            lines += [
+                f"(This pool is clamped to the largest call's KV, {pool:,} tokens: a smaller one cannot run it.)",
+                "",
+            ]
         lines += pool_table(pool, runs) + [""]
     lines += ["Targets (issue 15):", ""] + [f"- {targets(pool, runs)}" for pool, runs in results.items()]
     return "\n".join(lines) + "\n"
@@ -295,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = compose(args.split, args.import_from)
         trace = first_sessions(build_trace(base["workload"], base["seed"]), args.sessions)
         pool = args.pool_tokens or profile_pool_tokens(base, trace)
-        pools = [int(round(pool * f)) for f in args.pool_factors]
+        need = largest_call_tokens(trace)
+        pools = [max(int(round(pool * f)), need) for f in args.pool_factors]
         results = run_all(base, trace, pools, args.jobs)
     except (UsageError, SetupError, HydraException, OSError, ValueError) as exc:
         print(f"sim.sessions: error: {exc}", file=sys.stderr)
@@ -308,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sessions": len({inv.client_id for inv in trace.invocations}),
         "requests": len(trace.invocations),
         "jobs": args.jobs,
+        "largest_call_tokens": need,
+        "pool_factors": args.pool_factors,
+        "profile_pool_tokens": pool,
         "wall_s": time.perf_counter() - start,
     }
     text = markdown(meta, results)
