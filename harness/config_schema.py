@@ -221,6 +221,24 @@ WORKLOAD: dict[str, Check] = {
     "model_map": anything,  # {MODEL: keep|separate|drop}: traces.model_map checks the actions
     "sessions": one_of("all", "test", "train"),
 }
+ROUTER_NAMES = ("round_robin", "least_loaded", "session_affinity", "prefix_aware", "kv_aware", "workflow_aware")
+
+
+def not_built(key: str, value: Any) -> None:
+    """``cluster.remote_tier``: a shared remote KV tier is not simulated yet (docs/fleet.md)."""
+    if value is not None:
+        _fail(key, value, "a shared remote KV tier is not built yet; leave it null (docs/fleet.md)")
+
+
+CLUSTER: dict[str, Check] = {  # sim/fleet.py, sim/routers/ (ROUTER_NAMES must match sim.routers.ROUTERS)
+    "replicas": POSITIVE_INT,
+    "router": one_of(*ROUTER_NAMES),
+    "cache_threshold": number(0, 1),
+    "balance_abs_threshold": NON_NEGATIVE_INT,
+    "overlap_weight": NON_NEGATIVE,
+    "block_tokens": POSITIVE_INT,
+    "remote_tier": not_built,
+}
 SECTIONS: dict[str, dict[str, Check]] = {
     "hardware": HARDWARE,
     "model": MODEL,
@@ -229,6 +247,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "output": OUTPUT,
     "policy": POLICY,
     "workload": WORKLOAD,
+    "cluster": CLUSTER,
 }
 TOP_LEVEL = ("seed", "force", "compare", "experiment_name", "params", "cost_model", "engine", *SECTIONS)
 MEASURED_RULES: dict[str, Check] = {"gbps": POSITIVE, "latency_s": NON_NEGATIVE}

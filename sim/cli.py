@@ -32,11 +32,13 @@ from harness.errors import SetupError
 from harness.interrupt import EXIT_INTERRUPTED
 from harness.run_dir import (
     complete_runs,
+    csv_text,
     lock_dir,
     lock_total,
     should_skip,
     unlock_dir,
     with_config_hash,
+    write_atomic,
     write_json_atomic,
     write_run_dir,
 )
@@ -50,6 +52,7 @@ except ImportError:  # pragma: no cover
     from traces.schema import TraceError
 
 _PROGRESS: dict[str, Any] = {"root": None, "total": None, "multirun": False}  # what the Ctrl-C line counts
+REPLICAS_CSV = "replicas.csv"  # per-replica rows of a fleet run, beside the run-directory contract's files
 USER_ERRORS = (SetupError, HydraException, OmegaConfBaseException, TraceError, ValueError, OSError)
 
 
@@ -62,11 +65,15 @@ def _policy_config(name: str) -> dict[str, Any]:
 
 def _run_one(cfg: dict[str, Any], run_dir: Path, trace: Any, write_csv: bool) -> dict[str, Any]:
     stored = {k: v for k, v in cfg.items() if k not in ("params", "experiment_name")}
+    if int((stored.get("cluster") or {}).get("replicas", 1)) == 1:
+        stored.pop("cluster", None)  # one engine: the router changes nothing, nor the config hash of old runs
     if should_skip(run_dir, stored, force=bool(cfg.get("force", False))):  # resumable sweeps
         print(f"kvflow-sim: {run_dir}: complete, skipped (force=true recomputes)", file=sys.stderr)
         return json.loads((run_dir / "summary.json").read_text())
     result = simulate(cfg, trace=trace)
     config_yaml = OmegaConf.to_yaml(stored)
+    if result.replica_rows:  # a fleet (docs/fleet.md): before summary.json, which marks the run complete
+        write_atomic(run_dir / REPLICAS_CSV, csv_text(result.replica_rows, list(result.replica_rows[0])))
     write_run_dir(
         run_dir,
         with_config_hash(result.summary, stored),

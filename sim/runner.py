@@ -41,6 +41,7 @@ class SimResult:
     workflow_rows: list[dict[str, Any]]
     wall_s: float
     timeline: list[tuple[str, float, float, str]] = field(default_factory=list)  # resource, start, end, label
+    replica_rows: list[dict[str, Any]] = field(default_factory=list)  # a fleet's replicas.csv (sim.fleet)
 
 
 def load_conf(group: str, name: str) -> dict[str, Any]:
@@ -56,6 +57,10 @@ def simulate(cfg: Mapping[str, Any], trace: Any | None = None) -> SimResult:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
+        if int((cfg.get("cluster") or {}).get("replicas", 1)) > 1:  # one replica keeps this module's path
+            from sim.fleet import simulate_fleet
+
+            return simulate_fleet(cfg, trace)
         return _simulate(cfg, trace)
     finally:
         if was_enabled:
