@@ -37,7 +37,16 @@ def test_every_conf_policy_names_a_policy_class_that_builds():
 
 
 def test_policy_names_come_from_the_yamls_and_old_names_still_work():
-    assert set(POLICY_NAMES) == {"lru", "kvflow", "clairvoyant", "kvflow_cost", "kvflow_gd", "pause_aware", "ttl_pin"}
+    assert set(POLICY_NAMES) == {
+        "lru",
+        "kvflow",
+        "clairvoyant",
+        "kvflow_cost",
+        "kvflow_gd",
+        "pause_aware",
+        "ttl_pin",
+        "kvflow_sessions",
+    }
     assert isinstance(make_policy("kvflow_gd"), KVFlowPolicy) and make_policy("kvflow_gd").aging
     assert isinstance(make_policy("kvflow.policies.clairvoyant.ClairvoyantPolicy"), ClairvoyantPolicy)
     assert build_policy({"name": "kvflow"}).name == "kvflow"  # an older config: eviction.name

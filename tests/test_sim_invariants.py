@@ -19,6 +19,7 @@ POLICIES = (
     "pause_aware",
     "pause_aware_prefetch",
     "ttl_pin",
+    "kvflow_sessions",
 )
 
 
