@@ -361,5 +361,7 @@ class KVCacheManager:
             assert node.cpu_children == sum(c.on_cpu_or_offloading for c in node.children.values())
             if node.on_gpu_or_loading and node.parent is not None and node.parent.parent is not None:
                 assert node.parent.on_gpu_or_loading, f"{node} on GPU below a parent that is not"
+            if node.on_cpu_or_offloading and node.parent is not None and node.parent.parent is not None:
+                assert node.parent.on_cpu_or_offloading, f"{node} on CPU below a parent that is not"
         assert gpu <= self.gpu_used_tokens <= self.config.gpu_capacity_tokens, (gpu, self.gpu_used_tokens)
         assert cpu == self.cpu_used_tokens <= self.config.cpu_capacity_tokens, (cpu, self.cpu_used_tokens)

@@ -57,6 +57,8 @@ class WritePolicy:
         ``Policy.backup_on_pause``); False when it has one, is busy, or finds no room."""
         if not node.gpu or node.cpu or node.inflight is not None or not self._cpu_anchored(node):
             return False
+        if self.skip_dynamic and node.suffix and not node.users:
+            return False  # a dynamic suffix or an output: never backed up (backup_dynamic=false)
         if self.worth_keeping is not None and not self.worth_keeping(node):
             return False
         if not self.cpu.alloc(len(node.tokens)):

@@ -292,3 +292,19 @@ def test_key_order_rule_holds_under_random_session_events(policy_name):
         top = cache.tree.gpu_heap.top()
         assert top is not None
         assert cache.policy.key(top) == min(cache.policy.key(n) for n in leaves)
+
+
+def test_backup_on_pause_never_copies_a_dynamic_suffix_when_backup_dynamic_is_off():
+    """``backup_now`` (a pausing session's backups) follows ``backup_dynamic=false`` like the
+    write-through rule: a suffix nobody's fixed prompt uses gets no CPU copy. Without this, a
+    suffix was copied while its suffix parent was not, and the CPU tier lost prefix closure
+    (kvflow_sessions on ChatDev: a GPU eviction dropped a node with CPU children)."""
+    config = CacheConfig(gpu_capacity_tokens=1000, cpu_capacity_tokens=1000, write_policy="none", backup_dynamic=False)
+    cache = KVCacheManager(config, make_policy("pause_aware"))
+    user = ("s", "main")
+    cache.session_submit("s", user, 0.0)
+    put(cache, seq(100) + seq(500), 4, user)  # fixed prompt: the first 4 tokens; the rest a suffix
+    node = cache.match(seq(100) + seq(500), touch=False).last_node
+    assert node.suffix and not node.users
+    assert cache.writes.backup_now(node.parent)  # the fixed prompt: copied (the child is now anchored)
+    assert not cache.writes.backup_now(node)
