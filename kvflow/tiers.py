@@ -41,6 +41,10 @@ class CpuTier:
         self.used_tokens += n_tokens
         return True
 
+    def release(self, n_tokens: int) -> None:
+        """Give back a reservation that will not be used."""
+        self.used_tokens -= n_tokens
+
     def evict(self, n_tokens: int) -> int:
         """Drop CPU copies until ``n_tokens`` are free if possible; returns tokens freed."""
         if n_tokens <= 0:

@@ -61,7 +61,7 @@ class WritePolicy:
             return False  # a dynamic suffix or an output: never backed up (backup_dynamic=false)
         if self.worth_keeping is not None and not self.worth_keeping(node):
             return False
-        if not self.cpu.alloc(len(node.tokens)):
+        if not self._reserve_cpu(node):
             return False
         self.tree.begin_offload(node)
         self._queue_offload(node, free_gpu_after=False)
@@ -80,7 +80,7 @@ class WritePolicy:
             and not (self.skip_dynamic and node.suffix and not node.users)
             and self._cpu_anchored(node)
             and (self.worth_keeping is None or self.worth_keeping(node))
-            and self.cpu.alloc(n)
+            and self._reserve_cpu(node)
         ):
             self.tree.begin_offload(node, demote=True)
             self._queue_offload(node, free_gpu_after=True)
@@ -108,7 +108,20 @@ class WritePolicy:
             return False
         if self.worth_keeping is not None and not self.worth_keeping(node):
             return False  # the policy expects no reuse: save the PCIe bandwidth and the CPU space
-        return self.cpu.alloc(len(node.tokens))
+        return self._reserve_cpu(node)
+
+    def _reserve_cpu(self, node: RadixNode) -> bool:
+        """CPU space for ``node``'s copy. Making room may evict CPU copies, the parent's among them
+        (it is a CPU leaf until this copy starts): then the copy would sit below a parent without one,
+        so the reservation is given back and no copy made (found by check_invariants' prefix-closure
+        check: kvflow_sessions on the fanout workload)."""
+        n = len(node.tokens)
+        if not self.cpu.alloc(n):
+            return False
+        if not self._cpu_anchored(node):
+            self.cpu.release(n)
+            return False
+        return True
 
     def _queue_offload(self, node: RadixNode, free_gpu_after: bool) -> None:
         nbytes = len(node.tokens) * self.config.kv_bytes_per_token

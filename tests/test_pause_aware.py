@@ -308,3 +308,23 @@ def test_backup_on_pause_never_copies_a_dynamic_suffix_when_backup_dynamic_is_of
     assert node.suffix and not node.users
     assert cache.writes.backup_now(node.parent)  # the fixed prompt: copied (the child is now anchored)
     assert not cache.writes.backup_now(node)
+
+
+def test_a_backup_that_would_evict_its_parents_cpu_copy_is_not_made():
+    """Making CPU room for a child's copy may evict the parent's copy (a CPU leaf until the child's
+    copy starts): the child would then sit on the CPU below a parent without a copy, so no copy is
+    made and the reservation is given back (the CPU tier stays prefix-closed)."""
+    config = CacheConfig(gpu_capacity_tokens=1000, cpu_capacity_tokens=6, write_policy="none")
+    cache = KVCacheManager(config, make_policy("pause_aware"))
+    put(cache, seq(100), 4, ("s", "main"))
+    put(cache, seq(100) + seq(500), 4, ("s", "main"))
+    child = cache.match(seq(100) + seq(500), touch=False).last_node
+    parent = child.parent
+    assert cache.writes.backup_now(parent)
+    for op in cache.take_ops():
+        cache.complete(op)
+    assert parent.cpu and cache.cpu.used_tokens == 4
+    assert not cache.writes.backup_now(child)  # room only by dropping the parent's copy
+    assert not parent.cpu and cache.cpu.used_tokens == 0  # the evicted copy is gone, the reservation given back
+    assert not child.on_cpu_or_offloading
+    cache.check_invariants()
