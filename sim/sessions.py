@@ -108,6 +108,15 @@ def job_config(base: Mapping[str, Any], job: Job) -> dict[str, Any]:
 
 
 def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
+    """``measure(job)``, or ``{"error": one line}`` when it fails: one broken run must not throw
+    away the others' minutes of work (they are written to ``--json`` all the same)."""
+    try:
+        return measure(job)
+    except Exception as exc:  # reported per job by run_all; the rest of the table still runs
+        return job, {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+
+
+def measure(job: Job) -> tuple[Job, dict[str, Any]]:
     """One run's figures (and, for the LRU run at the preset's engine, the two Belady bounds)."""
     base, trace = _STATE["base"], _STATE["trace"]
     start = time.perf_counter()
@@ -171,6 +180,9 @@ def run_all(base: dict[str, Any], trace: Trace, pools: Sequence[int], jobs: int)
             done += 1
             name = "ideal" if job.engine == "ideal" else job.policy
             results[job.pool_tokens][name] = out
+            if "error" in out:
+                print(f"[{done}/{len(todo)}] pool {job.pool_tokens:,} {name}: FAILED: {out['error']}", file=sys.stderr)
+                continue
             print(
                 f"[{done}/{len(todo)}] pool {job.pool_tokens:,} {name:<22} mean {out['workflow_latency_mean_s']:>10,.0f} s"
                 f"  gpu hit {out['hit_rate_gpu']:.1%}  ({out['wall_s']:.0f} s)",
@@ -326,11 +338,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profile_pool_tokens": pool,
         "wall_s": time.perf_counter() - start,
     }
-    text = markdown(meta, results)
-    print(text)
-    if args.json is not None:
+    if args.json is not None:  # first: whatever happened to some runs, the others are kept
         payload = {"meta": meta, "results": {str(k): v for k, v in results.items()}}
         write_atomic(args.json, json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
+    failed = [(pool, name, r["error"]) for pool, runs in results.items() for name, r in runs.items() if "error" in r]
+    if failed:
+        for pool, name, error in failed:
+            print(f"sim.sessions: error: pool {pool:,}, {name}: {error}", file=sys.stderr)
+        kept = (
+            f" (the {sum(map(len, results.values())) - len(failed)} other runs are in {args.json})" if args.json else ""
+        )
+        print(f"sim.sessions: {len(failed)} run(s) failed; no table written{kept}", file=sys.stderr)
+        return 1
+    text = markdown(meta, results)
+    print(text)
     if args.results_md is not None:
         splice(args.results_md, text)
     return 0

@@ -67,3 +67,27 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, needle, capsys):
 def test_gap_closed_is_the_share_of_the_lru_to_bound_gap():
     assert sessions.gap_closed(0.6, 0.5, 0.7) == pytest.approx(0.5)
     assert sessions.gap_closed(0.5, 0.5, 0.5) is None
+
+
+def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path, monkeypatch, capsys):
+    """One run raising must not lose the others: each failure is one line, the JSON holds every
+    run that finished, no table is written, exit 1."""
+    if not all(f.exists() for f in FILES):
+        pytest.skip("shared weka data not found")
+    real = sessions.measure
+
+    def flaky(job):
+        if job.policy == "ttl_pin":
+            raise AssertionError("boom\nsecond line")
+        return real(job)
+
+    monkeypatch.setattr(sessions, "measure", flaky)
+    out, md = tmp_path / "s.json", tmp_path / "r.md"
+    argv = ["--split", "all", "--import-from", ",".join(map(str, FILES)), "--pool-tokens", "200000"]
+    argv += ["--pools", "1", "--jobs", "1", "--json", str(out), "--results-md", str(md)]
+    assert sessions.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "pool 200,000, ttl_pin: AssertionError: boom" in err and "second line" not in err
+    runs = json.loads(out.read_text())["results"]["200000"]
+    assert runs["ttl_pin"] == {"error": "AssertionError: boom"} and "hit_rate_gpu" in runs["hicache"]
+    assert not md.exists()
