@@ -1,0 +1,116 @@
+"""Simulator cost at scale (issue 17 item 3): simulated requests per wall second and memory per
+simulated request as concurrency grows, under memory pressure.
+
+    python benchmarks/scale.py [--workflows 64,256,1024] [--policy kvflow] [--replicas 1]
+
+Each point runs in a fresh process (so its peak RSS is its own): the paper_concurrent workload
+(H100, Llama-3.1-8B, 10 sequential agents, fixed 1024 / dynamic 256 / output 256) with W
+workflows and a GPU pool of 4,096 tokens per workflow (the sim_speed setting's 262,144 tokens at
+64 workflows, scaled so that memory pressure stays the same), CPU tier 8x the GPU pool. Prints,
+per point: requests, trace build time, simulation wall time, requests per wall second, peak RSS
+after building the trace and after the run, and the difference per request (what the simulation
+keeps per request beyond the trace). Targets (issue 17): >= 30,000 requests/s for kvflow at 1,024
+workflows; <= 2 KB per request beyond the trace; flat cost per request from 64 to 1,024.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+TARGET_REQ_PER_S = 30_000
+TARGET_BYTES_PER_REQ = 2048
+
+
+def point(workflows: int, policy: str, replicas: int) -> dict[str, float]:
+    """One measurement in this process (called in a child by ``main``)."""
+    from harness.setup import build_trace
+    from sim.runner import load_conf as conf
+    from sim.runner import simulate
+
+    workload = conf("workload", "concurrent")
+    workload["params"].update(workflows=workflows, fixed_tokens=1024)
+    t0 = time.perf_counter()
+    trace = build_trace(workload, seed=0)
+    build_s = time.perf_counter() - t0
+    rss_trace = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    gpu = 4096 * workflows
+    cfg = {
+        "seed": 0,
+        "hardware": conf("hardware", "h100"),
+        "model": conf("model", "llama-3.1-8b"),
+        "workload": workload,
+        "policy": conf("policy", policy),
+        "cache": {"gpu_capacity_tokens": gpu, "cpu_capacity_tokens": 8 * gpu},
+        "engine": {},
+        "sim": {"timeline": False},
+    }
+    if replicas > 1:
+        cfg["cluster"] = {**conf_cluster(), "replicas": replicas, "router": "session_affinity"}
+    t0 = time.perf_counter()
+    result = simulate(cfg, trace=trace)
+    wall_s = time.perf_counter() - t0
+    rss_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    requests = int(result.summary["requests"])
+    return {
+        "workflows": workflows,
+        "requests": requests,
+        "build_s": build_s,
+        "wall_s": wall_s,
+        "req_per_s": requests / wall_s,
+        "rss_trace_bytes": rss_trace,
+        "rss_run_bytes": rss_run,
+        "bytes_per_request": (rss_run - rss_trace) / max(1, requests),
+        "hit_rate_gpu": float(result.summary["hit_rate_gpu"]),
+    }
+
+
+def conf_cluster() -> dict:
+    """The config's default ``cluster`` block (conf/config.yaml)."""
+    from importlib.resources import files
+
+    import yaml
+
+    return dict(yaml.safe_load((files("conf") / "config.yaml").read_text()).get("cluster") or {})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workflows", default="64,256,1024", help="comma-separated workflow counts")
+    ap.add_argument("--policy", default="kvflow")
+    ap.add_argument("--replicas", type=int, default=1, help="engines behind a session-affinity router")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child is not None:
+        print(json.dumps(point(args.child, args.policy, args.replicas)))
+        return 0
+    counts = [int(x) for x in args.workflows.split(",") if x.strip()]
+    print(f"policy {args.policy}, {args.replicas} replica(s); one fresh process per point")
+    print(
+        f"{'workflows':>9}{'requests':>10}{'trace s':>9}{'sim s':>8}{'req/s':>9}{'RSS trace MB':>13}"
+        f"{'RSS run MB':>11}{'B/request':>10}{'GPU hit':>9}"
+    )
+    for w in counts:
+        cmd = [sys.executable, __file__, "--child", str(w), "--policy", args.policy, "--replicas", str(args.replicas)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            print(f"{w:>9}  failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"{r['workflows']:>9}{r['requests']:>10}{r['build_s']:>9.2f}{r['wall_s']:>8.2f}{r['req_per_s']:>9,.0f}"
+            f"{r['rss_trace_bytes'] / 2**20:>13,.0f}{r['rss_run_bytes'] / 2**20:>11,.0f}"
+            f"{r['bytes_per_request']:>10,.0f}{r['hit_rate_gpu']:>9.1%}"
+        )
+    print(
+        f"targets: >= {TARGET_REQ_PER_S:,} req/s at 1,024 workflows; <= {TARGET_BYTES_PER_REQ:,} B/request beyond the trace"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
