@@ -23,7 +23,7 @@ from analysis import paper, plots
 from analysis.frame import build_frame
 from analysis.runs import RunError, load_runs
 from analysis.speedup import policy_order, speedups, wide
-from harness.run_dir import atomic_output, write_atomic
+from harness.run_dir import atomic_output, splice_block, write_atomic
 
 BEGIN = "<!-- BEGIN kvflow-report: generated, edit outside these markers -->"
 END = "<!-- END kvflow-report -->"
@@ -198,14 +198,7 @@ def _write_tables(df: pd.DataFrame, longs: Sequence[pd.DataFrame], out: Path) ->
 
 def _splice(path: Path, body: str) -> None:
     """Replace the generated block of ``path`` (between the markers), keeping hand-written text."""
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}\n"
-    old = path.read_text() if path.is_file() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = "# Results\n\n" + block if not old else old.rstrip() + "\n\n" + block
-    write_atomic(path, text)
+    splice_block(path, body, BEGIN, END, new_file_head="# Results\n\n")
 
 
 def _check_baselines(baselines: Sequence[str], runs: Sequence[Any]) -> None:

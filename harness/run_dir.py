@@ -80,6 +80,20 @@ def write_atomic(path: Path, text: str | bytes) -> None:
             tmp.write_text(text)
 
 
+def splice_block(path: Path, body: str, begin: str, end: str, new_file_head: str = "") -> None:
+    """Replace the generated block between the ``begin`` and ``end`` markers of ``path`` (a results
+    page), keeping the hand-written text around it; a file without the markers gets the block
+    appended, a missing one is created (starting with ``new_file_head``). Written atomically."""
+    block = f"{begin}\n{body.rstrip()}\n{end}\n"
+    old = path.read_text() if path.is_file() else ""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = new_file_head + block if not old else old.rstrip() + "\n\n" + block
+    write_atomic(path, text)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """JSON (indented, sorted keys) via ``write_atomic``."""
     write_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

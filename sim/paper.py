@@ -37,7 +37,7 @@ import yaml
 
 from analysis.paper import REFERENCES, SOURCE, Reference, matches
 from harness.errors import SetupError
-from harness.run_dir import write_atomic, write_json_atomic
+from harness.run_dir import splice_block, write_atomic, write_json_atomic
 from harness.setup import build_trace
 from sim.runner import simulate
 
@@ -398,14 +398,7 @@ def _settings_table(settings: Sequence[Mapping[str, Any]]) -> list[str]:
 def splice(path: Path, body: str) -> None:
     """Replace the block between ``BEGIN`` and ``END`` of ``path``, keeping the hand-written rest (a
     file without the markers gets the block appended; a missing file is created)."""
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}\n"
-    old = path.read_text() if path.is_file() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = block if not old else old.rstrip() + "\n\n" + block
-    write_atomic(path, text)
+    splice_block(path, body, BEGIN, END)
 
 
 class _Parser(argparse.ArgumentParser):

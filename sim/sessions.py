@@ -31,7 +31,7 @@ from hydra.errors import HydraException
 
 from harness.engines import load_engine
 from harness.errors import SetupError
-from harness.run_dir import write_atomic
+from harness.run_dir import splice_block, write_atomic
 from harness.setup import build_trace, page_size
 from sim.bounds import reuse_bound
 from sim.runner import simulate
@@ -266,15 +266,8 @@ def markdown(meta: Mapping[str, Any], results: Mapping[int, Mapping[str, Any]]) 
 
 
 def splice(path: Path, body: str) -> None:
-    """Replace the block between the markers of ``path`` (appended when absent)."""
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}\n"
-    old = path.read_text() if path.is_file() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = block if not old else old.rstrip() + "\n\n" + block
-    write_atomic(path, text)
+    """Replace the sim.sessions block of ``path`` (appended when absent)."""
+    splice_block(path, body, BEGIN, END)
 
 
 class _Parser(argparse.ArgumentParser):
