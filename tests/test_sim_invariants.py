@@ -6,21 +6,9 @@ import pytest
 
 from sim.runner import load_conf as conf
 from sim.runner import simulate
+from tests.golden.cases import POLICIES as GOLDEN_POLICIES
 
-POLICIES = (
-    "sglang",
-    "hicache",
-    "kvflow",
-    "kvflow_evict_only",
-    "kvflow_inferred",
-    "kvflow_cost",
-    "kvflow_gd",
-    "clairvoyant",
-    "pause_aware",
-    "pause_aware_prefetch",
-    "ttl_pin",
-    "kvflow_sessions",
-)
+POLICIES = (*GOLDEN_POLICIES, "pause_aware", "pause_aware_prefetch", "ttl_pin", "kvflow_sessions")  # every policy
 
 
 WORKLOADS = {
