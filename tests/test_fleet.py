@@ -6,9 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -21,6 +18,7 @@ from sim.routers.session_affinity import client_replica
 from sim.runner import load_conf, simulate
 from tests.golden.cases import cases, pinned
 from tests.golden.regen import GOLDEN
+from tests.test_sim_cli import run  # kvflow-sim in a subprocess, one-line errors visible
 
 EXPECTED = json.loads(GOLDEN.read_text())
 CASES = cases()
@@ -210,20 +208,7 @@ def test_cached_prefix_walk_reads_without_changing_the_tree():
 
 
 # ----- kvflow-sim ---------------------------------------------------------------------------------
-EXE = [sys.executable, "-c", "from sim.cli import main; main()"]
 SMALL = ["policy=kvflow", "workload.params.runs=1", "workload.params.agents=4", "output.report=false"]
-
-
-def run(tmp_path, *args):
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [*EXE, f"hydra.run.dir={tmp_path}/run", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize(
