@@ -55,13 +55,7 @@ class WritePolicy:
     def backup_now(self, node: RadixNode) -> bool:
         """Start a CPU copy of GPU node ``node`` now, whatever the write policy (a session paused:
         ``Policy.backup_on_pause``); False when it has one, is busy, or finds no room."""
-        if not node.gpu or node.cpu or node.inflight is not None or not self._cpu_anchored(node):
-            return False
-        if self.skip_dynamic and node.suffix and not node.users:
-            return False  # a dynamic suffix or an output: never backed up (backup_dynamic=false)
-        if self.worth_keeping is not None and not self.worth_keeping(node):
-            return False
-        if not self._reserve_cpu(node):
+        if not node.gpu or node.cpu or node.inflight is not None or not self._copy_allowed(node):
             return False
         self.tree.begin_offload(node)
         self._queue_offload(node, free_gpu_after=False)
@@ -74,14 +68,7 @@ class WritePolicy:
         if node.prefetched:
             self.stats.prefetch_wasted += 1
             node.prefetched = False
-        if (
-            not node.cpu
-            and self.write_back
-            and not (self.skip_dynamic and node.suffix and not node.users)
-            and self._cpu_anchored(node)
-            and (self.worth_keeping is None or self.worth_keeping(node))
-            and self._reserve_cpu(node)
-        ):
+        if not node.cpu and self.write_back and self._copy_allowed(node):
             self.tree.begin_offload(node, demote=True)
             self._queue_offload(node, free_gpu_after=True)
         else:
@@ -102,12 +89,19 @@ class WritePolicy:
         """Write-through wants a CPU copy of ``node`` (on the GPU) now, and CPU space was reserved."""
         if not self.write_through or node.cpu or node.inflight is not None or node.hits < self.hits_due:
             return False
+        return self._copy_allowed(node)
+
+    def _copy_allowed(self, node: RadixNode) -> bool:
+        """The rules every CPU copy obeys (write-through, write-back, a pausing session's backup),
+        then its CPU space reserved: not a dynamic suffix or output under ``backup_dynamic=false``
+        (KVFLOW.md 2.4), prefix-closed, not vetoed by the policy (no expected reuse: save the PCIe
+        bandwidth and the CPU space)."""
         if self.skip_dynamic and node.suffix and not node.users:
-            return False  # a dynamic suffix or an output: never backed up (KVFLOW.md 2.4)
+            return False
         if not self._cpu_anchored(node):
             return False
         if self.worth_keeping is not None and not self.worth_keeping(node):
-            return False  # the policy expects no reuse: save the PCIe bandwidth and the CPU space
+            return False
         return self._reserve_cpu(node)
 
     def _reserve_cpu(self, node: RadixNode) -> bool:
