@@ -23,6 +23,7 @@ from harness.errors import SetupError  # noqa: E402
 from harness.profile import HARDWARE_KEYS  # noqa: E402
 from kvflow.model_spec import load_model_spec  # noqa: E402
 from real import engine_bench  # noqa: E402
+from real.engine_bench.direct_05 import fit_direct  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = load_model_spec("llama-3.1-8b")
@@ -184,7 +185,7 @@ def test_direct_fit_recovers_latency_and_rate():
         {"page_layers": c, "bytes": b, "time_s": c * 3e-6 + b / 40e9}
         for c, b in ((8192, 4 << 20), (8192, 64 << 20), (2048, 64 << 20), (32, 64 << 20))
     ]
-    fit = engine_bench._fit_direct(points)
+    fit = fit_direct(points)
     assert fit["latency_s"] == pytest.approx(3e-6, rel=1e-6) and fit["gbps"] == pytest.approx(40.0, rel=1e-6)
 
 
@@ -197,16 +198,15 @@ def test_synthetic_decoder_step_is_deterministic():
     assert dec.prefill_layer(0, torch.randn(8, spec.hidden)).shape == (8, spec.hidden)
 
 
-def test_a_failing_part_is_recorded_and_the_rest_run(tmp_path, monkeypatch):
+def test_a_failing_part_is_recorded_and_the_rest_run(tmp_path):
     def broken(ctx):
         raise RuntimeError("no such\nkernel")
 
     parts = (("broken", broken), ("graph_decode", engine_bench.part_graph_decode))
-    monkeypatch.setattr(engine_bench, "PARTS", parts)
     ctx = engine_bench.Ctx(torch.device("cpu"), engine_bench.DRY_SIZES)
-    prof = engine_bench.run(ctx, tmp_path, dry_run=True, budget_s=60.0)
+    prof = engine_bench.run(ctx, tmp_path, dry_run=True, budget_s=60.0, parts=parts)
     assert prof["parts"] == {"broken": "failed: RuntimeError: no such kernel", "graph_decode": "ok"}
     on_disk = yaml.safe_load((tmp_path / engine_bench.PROFILE_NAME).read_text())
     assert on_disk["parts"] == prof["parts"] and on_disk["raw"]["graph_decode"]["eager_step_s"] > 0
-    late = engine_bench.run(ctx, tmp_path, dry_run=True, budget_s=-1.0)
+    late = engine_bench.run(ctx, tmp_path, dry_run=True, budget_s=-1.0, parts=parts)
     assert all(status.startswith("skipped: time budget") for status in late["parts"].values())

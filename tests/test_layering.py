@@ -29,7 +29,7 @@ IMPORT_EXCEPTIONS = {
 PRIVATE_THIRD_PARTY = {
     "hydra._internal",
     "torch._foreach_copy_",
-}  # the latter: real/engine_bench.py, many copies in one call
+}  # the latter: real/engine_bench/direct_05.py, many copies in one call
 # in-project private accesses across modules: none allowed
 PRIVATE_KNOWN: set[tuple[str, str]] = set()
 PACKAGES = ("kvflow", "harness", "sim", "real", "traces", "analysis")
