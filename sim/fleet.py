@@ -258,6 +258,7 @@ class Fleet:
             urgent=False,
             on_done=lambda: self._prefetched(record),
         )
+        self.remote.forget(tokens)
         if record.end_tokens:
             self.prefetches[client] = record
             self.prefetch_counts["issued"] += 1

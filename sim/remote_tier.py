@@ -17,12 +17,41 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import simpy
 
 from kvflow.cpu_fill import add_cpu_prefix, cpu_fill_start
-from sim.routers.prefix_aware import PrefixIndex, block_keys
+from sim.routers.prefix_aware import PrefixIndex
 
-__all__ = ["RemoteLink", "RemoteTier", "RemoteTierConfig"]
+__all__ = ["RemoteLink", "RemoteTier", "RemoteTierConfig", "prefix_keys"]
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: invertible mod 2^64
+_MIX_INV = np.uint64(pow(0x9E3779B97F4A7C15, -1, 1 << 64))
+_SPREAD = np.uint64(0xBF58476D1CE4E5B9)
+
+
+def prefix_keys(tokens: Sequence[int], block_tokens: int) -> list[int]:
+    """One key per whole block, key i standing for the first i + 1 blocks (as ``block_keys``), in
+    numpy: a block's hash is a mixed dot product of its ids with powers of an odd constant, and key
+    i the polynomial ``sum_j h_j x M^(i-j)`` mod 2^64, one cumulative sum (``M`` is invertible mod
+    2^64). ~100x faster than a tuple hash per block on 100K-token prompts; a 64-bit hash, so two
+    different prefixes share a key with odds of about 2^-64 per pair."""
+    n = len(tokens) // block_tokens
+    if n == 0:
+        return []
+    flat = np.frombuffer(tokens, dtype=f"={tokens.typecode}") if hasattr(tokens, "typecode") else np.asarray(tokens)
+    ids = flat[: n * block_tokens].astype(np.uint64).reshape(n, block_tokens)
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.full(block_tokens, _MIX, dtype=np.uint64), dtype=np.uint64)
+        h = ids @ powers
+        h ^= h >> np.uint64(31)
+        h *= _SPREAD
+        h ^= h >> np.uint64(29)
+        up = np.cumprod(np.full(n, _MIX, dtype=np.uint64), dtype=np.uint64)  # M^(j+1)
+        down = np.cumprod(np.full(n, _MIX_INV, dtype=np.uint64), dtype=np.uint64)  # M^-(j+1)
+        keys = up * np.cumsum(h * down, dtype=np.uint64)
+    return keys.tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -104,20 +133,48 @@ class RemoteTier:
         self.link = RemoteLink(env, config.bandwidth_gbps, config.latency_s)
         self.pending: set[int] = set()  # block keys whose write is on the link
         self.counts = [RemoteCounts() for _ in range(n)]
+        self._keys: dict[int, tuple[Sequence[int], list[int]]] = {}  # id(prompt) -> (prompt, its keys)
+
+    def keys_of(self, tokens: Sequence[int]) -> list[int]:
+        """The prompt's block keys, computed once between a request's submit and its write."""
+        hit = self._keys.get(id(tokens))
+        if hit is not None and hit[0] is tokens:
+            return hit[1]
+        keys = prefix_keys(tokens, self.block_tokens)
+        self._keys[id(tokens)] = (tokens, keys)
+        return keys
 
     @property
     def held_tokens_total(self) -> int:
         return len(self.index.keys) * self.block_tokens
 
+    def forget(self, tokens: Sequence[int]) -> None:
+        """Drop the prompt's memoized keys (a prefetch's prompt: no write of it follows)."""
+        self._keys.pop(id(tokens), None)
+
+    def held_blocks(self, keys: Sequence[int]) -> int:
+        """Blocks of the chain ``keys`` the tier holds from its start: a binary search, as the index
+        is prefix-closed (a block held means its parents are; ``PrefixIndex.matched_blocks`` walks)."""
+        held = self.index.keys
+        lo, hi = 0, len(keys)  # keys[:lo] held; keys[hi:] not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if keys[mid - 1] in held:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
     def held_tokens(self, tokens: Sequence[int]) -> int:
         """Length of the longest prefix of ``tokens`` the tier can serve now (whole blocks)."""
-        return self.index.matched_blocks(block_keys(tokens, self.block_tokens)) * self.block_tokens
+        return self.held_blocks(self.keys_of(tokens)) * self.block_tokens
 
     def write(self, replica: int, tokens: Sequence[int], on_done: Callable[[], None] | None = None) -> bool:
         """Write the blocks of prompt ``tokens`` the tier neither holds nor is writing; they become
         readable when the transfer ends (then ``on_done``). False when there was nothing to write."""
-        keys = block_keys(tokens, self.block_tokens)
-        mine = [k for k in keys[self.index.matched_blocks(keys) :] if k not in self.pending]
+        keys = self.keys_of(tokens)
+        self.forget(tokens)  # the request's last use of them
+        mine = [k for k in keys[self.held_blocks(keys) :] if k not in self.pending]
         if not mine:
             return False
         self.pending.update(mine)
@@ -129,8 +186,11 @@ class RemoteTier:
 
         def landed() -> None:
             self.pending.difference_update(written)
-            present = [k for k in keys if k in written or k in self.index.keys]
-            self.index.insert(present[::-1])  # deepest first: a parent is never older than its child
+            held = self.index.keys
+            n = 0
+            while n < len(keys) and (keys[n] in written or keys[n] in held):
+                n += 1  # the chain's blocks now held from its start (a gap would break prefix closure)
+            self.index.insert(keys[n - 1 :: -1] if n else [])  # deepest first: a parent is never older
             if on_done is not None:
                 on_done()
 
@@ -141,8 +201,8 @@ class RemoteTier:
         self, replica: int, tokens: Sequence[int], n_tokens: int, on_done: Callable[[], None], urgent: bool
     ) -> None:
         """Move ``n_tokens`` of ``tokens``' prefix to a replica; the blocks read count as used (LRU)."""
-        keys = block_keys(tokens, self.block_tokens)
-        held = keys[: self.index.matched_blocks(keys)]
+        keys = self.keys_of(tokens)
+        held = keys[: self.held_blocks(keys)]
         self.index.insert(held[::-1])
         nbytes = n_tokens * self.kv_bytes_per_token
         counts = self.counts[replica]

@@ -256,6 +256,26 @@ def test_remote_written_is_held_plus_in_flight_when_nothing_is_evicted():
     assert remote.held_tokens_total + len(remote.pending) * 64 == written
 
 
+def test_remote_index_stays_prefix_closed_under_eviction():
+    """A small pool evicts all the time; every prompt's held blocks are still a prefix of its chain
+    (what the binary search in ``RemoteTier.held_blocks`` relies on)."""
+    from harness.setup import prepare
+    from sim.fleet import run_fleet
+    from sim.remote_tier import prefix_keys
+
+    cfg = remote_cfg("kv_aware", replicas=3, policy="kvflow", capacity_tokens=2048)
+    setup = prepare(cfg)
+    _, fleet, _ = run_fleet(cfg, setup, 3)
+    remote: RemoteTier = fleet.remote  # type: ignore[assignment]
+    assert remote.held_tokens_total <= 2048
+    held_somewhere = 0
+    for inv in setup.trace.invocations:
+        held = [k in remote.index.keys for k in prefix_keys(setup.trace.prompt_array(inv), 64)]
+        assert held == sorted(held, reverse=True), inv.id  # True... then False...
+        held_somewhere += any(held)
+    assert held_somewhere > 0
+
+
 def test_remote_on_changes_a_fleet_and_off_leaves_it_alone():
     """Off: the summary has no remote keys and equals a run without the key (the golden fleet
     numbers in tests/test_fleet.py are unchanged by construction); on: the traffic shows."""
