@@ -276,6 +276,27 @@ def test_remote_index_stays_prefix_closed_under_eviction():
     assert held_somewhere > 0
 
 
+# figures of 3-replica fleets measured before the remote tier existed (commit 997b0d4): the off path
+# must keep them (tests/test_fleet.py pins the one-replica path against the golden file)
+BEFORE_REMOTE = {
+    ("round_robin", "hicache"): (0.32265625, 10.5580430148453, 8173649920, [32, 32, 32]),
+    ("kv_aware", "kvflow"): (0.625, 8.877850228487848, 3145728000, [36, 36, 24]),
+    ("workflow_aware", "kvflow"): (0.625, 8.877850228487848, 3145728000, [36, 36, 24]),
+}
+
+
+@pytest.mark.parametrize("router,policy", sorted(BEFORE_REMOTE))
+def test_fleet_without_remote_tier_keeps_its_numbers(router, policy):
+    cfg = thrash_cfg(3, router, policy)
+    cfg["cache"] = {"gpu_capacity_tokens": 12000, "cpu_capacity_tokens": 6000}
+    result = simulate(cfg)
+    s = result.summary
+    hit, latency, d2h, requests = BEFORE_REMOTE[(router, policy)]
+    assert s["hit_rate_gpu"] == hit and s["workflow_latency_mean_s"] == pytest.approx(latency, rel=1e-12)
+    assert s["d2h_bytes"] == d2h and [r["requests"] for r in result.replica_rows] == requests
+    assert list(result.replica_rows[0]) == list(REPLICA_FIELDS)
+
+
 def test_remote_on_changes_a_fleet_and_off_leaves_it_alone():
     """Off: the summary has no remote keys and equals a run without the key (the golden fleet
     numbers in tests/test_fleet.py are unchanged by construction); on: the traffic shows."""
