@@ -163,15 +163,14 @@ class Fleet:
         client = request.client_id
         self.calls[client] = self.calls.get(client, 0) + 1
         record = self.prefetches.pop(client, None)
-        if record is not None and self._prefetch_met(record, request, index):
+        if record is not None and self._prefetch_met(record, request, index, now_s):
             return
         self._fetch_then_hand_over(request, index, now_s, poke=False)
 
-    def _prefetch_met(self, record: Prefetch, request: Any, index: int) -> bool:
+    def _prefetch_met(self, record: Prefetch, request: Any, index: int, now_s: float) -> bool:
         """Count a client's prefetch at its next call: late (still moving: the call waits for it,
         True), early (arrived and still cached there) or wasted (another replica, another prefix,
         or evicted before the call)."""
-        now_s = self.replicas[index].loop.env.now
         fits = record.replica == index and (
             common_prefix_len(record.tokens, request.tokens, 0, record.end_tokens) >= record.end_tokens
         )
