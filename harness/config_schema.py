@@ -224,10 +224,40 @@ WORKLOAD: dict[str, Check] = {
 ROUTER_NAMES = ("round_robin", "least_loaded", "session_affinity", "prefix_aware", "kv_aware", "workflow_aware")
 
 
-def not_built(key: str, value: Any) -> None:
-    """``cluster.remote_tier``: a shared remote KV tier is not simulated yet (docs/fleet.md)."""
-    if value is not None:
-        _fail(key, value, "a shared remote KV tier is not built yet; leave it null (docs/fleet.md)")
+REMOTE_TIER: dict[str, Check] = {  # cluster.remote_tier (sim/remote_tier.py, docs/fleet.md)
+    "capacity_tokens": POSITIVE_INT,  # the pool's size, shared by every replica
+    "bandwidth_gbps": POSITIVE,  # the one shared link, GB/s
+    "latency_s": NON_NEGATIVE,  # per transfer
+    "prefetch": boolean,  # workflow_aware: move a client's prefix to its next call's replica ahead
+}
+REMOTE_TIER_REQUIRED = ("capacity_tokens", "bandwidth_gbps")
+
+
+def remote_tier(key: str, value: Any) -> None:
+    """``cluster.remote_tier``: null (off) or a mapping of ``REMOTE_TIER`` keys."""
+    if value is None:
+        return
+    _check_section(key, value, REMOTE_TIER)
+    for name in REMOTE_TIER_REQUIRED:
+        if name not in value:
+            raise ConfigError(f"{key}.{name}: missing (a remote tier needs {' and '.join(REMOTE_TIER_REQUIRED)})")
+
+
+def _check_cluster(cluster: Mapping[str, Any]) -> None:
+    """What a remote tier needs of the rest of ``cluster``."""
+    remote = cluster.get("remote_tier")
+    if remote is None:
+        return
+    if int(cluster.get("replicas", 1)) < 2:
+        raise ConfigError("cluster.remote_tier: needs cluster.replicas >= 2 (one replica runs the single engine)")
+    block = int(cluster.get("block_tokens", 64))
+    if remote["capacity_tokens"] < block:
+        _fail(
+            "cluster.remote_tier.capacity_tokens", remote["capacity_tokens"], f"must be >= cluster.block_tokens={block}"
+        )
+    router = cluster.get("router", "round_robin")
+    if remote.get("prefetch", False) and router != "workflow_aware":
+        _fail("cluster.remote_tier.prefetch", True, f"needs cluster.router=workflow_aware, not {router!r}")
 
 
 CLUSTER: dict[str, Check] = {  # sim/fleet.py, sim/routers/ (ROUTER_NAMES must match sim.routers.ROUTERS)
@@ -237,7 +267,7 @@ CLUSTER: dict[str, Check] = {  # sim/fleet.py, sim/routers/ (ROUTER_NAMES must m
     "balance_abs_threshold": NON_NEGATIVE_INT,
     "overlap_weight": NON_NEGATIVE,
     "block_tokens": POSITIVE_INT,
-    "remote_tier": not_built,
+    "remote_tier": remote_tier,
 }
 SECTIONS: dict[str, dict[str, Check]] = {
     "hardware": HARDWARE,
@@ -388,4 +418,6 @@ def validate_config(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
         _check_eviction(cfg["policy"].get("eviction"))
     if cfg.get("workload") is not None:
         _check_workload(cfg["workload"])
+    if cfg.get("cluster") is not None:
+        _check_cluster(cfg["cluster"])
     return cfg

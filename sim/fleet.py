@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
@@ -29,10 +29,11 @@ from sim.driver import WorkflowDriver
 from sim.engine_loop import EngineLoop
 from sim.metrics import counters
 from sim.pcie import PCIeLink
+from sim.remote_tier import RemoteTier, RemoteTierConfig
 from sim.routers import Router, make_router
 from sim.runner import SimResult, hints_source
 
-__all__ = ["REPLICA_FIELDS", "Fleet", "Replica", "fleet_size", "run_fleet", "simulate_fleet"]
+__all__ = ["REMOTE_FIELDS", "REPLICA_FIELDS", "Fleet", "Replica", "fleet_size", "run_fleet", "simulate_fleet"]
 
 REPLICA_FIELDS = (
     "replica",
@@ -50,6 +51,13 @@ REPLICA_FIELDS = (
     "iterations",
     "gpu_evicted_tokens",
     "cpu_evicted_tokens",
+)
+REMOTE_FIELDS = (  # replicas.csv columns added when cluster.remote_tier is on (sim.remote_tier.RemoteCounts)
+    "remote_read_bytes",
+    "remote_reads",
+    "remote_hit_tokens",
+    "remote_write_bytes",
+    "remote_writes",
 )
 _SUMMED = (  # RunCounters fields that add up over replicas
     "gpu_capacity_tokens",
@@ -117,21 +125,85 @@ class Replica:
         return pos
 
 
-class Fleet:
-    """The driver's engine: routes submits, broadcasts hints, pokes the replicas that changed."""
+@dataclass
+class Prefetch:
+    """A client's prefix on its way to (or placed in) the CPU tier of the replica its next call is
+    expected on; ``waiters`` run when it has arrived (a call that came while it was in flight)."""
 
-    def __init__(self, router: Router) -> None:
+    replica: int
+    tokens: Sequence[int]
+    end_tokens: int = 0
+    done: bool = False
+    waiters: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Fleet:
+    """The driver's engine: routes submits, broadcasts hints, pokes the replicas that changed; with
+    a remote tier, fetches a routed request's missing prefix first, writes finished prompts, and
+    (``remote_tier.prefetch``) moves a client's prefix during its think time."""
+
+    def __init__(self, router: Router, remote: RemoteTier | None = None) -> None:
         self.router = router
+        self.remote = remote
         self.replicas: list[Replica] = []
         self.replica_of: dict[str, int] = {}  # request id -> replica index
         self.dirty: set[int] = set()
         self.on_finished: Callable[[list[Any]], None] = lambda reqs: None
+        self.calls: dict[str, int] = {}  # client -> its calls submitted and not finished (remote tier only)
+        self.last_prompt: dict[str, Sequence[int]] = {}  # client -> its latest finished call's prompt
+        self.prefetches: dict[str, Prefetch] = {}  # client -> the prefetch for its next call
+        self.prefetch_counts = {"issued": 0, "early": 0, "late": 0, "wasted": 0}
 
     def submit(self, request: Any, now_s: float) -> None:
         index = self.router.route(request, self.replicas)
         self.replica_of[request.request_id] = index
+        if self.remote is None:
+            self._hand_over(request, index, now_s)
+            return
+        client = request.client_id
+        self.calls[client] = self.calls.get(client, 0) + 1
+        record = self.prefetches.pop(client, None)
+        if record is not None and self._prefetch_met(record, request, index, now_s):
+            return
+        self._fetch_then_hand_over(request, index, now_s, poke=False)
+
+    def _prefetch_met(self, record: Prefetch, request: Any, index: int, now_s: float) -> bool:
+        """Count a client's prefetch at its next call: late (still moving: the call waits for it,
+        True), early (arrived and still cached there) or wasted (another replica, another prefix,
+        or evicted before the call)."""
+        fits = record.replica == index and (
+            common_prefix_len(record.tokens, request.tokens, 0, record.end_tokens) >= record.end_tokens
+        )
+        if fits and not record.done:
+            self.prefetch_counts["late"] += 1
+            record.waiters.append(lambda: self._fetch_then_hand_over(request, index, now_s, poke=True))
+            return True
+        cached = fits and self.replicas[index].cached_prefix_tokens(request.tokens) >= record.end_tokens
+        self.prefetch_counts["early" if cached else "wasted"] += 1
+        return False
+
+    def _fetch_then_hand_over(self, request: Any, index: int, now_s: float, poke: bool) -> None:
+        """The remote tier's part of the prompt that replica ``index`` lacks goes to its CPU tier
+        first (the request waits: its arrival time stays ``now_s``); then the replica gets it."""
+        assert self.remote is not None
+        replica = self.replicas[index]
+        _, started = self.remote.fetch(
+            index,
+            replica.engine.cache,
+            request.tokens,
+            replica.cached_prefix_tokens(request.tokens),
+            urgent=True,
+            on_done=lambda: self._hand_over(request, index, now_s, poke=True),
+        )
+        if not started:
+            self._hand_over(request, index, now_s, poke=poke)
+
+    def _hand_over(self, request: Any, index: int, now_s: float, poke: bool = False) -> None:
         self.replicas[index].engine.submit(request, now_s)
-        self.dirty.add(index)
+        if poke:  # after a transfer: the driver's poke has passed
+            self.replicas[index].loop.poke()
+        else:
+            self.dirty.add(index)
 
     def set_hints(self, client_id: str, steps: Mapping[str, float | None], now_s: float) -> None:
         for r in self.replicas:
@@ -140,6 +212,9 @@ class Fleet:
     def finish_client(self, client_id: str, now_s: float) -> None:
         for r in self.replicas:
             r.engine.finish_client(client_id, now_s)
+        self.last_prompt.pop(client_id, None)
+        if self.prefetches.pop(client_id, None) is not None:  # the client never called again
+            self.prefetch_counts["wasted"] += 1
 
     def on_submit(self, inv: Any) -> None:
         """The clairvoyant policy's next-use feed: a client's future is the same on every replica."""
@@ -149,7 +224,50 @@ class Fleet:
 
     def finished(self, index: int, requests: list[Any]) -> None:
         self.dirty.add(index)
+        if self.remote is None:
+            self.on_finished(requests)
+            return
+        idle = []
+        for req in requests:  # before the driver, which drops the prompts
+            client = req.client_id
+            self.calls[client] -= 1
+            self.last_prompt[client] = req.tokens
+            if not self.remote.write(index, req.tokens, on_done=lambda client=client: self._maybe_prefetch(client)):
+                idle.append(client)
         self.on_finished(requests)
+        for client in idle:
+            self._maybe_prefetch(client)
+
+    def _maybe_prefetch(self, client: str) -> None:
+        """A client between calls (its prompt readable on the remote tier): move its prefix to the
+        replica the router expects its next call on, and hold the router to that choice."""
+        if self.remote is None or not self.remote.config.prefetch or self.calls.get(client, 0):
+            return
+        tokens = self.last_prompt.get(client)
+        target = self.router.predict(client, self.replicas)
+        if tokens is None or target is None or client in self.prefetches:
+            return
+        replica = self.replicas[target]
+        record = Prefetch(target, tokens)
+        _, record.end_tokens = self.remote.fetch(
+            target,
+            replica.engine.cache,
+            tokens,
+            replica.cached_prefix_tokens(tokens),
+            urgent=False,
+            on_done=lambda: self._prefetched(record),
+        )
+        self.remote.forget(tokens)
+        if record.end_tokens:
+            self.prefetches[client] = record
+            self.prefetch_counts["issued"] += 1
+            self.router.pin(client, target)
+
+    def _prefetched(self, record: Prefetch) -> None:
+        record.done = True
+        waiters, record.waiters = record.waiters, []
+        for run in waiters:
+            run()
 
     def poke(self) -> None:
         """Start queued ops and wake the loop of every replica that got input (or queued ops)."""
@@ -201,6 +319,8 @@ def simulate_fleet(cfg: Mapping[str, Any], trace: Any | None = None, replicas: i
     run.wall_s = time.perf_counter() - wall0
     summary = summarize(RunIdentity.from_config("sim", cfg), run, rows, wf_rows)
     summary["replicas"] = n
+    if fleet.remote is not None:
+        summary["details"]["remote_tier"] = remote_details(fleet)
     result = SimResult(summary, rows, wf_rows, run.wall_s)
     result.replica_rows = replica_rows(fleet, rows, env.now)
     return result
@@ -211,7 +331,10 @@ def run_fleet(cfg: Mapping[str, Any], setup: Setup, n: int) -> tuple[simpy.Envir
     cluster = cfg.get("cluster") or {}
     policy_cfg = cfg["policy"]
     env = simpy.Environment()
-    fleet = Fleet(make_router(str(cluster.get("router", "round_robin")), router_options(cluster, setup)))
+    config = RemoteTierConfig.from_config(cluster.get("remote_tier"))
+    block = int(cluster.get("block_tokens", 64))
+    remote = None if config is None else RemoteTier(env, config, block, setup.model.kv_bytes_per_token, n)
+    fleet = Fleet(make_router(str(cluster.get("router", "round_robin")), router_options(cluster, setup)), remote)
     for _ in range(n):
         _add_replica(fleet, env, cfg, setup)
     reads_future = fleet.replicas[0].feed is not None
@@ -285,6 +408,33 @@ def replica_rows(fleet: Fleet, rows: Sequence[Mapping[str, Any]], makespan_s: fl
                 "iterations": r.loop.iterations,
                 "gpu_evicted_tokens": stats.gpu_evicted_tokens,
                 "cpu_evicted_tokens": stats.cpu_evicted_tokens,
+                **(remote_columns(fleet.remote, r.index) if fleet.remote is not None else {}),
             }
         )
     return out
+
+
+def remote_columns(remote: RemoteTier, index: int) -> dict[str, int]:
+    """A replica's ``REMOTE_FIELDS`` (replicas.csv, remote tier on only)."""
+    c = remote.counts[index]
+    values = (c.read_bytes, c.reads, c.hit_tokens, c.write_bytes, c.writes)
+    return dict(zip(REMOTE_FIELDS, values, strict=True))
+
+
+def remote_details(fleet: Fleet) -> dict[str, Any]:
+    """``details.remote_tier`` of a fleet with a remote tier: traffic summed over replicas, what the
+    pool holds at the end, the link's busy time and the workflow-aware prefetch counts."""
+    remote = fleet.remote
+    assert remote is not None
+    counts = remote.counts
+    return {
+        "capacity_tokens": remote.config.capacity_tokens,
+        "held_tokens": remote.held_tokens_total,
+        "read_bytes": sum(c.read_bytes for c in counts),
+        "reads": sum(c.reads for c in counts),
+        "hit_tokens": sum(c.hit_tokens for c in counts),
+        "write_bytes": sum(c.write_bytes for c in counts),
+        "writes": sum(c.writes for c in counts),
+        "link_busy_s": remote.link.busy_s,
+        "prefetch": {**fleet.prefetch_counts, "tokens": sum(c.prefetch_tokens for c in counts)},
+    }

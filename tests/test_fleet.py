@@ -216,7 +216,7 @@ SMALL = ["policy=kvflow", "workload.params.runs=1", "workload.params.agents=4", 
     [
         (["cluster.router=nope"], "cluster.router='nope': must be one of round_robin"),
         (["cluster.replicas=0"], "cluster.replicas=0: must be an integer >= 1"),
-        (["cluster.remote_tier=mooncake"], "cluster.remote_tier='mooncake': a shared remote KV tier is not built"),
+        (["cluster.remote_tier=mooncake"], "cluster.remote_tier='mooncake': must be a mapping"),
         (["cluster.cache_threshold=2"], "cluster.cache_threshold=2: must be a number >= 0 and <= 1"),
     ],
 )

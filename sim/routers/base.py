@@ -41,6 +41,14 @@ class Router:
     def route(self, request: Any, replicas: Sequence[ReplicaView]) -> int:
         raise NotImplementedError
 
+    def predict(self, client_id: str, replicas: Sequence[ReplicaView]) -> int | None:
+        """Where the client's next call would go now (None: this router cannot tell ahead); a fleet's
+        remote-tier prefetch moves the client's prefix there (``cluster.remote_tier.prefetch``)."""
+        return None
+
+    def pin(self, client_id: str, index: int) -> None:
+        """The client's prefix was prefetched to ``index``: send its next call there if the rule allows."""
+
 
 def least_loaded(replicas: Sequence[ReplicaView]) -> int:
     """Fewest waiting + running requests; ties go to the lowest index."""
