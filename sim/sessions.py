@@ -38,7 +38,7 @@ from sim.runner import simulate
 from traces.schema import Trace
 
 BASELINES = ("sglang", "hicache", "kvflow", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "clairvoyant")
-SESSION_POLICIES = ("pause_aware", "pause_aware_prefetch", "ttl_pin", "kvflow_sessions")
+SESSION_POLICIES = ("pause_aware", "pause_aware_prefetch", "ttl_pin", "kvflow_sessions", "subagent_aware")
 POLICIES = BASELINES + SESSION_POLICIES
 LRU = "hicache"
 POOL_FACTORS = (0.5, 1.0, 2.0)
