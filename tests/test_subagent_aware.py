@@ -219,7 +219,7 @@ def test_runs_on_real_weka_sessions_with_subagents(monkeypatch):
 
     from harness.setup import build_trace
     from sim.runner import simulate
-    from sim.sessions import Job, compose, job_config
+    from sim.sessions import Job, compose, job_config, subagent_share, subagent_text
 
     files = [SHARED_DATA / "weka" / f"trace_{n}.json.gz" for n in ("0254", "0277", "0282")]
     if not all(f.exists() for f in files):
@@ -235,7 +235,10 @@ def test_runs_on_real_weka_sessions_with_subagents(monkeypatch):
     base = compose("all", ",".join(map(str, files)))
     base["workload"]["start"] = "together"
     trace = build_trace(base["workload"], base["seed"])
-    assert {inv.agent_id for inv in trace.invocations} > {"main"}
+    share = subagent_share(trace)
+    assert share["sessions"] == share["sessions_with_subagents"] == 3
+    assert 0 < share["subagent_calls"] < share["calls"] and 0 < share["subagent_prompt_tokens"] < share["prompt_tokens"]
+    assert "3 of 3 sessions spawn sub-agents" in subagent_text("all", share)
     summaries = {}
     for policy in ("kvflow_sessions", "subagent_aware"):
         cfg = job_config(base, Job(policy, 250_000, None))
