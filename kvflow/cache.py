@@ -305,10 +305,12 @@ class KVCacheManager:
 
     # ----- sessions (``Policy.observes_sessions`` only; the engine calls these when ``sessions``) ----
     def session_submit(self, client: str, user: User | None, now_s: float) -> None:
-        """A call of ``client`` arrived: a paused session resumes."""
+        """A call of ``client`` arrived: a paused session resumes; the policy hears which agent calls."""
         assert self.sessions is not None
         if self.sessions.submit(client, user):
             self.refresh_clients(self.policy.on_session_resume(client, now_s))
+        if user is not None:
+            self.refresh_clients(self.policy.on_call_submit(client, user[1], now_s))
 
     def session_finish(self, client: str, agent: str, prompt_tokens: int, now_s: float) -> None:
         """A call of ``client`` finished: with none left the session pauses (re-rank it, and back

@@ -35,6 +35,7 @@ SESSION_POLICIES = (
     "pause_aware_prefetch",
     "ttl_pin",
     "kvflow_sessions",
+    "subagent_aware",
 )  # issue 15: <= 2% slower than kvflow here
 POLICIES = ("sglang", "hicache", "kvflow", *NEW_POLICIES, "clairvoyant", *SESSION_POLICIES)
 SLOWER_LIMIT = 0.02

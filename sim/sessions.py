@@ -12,7 +12,8 @@ LRU -> Belady GPU-hit gap it closes (>= 50%).
 
 Split: ``--split test`` (default: every 5th session file, never used for tuning) or ``train``;
 ``--sessions N`` keeps the first N sessions of the split (quick looks, tests). Runs in parallel
-over ``--jobs`` processes (fork: the imported trace is shared). Deterministic.
+over ``--jobs`` processes (fork: the imported trace is shared). Deterministic. ``--subagents`` only
+prints how much of the split its sub-agents are (sessions, calls, prompt tokens) and exits.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sim.runner import simulate
 from traces.schema import Trace
 
 BASELINES = ("sglang", "hicache", "kvflow", "kvflow_inferred", "kvflow_cost", "kvflow_gd", "clairvoyant")
-SESSION_POLICIES = ("pause_aware", "pause_aware_prefetch", "ttl_pin", "kvflow_sessions")
+SESSION_POLICIES = ("pause_aware", "pause_aware_prefetch", "ttl_pin", "kvflow_sessions", "subagent_aware")
 POLICIES = BASELINES + SESSION_POLICIES
 LRU = "hicache"
 POOL_FACTORS = (0.5, 1.0, 2.0)
@@ -88,6 +89,47 @@ def first_sessions(trace: Trace, n: int | None) -> Trace:
     chosen = set(order[:n])
     keep = [inv for inv in trace.invocations if inv.client_id in chosen]
     return Trace({**trace.meta, "sessions_kept": len(chosen)}, trace.workflows, keep)
+
+
+def subagent_share(trace: Trace) -> dict[str, Any]:
+    """How much of ``trace`` its sub-agents are: sessions that spawn any, their calls and prompt
+    tokens (every agent but the importer's main agent), and in how many sessions each type runs."""
+    from traces.importers.weka import MAIN_AGENT
+
+    agents: dict[str, set[str]] = {}
+    calls, tokens = [0, 0], [0, 0]
+    for inv in trace.invocations:
+        sub = int(inv.agent_id != MAIN_AGENT)
+        calls[sub] += 1
+        tokens[sub] += trace.prompt_len(inv)
+        agents.setdefault(inv.client_id, set()).add(inv.agent_id)
+    types: dict[str, int] = {}
+    for names in agents.values():
+        for name in names - {MAIN_AGENT}:
+            types[name] = types.get(name, 0) + 1
+    return {
+        "sessions": len(agents),
+        "sessions_with_subagents": sum(1 for names in agents.values() if names - {MAIN_AGENT}),
+        "calls": sum(calls),
+        "subagent_calls": calls[1],
+        "prompt_tokens": sum(tokens),
+        "subagent_prompt_tokens": tokens[1],
+        "sessions_per_type": dict(sorted(types.items())),
+    }
+
+
+def subagent_text(split: str, share: Mapping[str, Any]) -> str:
+    def pct(part: int, whole: int) -> str:
+        return f"{part / whole:.1%}" if whole else "-"
+
+    return (
+        f"split {split}: {share['sessions_with_subagents']} of {share['sessions']} sessions spawn sub-agents "
+        f"({pct(share['sessions_with_subagents'], share['sessions'])}); sub-agent calls {share['subagent_calls']:,} "
+        f"of {share['calls']:,} ({pct(share['subagent_calls'], share['calls'])}), prompt tokens "
+        f"{share['subagent_prompt_tokens']:,} of {share['prompt_tokens']:,} "
+        f"({pct(share['subagent_prompt_tokens'], share['prompt_tokens'])}); sessions per type "
+        + (", ".join(f"{k} {v}" for k, v in share["sessions_per_type"].items()) or "-")
+    )
 
 
 def largest_call_tokens(trace: Trace, page_tokens: int = 64) -> int:
@@ -289,6 +331,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
     p.add_argument("--results-md", type=Path, default=None, help="rewrite the sim.sessions block of this file")
+    p.add_argument(
+        "--subagents", action="store_true", help="only print how much of the split its sub-agents are, and exit"
+    )
     args = p.parse_args(argv)
     try:
         args.pool_factors = [float(x) for x in args.pools.split(",") if x.strip()]
@@ -311,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         base = compose(args.split, args.import_from)
         trace = first_sessions(build_trace(base["workload"], base["seed"]), args.sessions)
+        if args.subagents:
+            print(subagent_text(args.split, subagent_share(trace)))
+            return 0
         pool = args.pool_tokens or profile_pool_tokens(base, trace)
         need = largest_call_tokens(trace)
         pools = [max(int(round(pool * f)), need) for f in args.pool_factors]

@@ -46,6 +46,7 @@ def test_policy_names_come_from_the_yamls_and_old_names_still_work():
         "pause_aware",
         "ttl_pin",
         "kvflow_sessions",
+        "subagent_aware",
     }
     assert isinstance(make_policy("kvflow_gd"), KVFlowPolicy) and make_policy("kvflow_gd").aging
     assert isinstance(make_policy("kvflow.policies.clairvoyant.ClairvoyantPolicy"), ClairvoyantPolicy)

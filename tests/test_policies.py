@@ -125,6 +125,6 @@ def test_clairvoyant_reads_user_next_use():
 def test_unknown_policy_lists_valid_names():
     with pytest.raises(
         ValueError,
-        match="valid: clairvoyant, lru, kvflow, pause_aware, ttl_pin, kvflow_cost, kvflow_sessions, kvflow_gd",
+        match="valid: clairvoyant, lru, kvflow, pause_aware, ttl_pin, kvflow_cost, kvflow_sessions, kvflow_gd, subagent_aware",
     ):
         make_policy("fifo")

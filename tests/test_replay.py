@@ -191,7 +191,11 @@ def test_replay_backend_imports_no_simpy_or_torch():
 @pytest.mark.parametrize(
     "flag,value,listed",
     [
-        ("--policy", "fifo", "lru, kvflow, pause_aware, ttl_pin, kvflow_cost, kvflow_sessions, kvflow_gd, belady"),
+        (
+            "--policy",
+            "fifo",
+            "lru, kvflow, pause_aware, ttl_pin, kvflow_cost, kvflow_sessions, kvflow_gd, subagent_aware, belady",
+        ),
         ("--model", "gpt-5", "llama-3.1-8b"),
     ],
 )

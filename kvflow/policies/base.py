@@ -37,8 +37,9 @@ class Policy:
     policy, so the others pay nothing for it;
     ``observes_sessions``: the cache tells it when a session (client) pauses (its last call in the
     engine finished), resumes (its next submit) and ends, with the time (``on_session_pause`` /
-    ``on_session_resume`` / ``on_session_end``); it may then back up a pausing session's GPU nodes
-    at once (``backup_on_pause``) so that evicting them later never waits for a D2H copy.
+    ``on_session_resume`` / ``on_session_end``), and which agent each call is of
+    (``on_call_submit``); it may then back up a pausing session's GPU nodes at once
+    (``backup_on_pause``) so that evicting them later never waits for a D2H copy.
     """
 
     name: ClassVar[str] = ""
@@ -84,6 +85,12 @@ class Policy:
 
     def on_session_resume(self, client: str, now_s: float) -> list[str]:
         """A call of paused (or new) session ``client`` arrived at ``now_s``."""
+        return []
+
+    def on_call_submit(self, client: str, agent: str, now_s: float) -> list[str]:
+        """A call of agent ``agent`` of session ``client`` arrived at ``now_s`` (every submit of a
+        tagged call, after ``on_session_resume``): which agent calls, for a policy that tells a
+        session's sub-agents from its main agent."""
         return []
 
     def on_session_end(self, client: str, now_s: float) -> list[str]:
