@@ -60,9 +60,9 @@ def point(workflows: int, policy: str, replicas: int) -> dict[str, float]:
     }
     if replicas > 1:
         cfg["cluster"] = {**conf_cluster(), "replicas": replicas, "router": "session_affinity"}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = simulate(cfg, trace=trace)
-    wall_s = time.perf_counter() - t0
+    wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     rss_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     requests = int(result.summary["requests"])
     return {
@@ -70,6 +70,8 @@ def point(workflows: int, policy: str, replicas: int) -> dict[str, float]:
         "requests": requests,
         "build_s": build_s,
         "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "req_per_cpu_s": requests / cpu_s,
         "req_per_s": requests / wall_s,
         "rss_trace_bytes": rss_trace,
         "rss_run_bytes": rss_run,
@@ -113,6 +115,7 @@ def mooncake_point(n_requests: int, policy: str, replicas: int, router: str, pat
         "rss_trace_bytes": rss_trace,
         "rss_run_bytes": rss_run,
         "bytes_per_request": (rss_run - rss_trace) / max(1, requests),
+        "req_per_cpu_s": requests / cpu_s,
         "sim_s": float(result.summary.get("makespan_s", 0.0) or 0.0),
         "hit_rate_gpu": float(result.summary["hit_rate_gpu"]),
     }
@@ -178,7 +181,8 @@ def main() -> int:
     counts = [int(x) for x in args.workflows.split(",") if x.strip()]
     print(f"policy {args.policy}, {args.replicas} replica(s); one fresh process per point")
     print(
-        f"{'workflows':>9}{'requests':>10}{'trace s':>9}{'sim s':>8}{'req/s':>9}{'RSS trace MB':>13}"
+        f"{'workflows':>9}{'requests':>10}{'trace s':>9}{'sim s':>8}{'CPU s':>8}{'req/s':>9}{'req/CPU s':>10}"
+        f"{'RSS trace MB':>13}"
         f"{'RSS run MB':>11}{'B/request':>10}{'GPU hit':>9}"
     )
     for w in counts:
@@ -189,7 +193,8 @@ def main() -> int:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
-            f"{r['workflows']:>9}{r['requests']:>10}{r['build_s']:>9.2f}{r['wall_s']:>8.2f}{r['req_per_s']:>9,.0f}"
+            f"{r['workflows']:>9}{r['requests']:>10}{r['build_s']:>9.2f}{r['wall_s']:>8.2f}{r['cpu_s']:>8.2f}"
+            f"{r['req_per_s']:>9,.0f}{r['req_per_cpu_s']:>10,.0f}"
             f"{r['rss_trace_bytes'] / 2**20:>13,.0f}{r['rss_run_bytes'] / 2**20:>11,.0f}"
             f"{r['bytes_per_request']:>10,.0f}{r['hit_rate_gpu']:>9.1%}"
         )

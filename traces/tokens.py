@@ -94,6 +94,18 @@ def _block_stream_start(key: str | int, seed: int) -> tuple[int, int]:
     return h >> 33, h % TABLE_SIZE
 
 
+def _unique_stream_start(inv_id: str, index: int, key: str | int, seed: int) -> tuple[int, int]:
+    """``_stream_start(("unique", inv_id, index, key, seed))`` with the text built directly (the
+    same bytes as ``stable_hash``'s): one per generated invocation's dynamic segment."""
+    if not (type(inv_id) is str and type(index) is int and type(key) in (int, str) and type(seed) is int):
+        return _stream_start(("unique", inv_id, index, key, seed))
+    if not _table:
+        _stream_start(())
+    text = f"str:unique\x1fstr:{inv_id}\x1fint:{index}\x1f{type(key).__name__}:{key}\x1fint:{seed}"
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    return h >> 33, h % TABLE_SIZE
+
+
 def stream_tokens(n: int, *parts: object) -> list[int]:
     """The first ``n`` ids of the stream named by ``parts``: the top 31 bits of their hash, then a
     window of the shared table starting at the hash modulo ``TABLE_SIZE`` (wrapping around)."""
@@ -142,7 +154,7 @@ class TokenSource:
     def _unique_start(self, seg: Segment, inv_id: str, index: int) -> tuple[int, int]:
         start = self._unique_starts.get((inv_id, index))
         if start is None:
-            start = self._unique_starts[(inv_id, index)] = _stream_start(("unique", inv_id, index, seg.key, self.seed))
+            start = self._unique_starts[(inv_id, index)] = _unique_stream_start(inv_id, index, seg.key, self.seed)
         return start
 
     def _stream(self, kind: str, key: str | int, n: int) -> list[int]:
