@@ -2,6 +2,7 @@
 simulated request as concurrency grows, under memory pressure.
 
     python benchmarks/scale.py [--workflows 64,256,1024] [--policy kvflow] [--replicas 1]
+    python benchmarks/scale.py --mooncake 10000,100000,300000,1000000 --replicas 8 [--router round_robin]
 
 Each point runs in a fresh process (so its peak RSS is its own): the paper_concurrent workload
 (H100, Llama-3.1-8B, 10 sequential agents, fixed 1024 / dynamic 256 / output 256) with W
@@ -11,6 +12,11 @@ per point: requests, trace build time, simulation wall time, requests per wall s
 after building the trace and after the run, and the difference per request (what the simulation
 keeps per request beyond the trace). Targets (issue 17): >= 30,000 requests/s for kvflow at 1,024
 workflows; <= 2 KB per request beyond the trace; flat cost per request from 64 to 1,024.
+
+``--mooncake N,...``: instead, a Mooncake-style trace of N requests (``traces.tiling``: the
+synthetic Mooncake file tiled with namespaced hash ids and shifted timestamps) through
+``--replicas`` engines behind ``--router`` (H100, Llama-3.1-8B, default pools), one fresh process
+per N. Target (issue 17): 1M requests through 8 replicas in <= 5 minutes wall within 8 GB RSS.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import time
 
 TARGET_REQ_PER_S = 30_000
 TARGET_BYTES_PER_REQ = 2048
+TARGET_MOONCAKE_S = 300
+TARGET_MOONCAKE_RSS_BYTES = 8 * 2**30
+MOONCAKE_FILE = "/work/shared/data/mooncake/synthetic_trace.jsonl"
 
 
 def point(workflows: int, policy: str, replicas: int) -> dict[str, float]:
@@ -51,9 +60,9 @@ def point(workflows: int, policy: str, replicas: int) -> dict[str, float]:
     }
     if replicas > 1:
         cfg["cluster"] = {**conf_cluster(), "replicas": replicas, "router": "session_affinity"}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = simulate(cfg, trace=trace)
-    wall_s = time.perf_counter() - t0
+    wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     rss_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     requests = int(result.summary["requests"])
     return {
@@ -61,12 +70,83 @@ def point(workflows: int, policy: str, replicas: int) -> dict[str, float]:
         "requests": requests,
         "build_s": build_s,
         "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "req_per_cpu_s": requests / cpu_s,
         "req_per_s": requests / wall_s,
         "rss_trace_bytes": rss_trace,
         "rss_run_bytes": rss_run,
         "bytes_per_request": (rss_run - rss_trace) / max(1, requests),
         "hit_rate_gpu": float(result.summary["hit_rate_gpu"]),
     }
+
+
+def mooncake_point(n_requests: int, policy: str, replicas: int, router: str, path: str) -> dict[str, float]:
+    """One Mooncake point in this process: build the tiled trace, run the fleet, measure."""
+    from sim.runner import load_conf as conf
+    from sim.runner import simulate
+    from traces.tiling import tile_mooncake
+
+    t0 = time.perf_counter()
+    trace = tile_mooncake(path, n_requests)
+    build_s = time.perf_counter() - t0
+    rss_trace = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cfg = {
+        "seed": 0,
+        "hardware": conf("hardware", "h100"),
+        "model": conf("model", "llama-3.1-8b"),
+        "workload": {"name": "mooncake_tiled"},
+        "policy": conf("policy", policy),
+        "cache": {},
+        "engine": {},
+        "sim": {"timeline": False},
+        "cluster": {**conf_cluster(), "replicas": replicas, "router": router},
+    }
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    result = simulate(cfg, trace=trace)
+    wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    rss_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    requests = int(result.summary["requests"])
+    return {
+        "requests": requests,
+        "build_s": build_s,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "req_per_s": requests / wall_s,
+        "rss_trace_bytes": rss_trace,
+        "rss_run_bytes": rss_run,
+        "bytes_per_request": (rss_run - rss_trace) / max(1, requests),
+        "req_per_cpu_s": requests / cpu_s,
+        "sim_s": float(result.summary.get("makespan_s", 0.0) or 0.0),
+        "hit_rate_gpu": float(result.summary["hit_rate_gpu"]),
+    }
+
+
+def mooncake_main(args: argparse.Namespace) -> int:
+    """The Mooncake curve: one fresh process per request count, increasing."""
+    counts = sorted(int(x) for x in args.mooncake.split(",") if x.strip())
+    print(f"Mooncake tiled ({args.mooncake_file}), policy {args.policy}, {args.replicas} replica(s), {args.router}")
+    print(
+        f"{'requests':>9}{'trace s':>9}{'wall s':>9}{'CPU s':>8}{'req/s':>9}{'RSS trace MB':>13}{'RSS run MB':>11}"
+        f"{'B/request':>10}{'GPU hit':>9}{'simulated s':>13}"
+    )
+    for n in counts:
+        cmd = [sys.executable, __file__, "--mooncake-child", str(n), "--policy", args.policy]
+        cmd += ["--replicas", str(args.replicas), "--router", args.router, "--mooncake-file", args.mooncake_file]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            print(f"{n:>9}  failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"{r['requests']:>9}{r['build_s']:>9.1f}{r['wall_s']:>9.1f}{r['cpu_s']:>8.1f}{r['req_per_s']:>9,.0f}"
+            f"{r['rss_trace_bytes'] / 2**20:>13,.0f}{r['rss_run_bytes'] / 2**20:>11,.0f}"
+            f"{r['bytes_per_request']:>10,.0f}{r['hit_rate_gpu']:>9.1%}{r['sim_s']:>13,.0f}"
+        )
+    print(
+        f"target: 1,000,000 requests through 8 replicas in <= {TARGET_MOONCAKE_S} s wall (trace + sim) within "
+        f"{TARGET_MOONCAKE_RSS_BYTES / 2**30:.0f} GB RSS"
+    )
+    return 0
 
 
 def conf_cluster() -> dict:
@@ -83,15 +163,26 @@ def main() -> int:
     ap.add_argument("--workflows", default="64,256,1024", help="comma-separated workflow counts")
     ap.add_argument("--policy", default="kvflow")
     ap.add_argument("--replicas", type=int, default=1, help="engines behind a session-affinity router")
+    ap.add_argument("--mooncake", default="", help="comma-separated request counts: the Mooncake fleet curve")
+    ap.add_argument("--router", default="round_robin", help="--mooncake: the fleet's router")
+    ap.add_argument("--mooncake-file", default=MOONCAKE_FILE, help="--mooncake: the Mooncake JSONL to tile")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--mooncake-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.mooncake_child is not None:
+        r = mooncake_point(args.mooncake_child, args.policy, args.replicas, args.router, args.mooncake_file)
+        print(json.dumps(r))
+        return 0
+    if args.mooncake:
+        return mooncake_main(args)
     if args.child is not None:
         print(json.dumps(point(args.child, args.policy, args.replicas)))
         return 0
     counts = [int(x) for x in args.workflows.split(",") if x.strip()]
     print(f"policy {args.policy}, {args.replicas} replica(s); one fresh process per point")
     print(
-        f"{'workflows':>9}{'requests':>10}{'trace s':>9}{'sim s':>8}{'req/s':>9}{'RSS trace MB':>13}"
+        f"{'workflows':>9}{'requests':>10}{'trace s':>9}{'sim s':>8}{'CPU s':>8}{'req/s':>9}{'req/CPU s':>10}"
+        f"{'RSS trace MB':>13}"
         f"{'RSS run MB':>11}{'B/request':>10}{'GPU hit':>9}"
     )
     for w in counts:
@@ -102,7 +193,8 @@ def main() -> int:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
-            f"{r['workflows']:>9}{r['requests']:>10}{r['build_s']:>9.2f}{r['wall_s']:>8.2f}{r['req_per_s']:>9,.0f}"
+            f"{r['workflows']:>9}{r['requests']:>10}{r['build_s']:>9.2f}{r['wall_s']:>8.2f}{r['cpu_s']:>8.2f}"
+            f"{r['req_per_s']:>9,.0f}{r['req_per_cpu_s']:>10,.0f}"
             f"{r['rss_trace_bytes'] / 2**20:>13,.0f}{r['rss_run_bytes'] / 2**20:>11,.0f}"
             f"{r['bytes_per_request']:>10,.0f}{r['hit_rate_gpu']:>9.1%}"
         )

@@ -89,6 +89,7 @@ class RadixNode:
         "dynamic_users",
         "gpu_filed",
         "cpu_filed",
+        "key",
     )
 
     def __init__(self, tokens: list[int], parent: RadixNode | None) -> None:
@@ -115,6 +116,9 @@ class RadixNode:
         # refresh that would file the same key again (e.g. after a transient lock) skip the push
         self.gpu_filed: tuple | None = None
         self.cpu_filed: tuple | None = None
+        # this node's key in its parent's ``children`` (set when attached): leaving the tree needs no
+        # new page tuple (page_size ints each: a Mooncake page is 512)
+        self.key: Hashable = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -257,10 +261,12 @@ class RadixTree:
         head.users = set(node.users)
         head.dynamic_users = set(node.dynamic_users)
         head.suffix, head.next_use = node.suffix, node.next_use
-        parent.children[self.child_key(head.tokens)] = head
+        head.key = node.key  # the same first page: head takes node's place
+        parent.children[head.key] = head
         node.tokens = node.tokens[at:]
         node.parent = head
-        head.children[self.child_key(node.tokens)] = node
+        node.key = self.child_key(node.tokens)
+        head.children[node.key] = node
         head.gpu_children = 1 if node.on_gpu_or_loading else 0
         head.cpu_children = 1 if node.on_cpu_or_offloading else 0
         if self.on_split is not None:
@@ -319,7 +325,8 @@ class RadixTree:
         child = RadixNode(tokens, node)  # type: ignore[arg-type]
         self._tick += 1
         child.last_access = self._tick
-        node.children[tokens[0] if self.page_size == 1 else tuple(tokens[: self.page_size])] = child
+        child.key = tokens[0] if self.page_size == 1 else tuple(tokens[: self.page_size])
+        node.children[child.key] = child
         return child
 
     def walk(self) -> Iterator[RadixNode]:
@@ -422,8 +429,7 @@ class RadixTree:
             changed = changed or parent.cpu_children == (1 if dc > 0 else 0)
         if not (node.gpu or node.cpu or node.inflight is not None):
             assert not node.children, "a node leaves the tree only when it has no children"
-            tokens = node.tokens
-            del parent.children[tokens[0] if self.page_size == 1 else tuple(tokens[: self.page_size])]
+            del parent.children[node.key]
             node.parent = None
             changed = True
         if changed and parent.parent is not None and not parent.lock_ref:

@@ -50,10 +50,8 @@ class WorkflowDriver:
         self.on_submit = on_submit
         self.tracker = WorkflowTracker(trace, hints)
         self.rule = rule or ReleaseRule(trace)
-        self.requests: dict[str, Request] = {}
-        self.release_s: dict[str, float] = {}
+        self.requests: dict[str, Request] = {}  # release and finish times are the request's own
         self.ready_s: dict[str, float] = {}
-        self.finish_s: dict[str, float] = {}
         self.all_done = env.event()
 
     @property
@@ -90,7 +88,6 @@ class WorkflowDriver:
         self._release(inv)
 
     def _release(self, inv: Any) -> None:
-        self.release_s[inv.id] = self.env.now
         req = Request(
             request_id=inv.id,
             client_id=inv.client_id,
@@ -113,7 +110,6 @@ class WorkflowDriver:
         for req in requests:
             inv = self.tracker.by_id[req.request_id]
             req.tokens = _NO_TOKENS  # the rows need only its counters: 100K-token prompts x calls add up
-            self.finish_s[inv.id] = self.env.now
             ready, client_done = self.tracker.finished(inv)
             for succ in ready:
                 self._ready(succ)

@@ -10,7 +10,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from traces.tokens import TOKEN_TYPECODE, TokenSource
+from traces.tokens import TokenSource
 
 FORMAT_NAME = "kvflow-trace"
 FORMAT_VERSION = 1
@@ -108,13 +108,7 @@ class Trace:
         """``prompt_tokens`` as an ``array(TOKEN_TYPECODE)`` (same ids). The simulator's radix tree slices and
         compares prompts all the time; on machine integers that is a memcpy/memcmp instead of
         reference-count traffic over thousands of int objects."""
-        parts = [self._tokens.segment_array(seg, inv.id, i) for i, seg in enumerate(inv.segments)]
-        if len(parts) < 2:
-            return parts[0][:] if parts else array(TOKEN_TYPECODE)  # a copy: never the cached stream
-        out = parts[0] + parts[1]  # one allocation of the usual fixed + dynamic prompt
-        for part in parts[2:]:
-            out += part
-        return out
+        return self._tokens.prompt_array(inv.segments, inv.id)
 
     def fixed_tokens(self, inv: Invocation) -> int:
         return sum(s.n_tokens for s in inv.segments[: inv.fixed_segments])

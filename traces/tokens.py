@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,6 +55,20 @@ def random_tokens(n: int, *parts: object) -> list[int]:
 
 
 TABLE_SIZE = 1 << 16
+BLOCK_CACHE_LIMIT = 1 << 16  # block stream starts kept: a tiled 1M-request trace has ~11M distinct
+#                              blocks (22 GB when each one's 512-token array stayed cached)
+_ITEM = array(TOKEN_TYPECODE).itemsize
+_table_view: list[memoryview] = []  # the table's bytes, once it exists (no copy per block)
+
+
+def _table_bytes() -> memoryview:
+    """A read-only byte view of the shared table (made on first use, after the table is filled)."""
+    if not _table_view:
+        _stream_start(("table",))  # fills the table if nothing has yet
+        _table_view.append(memoryview(_table_array).cast("B").toreadonly())
+    return _table_view[0]
+
+
 _table: list[int] = []
 _table_array = array(TOKEN_TYPECODE)
 
@@ -64,6 +79,30 @@ def _stream_start(parts: tuple[object, ...]) -> tuple[int, int]:
         _table.extend(random_tokens(TABLE_SIZE, "token-table"))
         _table_array.extend(_table)
     h = stable_hash(*parts)
+    return h >> 33, h % TABLE_SIZE
+
+
+def _block_stream_start(key: str | int, seed: int) -> tuple[int, int]:
+    """``_stream_start(("block", key, seed))`` with the hashed text built directly (same bytes as
+    ``stable_hash``'s): a tiled Mooncake trace hashes ~11M blocks."""
+    if type(key) not in (int, str) or type(seed) is not int:
+        return _stream_start(("block", key, seed))
+    if not _table:
+        _stream_start(())
+    text = f"str:block\x1f{type(key).__name__}:{key}\x1fint:{seed}"
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    return h >> 33, h % TABLE_SIZE
+
+
+def _unique_stream_start(inv_id: str, index: int, key: str | int, seed: int) -> tuple[int, int]:
+    """``_stream_start(("unique", inv_id, index, key, seed))`` with the text built directly (the
+    same bytes as ``stable_hash``'s): one per generated invocation's dynamic segment."""
+    if not (type(inv_id) is str and type(index) is int and type(key) in (int, str) and type(seed) is int):
+        return _stream_start(("unique", inv_id, index, key, seed))
+    if not _table:
+        _stream_start(())
+    text = f"str:unique\x1fstr:{inv_id}\x1fint:{index}\x1f{type(key).__name__}:{key}\x1fint:{seed}"
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
     return h >> 33, h % TABLE_SIZE
 
 
@@ -98,13 +137,16 @@ def stream_array(n: int, *parts: object) -> array:
 
 
 class TokenSource:
-    """Expands segments to token ids, caching one list (and one array) per shared name / block hash."""
+    """Expands segments to token ids, caching one list (and one array) per shared name, and where the
+    streams of the ``BLOCK_CACHE_LIMIT`` most recently used block hashes start (a block's array is
+    one slice of the table; keeping all of a long hash-id trace's arrays would not fit in memory)."""
 
     def __init__(self, seed: int, block_tokens: int) -> None:
         self.seed = seed
         self.block_tokens = block_tokens
         self._cache: dict[tuple[str, str | int], list[int]] = {}
         self._array_cache: dict[tuple[str, str | int], array] = {}
+        self._block_starts: OrderedDict[str | int, tuple[int, int]] = OrderedDict()  # least recently used first
         # (invocation, segment index) -> where its unique stream starts: hashed once per trace,
         # not once per expansion (a sweep expands the same prompts for every policy)
         self._unique_starts: dict[tuple[str, int], tuple[int, int]] = {}
@@ -112,7 +154,7 @@ class TokenSource:
     def _unique_start(self, seg: Segment, inv_id: str, index: int) -> tuple[int, int]:
         start = self._unique_starts.get((inv_id, index))
         if start is None:
-            start = self._unique_starts[(inv_id, index)] = _stream_start(("unique", inv_id, index, seg.key, self.seed))
+            start = self._unique_starts[(inv_id, index)] = _unique_stream_start(inv_id, index, seg.key, self.seed)
         return start
 
     def _stream(self, kind: str, key: str | int, n: int) -> list[int]:
@@ -136,17 +178,56 @@ class TokenSource:
             return stream_tokens(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
         return list(seg.ids or ())
 
+    def _block_start(self, key: str | int) -> tuple[int, int]:
+        """(first id, table offset) of block ``key``'s stream, from the bounded cache."""
+        cache = self._block_starts
+        start = cache.get(key)
+        if start is None:
+            start = cache[key] = _block_stream_start(key, self.seed)
+            if len(cache) > BLOCK_CACHE_LIMIT:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return start
+
     def segment_array(self, seg: Segment, inv_id: str, index: int) -> array:
         """``segment`` as an ``array(TOKEN_TYPECODE)``. A shared or block segment returns the cached
         stream itself when it has the right length: read it, never modify it."""
-        if seg.kind == "shared" or seg.kind == "block":
+        if seg.kind == "shared":
             return self._stream_array(seg.kind, seg.key, seg.n_tokens)
-        if seg.kind == "unique":
-            first, start = self._unique_start(seg, inv_id, index)
+        if seg.kind == "unique" or seg.kind == "block":
+            unique = seg.kind == "unique"
+            first, start = self._unique_start(seg, inv_id, index) if unique else self._block_start(seg.key)
             n = seg.n_tokens
             if n > 0 and 1 <= start and start + n - 1 <= TABLE_SIZE:  # one slice, first id replaced
                 out = _table_array[start - 1 : start - 1 + n]
                 out[0] = first
                 return out
-            return stream_array(n, "unique", inv_id, index, seg.key, self.seed)  # wraps around
+            if unique:
+                return stream_array(n, "unique", inv_id, index, seg.key, self.seed)  # wraps around
+            return stream_array(n, "block", seg.key, self.seed)
         return array(TOKEN_TYPECODE, seg.ids or ())
+
+    def prompt_array(self, segments: Sequence[Segment], inv_id: str) -> array:
+        """The segments' ids in one new array: block segments are copied straight from the table
+        (one copy each, no intermediate array: a Mooncake prompt is ~30 of them)."""
+        if not any(seg.kind == "block" for seg in segments):
+            parts = [self.segment_array(seg, inv_id, i) for i, seg in enumerate(segments)]
+            if len(parts) < 2:
+                return parts[0][:] if parts else array(TOKEN_TYPECODE)  # a copy: never the cached stream
+            joined = parts[0] + parts[1]  # one allocation of the usual fixed + dynamic prompt
+            for part in parts[2:]:
+                joined += part
+            return joined
+        out = array(TOKEN_TYPECODE)
+        for i, seg in enumerate(segments):
+            if seg.kind == "block" and seg.n_tokens > 0:
+                first, start = self._block_start(seg.key)
+                n = seg.n_tokens
+                if 1 <= start and start + n - 1 <= TABLE_SIZE:
+                    pos = len(out)
+                    out.frombytes(_table_bytes()[(start - 1) * _ITEM : (start - 1 + n) * _ITEM])
+                    out[pos] = first
+                    continue
+            out += self.segment_array(seg, inv_id, i)
+        return out
