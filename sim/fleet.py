@@ -113,7 +113,7 @@ class Replica:
         node, pos, page = tree.root, 0, tree.page_size
         limit = tree.page_floor(len(tokens))
         while pos < limit:
-            child = node.children.get(tokens[pos] if page == 1 else tuple(tokens[pos : pos + page]))
+            child = node.children.get(tree.child_key(tokens, pos))
             if child is None or not (child.gpu or child.cpu):
                 break
             common = common_prefix_len(child.tokens, tokens, pos, limit)
