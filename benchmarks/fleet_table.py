@@ -65,11 +65,11 @@ def session_files(count: int | None) -> list[str]:
 
 
 def jobs_for(policies: Sequence[str], replicas: Sequence[int], routers: Sequence[str]) -> list[Job]:
-    """Every (policy, replicas, router); one replica once per policy. Largest fleets first: they take
-    longest, so the pool's two processes finish together."""
+    """Every (policy, replicas, router); one replica once per policy. The slowest runs first
+    (prefix_aware's router index, then the largest fleets), so the pool's processes finish together."""
     todo = [Job(p, n, r) for p in policies for n in replicas if n > 1 for r in routers]
     todo += [Job(p, 1, ANY) for p in policies if 1 in replicas]
-    return sorted(todo, key=lambda j: -j.replicas)
+    return sorted(todo, key=lambda j: (j.router != "prefix_aware", -j.replicas))
 
 
 def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
@@ -101,18 +101,31 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
     return job, out
 
 
-def run_all(configs: dict[str, dict[str, Any]], trace: Any, todo: Sequence[Job], jobs: int) -> list[dict[str, Any]]:
+def run_all(
+    configs: dict[str, dict[str, Any]],
+    trace: Any,
+    todo: Sequence[Job],
+    jobs: int,
+    done: Sequence[dict[str, Any]] = (),
+    checkpoint: Any = None,
+) -> list[dict[str, Any]]:
+    """Run ``todo`` (minus the jobs whose rows are in ``done``); ``checkpoint(rows)`` after each run,
+    so an interrupted table keeps what it finished (``--resume``)."""
     _STATE.update(configs=configs, trace=trace)
-    rows: list[dict[str, Any]] = []
+    have = {(r["policy"], r["replicas"], r["router"]) for r in done}
+    rows: list[dict[str, Any]] = [dict(r) for r in done]
+    todo = [j for j in todo if (j.policy, j.replicas, j.router) not in have]
     with multiprocessing.get_context("fork").Pool(max(1, jobs)) as workers:
         for job, out in workers.imap_unordered(run_job, todo):
             rows.append({"policy": job.policy, "replicas": job.replicas, "router": job.router, **out})
+            if checkpoint is not None:
+                checkpoint(rows)
             name = f"{job.replicas} x {job.router} {job.policy}"
             if "error" in out:
-                print(f"[{len(rows)}/{len(todo)}] {name}: FAILED: {out['error']}", file=sys.stderr)
+                print(f"[{len(rows)}/{len(todo) + len(have)}] {name}: FAILED: {out['error']}", file=sys.stderr)
             else:
                 print(
-                    f"[{len(rows)}/{len(todo)}] {name:<40} mean {out['workflow_latency_mean_s']:>9,.0f} s  "
+                    f"[{len(rows)}/{len(todo) + len(have)}] {name:<40} mean {out['workflow_latency_mean_s']:>9,.0f} s  "
                     f"ttft {out['ttft_mean_s']:7.2f} s  gpu hit {out['hit_rate_gpu']:.1%}  ({out['wall_s']:.0f} s)",
                     file=sys.stderr,
                 )
@@ -218,8 +231,14 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path | No
     return fleet(table, title, path) if len(table) else None
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2 (argparse prints its usage first otherwise)
+        print(f"fleet_table: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = _Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=None, help="first N session files of the folder (default: all)")
     ap.add_argument("--split", default="test", choices=("test", "train", "all"), help="session split (default test)")
     ap.add_argument("--rate", type=float, default=0.1, help="session starts per second (Poisson; default 0.1)")
@@ -230,6 +249,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
     ap.add_argument("--results-md", type=Path, default=None, help="rewrite the fleet_table block of this file")
     ap.add_argument("--plot", type=Path, default=None, help="latency and GPU hit vs replicas per router (PNG)")
+    ap.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted --json")
     ap.add_argument("--from-json", type=Path, default=None, help="no runs: rewrite the outputs from an earlier --json")
     args = ap.parse_args(argv)
     args.replica_counts = [int(x) for x in args.replicas.split(",") if x.strip()]
@@ -244,17 +264,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json is not None:
-        saved = json.loads(args.from_json.read_text())
+        try:
+            saved = json.loads(args.from_json.read_text())
+            meta, rows = saved["meta"], saved["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"fleet_table: error: --from-json {args.from_json}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
         _STATE["policies"] = args.policy_names
-        return write_outputs(args, saved["meta"], sorted(saved["rows"], key=order_key))
+        return write_outputs(args, meta, sorted(rows, key=order_key))
     wall0 = time.perf_counter()
     files = session_files(args.files)
     configs = {p: base_config(p, files, args.rate, args.split) for p in args.policy_names}
     first = configs[args.policy_names[0]]
     trace = build_trace(first["workload"], int(first.get("seed", 0)))
     _STATE["policies"] = args.policy_names
-    rows = run_all(configs, trace, jobs_for(args.policy_names, args.replica_counts, args.router_names), args.jobs)
-    shown = list(sys.argv[1:] if argv is None else argv)
+    shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+    done = resumed_rows(args.json, shown) if args.resume else []
+
+    def checkpoint(rows: Sequence[Mapping[str, Any]]) -> None:
+        if args.json is not None:
+            payload = {"meta": {"command_args": shown, "partial": True}, "rows": list(rows)}
+            write_atomic(args.json, json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
+
+    todo = jobs_for(args.policy_names, args.replica_counts, args.router_names)
+    rows = run_all(configs, trace, todo, args.jobs, done, checkpoint)
     meta = {
         "command": "python benchmarks/fleet_table.py" + "".join(" " + a for a in shown),
         "split": args.split,
@@ -264,8 +297,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rate": args.rate,
         "jobs": args.jobs,
         "wall_s": time.perf_counter() - wall0,
+        "resumed_runs": len(done),
+        "command_args": shown,
     }
     return write_outputs(args, meta, rows)
+
+
+def resumed_rows(path: Path | None, shown: Sequence[str]) -> list[dict[str, Any]]:
+    """The finished rows of an interrupted run of the same command (none otherwise)."""
+    if path is None or not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    same = saved.get("meta", {}).get("command_args") == list(shown)
+    return [r for r in saved.get("rows", []) if "error" not in r] if same else []
 
 
 def write_outputs(args: argparse.Namespace, meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> int:

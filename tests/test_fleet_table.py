@@ -73,3 +73,23 @@ def test_from_json_rewrites_the_marked_block_only(tmp_path: Path) -> None:
     assert text.startswith("# R\n\nbefore\n\n") and text.endswith("after\n") and "old" not in text
     assert "| 2 | **workflow_aware+kvflow** | 50 | workflow_aware+hicache (60 s) | 1.200x (+20.0%) |" in text
     assert "Regenerate with `python benchmarks/fleet_table.py`" in text
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ft.main(["--from-json", str(tmp_path / "missing.json")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(["--routers", "nope"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fleet_table: error: --routers/--replicas/--jobs: bad value (nope)"]
+
+
+def test_resume_keeps_the_finished_runs_of_the_same_command(tmp_path: Path) -> None:
+    saved = tmp_path / "fleet.json"
+    bad = {"replicas": 2, "router": "round_robin", "policy": "kvflow", "error": "x"}
+    saved.write_text(json.dumps({"meta": {"command_args": ["--files", "5"], "partial": True}, "rows": ROWS + [bad]}))
+    assert ft.resumed_rows(saved, ["--files", "5"]) == ROWS  # a failed run is run again
+    assert ft.resumed_rows(saved, ["--files", "6"]) == []  # another command: nothing kept
+    todo = ft.jobs_for(["hicache", "kvflow"], [1, 2], ["round_robin", "workflow_aware"])
+    assert ft.run_all({}, None, todo, jobs=1, done=ROWS) == sorted(ROWS, key=ft.order_key)  # nothing left to run
