@@ -310,3 +310,46 @@ def timeline(t: pd.DataFrame, title: str, path: Path) -> Path | None:
     )
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
+
+
+ROUTER_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def fleet(table: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """Mean workflow latency (top) and GPU hit rate (bottom) vs replicas (``analysis.fleet``'s
+    table): a column of panels per policy (and setting), one line per router."""
+    from analysis.fleet import router_lines
+
+    setting = list(table.attrs.get("setting", []))
+    panels = list(table.groupby(setting + ["policy"], sort=False)) if len(table) else []
+    if not panels or "workflow_latency_mean_s" not in table.columns:
+        return None
+    fig = Figure(figsize=(3.6 * len(panels) + 1.8, 6.2), layout="constrained")
+    axes = fig.subplots(2, len(panels), squeeze=False, sharex=True)
+    for j, (values, p) in enumerate(panels):
+        values = values if isinstance(values, tuple) else (values,)
+        name = label(dict(zip(setting, values[:-1]))) if setting else ""
+        _fleet_panel(axes[:, j], router_lines(p), f"{values[-1]}" + (f" ({name})" if name else ""))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="router", fontsize=8, loc="outside right upper")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _fleet_panel(axes: Any, lines: Mapping[str, pd.DataFrame], name: str) -> None:
+    top, bottom = axes
+    replicas: set[int] = set()
+    for i, (router, line) in enumerate(lines.items()):
+        style = {"marker": ROUTER_MARKERS[i % len(ROUTER_MARKERS)], "label": router, "linewidth": 1.4}
+        top.plot(line["replicas"], line["workflow_latency_mean_s"], **style)
+        if "hit_rate_gpu" in line.columns:
+            bottom.plot(line["replicas"], line["hit_rate_gpu"] * 100, **style)
+        replicas |= {int(n) for n in line["replicas"]}
+    top.set_title(name, fontsize=9)
+    top.set_ylabel("mean workflow latency (s)")
+    bottom.set_ylabel("GPU hit (% of prompt tokens)")
+    bottom.set_xlabel("replicas")
+    bottom.set_xscale("log", base=2)
+    bottom.set_xticks(sorted(replicas), [str(t) for t in sorted(replicas)])
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
