@@ -203,7 +203,7 @@ class KVCacheManager:
         walk_cached(ins, self.tags, known_tokens, self.count_hit if count_hits else None)
         add_new(ins, self.tags, self.writes.join_gpu)
         if user is not None and 0 < ins.fixed_end <= ins.pos and fixed_tokens <= len(tokens):
-            self.tree.user_nodes[user] = ins.fixed_node
+            self.tags.set_fixed_end(user, ins.fixed_node)
         if user is not None and ins.dynamic_last is not None and self.policy.tracks_dynamic:
             self.tags.set_latest_dynamic(user, ins.dynamic_last)
         if ins.reserved:

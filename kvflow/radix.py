@@ -197,6 +197,9 @@ class RadixTree:
         # Optional observer of splits, called as on_split(head, tail) after ``split``: a backend that
         # keeps data per node (real/: KV tensors) follows the tree with it. The core never sets it.
         self.on_split: Callable[[RadixNode, RadixNode], None] | None = None
+        # Optional observer of a node leaving the tree, called as on_detach(node, parent): an index
+        # that points at nodes (UserTags: where each user's prompts end) re-points at the parent.
+        self.on_detach: Callable[[RadixNode, RadixNode], None] | None = None
 
     # ----- keys, clock and structure ------------------------------------------------------------
     def child_key(self, tokens: Sequence[int], start: int = 0) -> Hashable:
@@ -432,6 +435,8 @@ class RadixTree:
             del parent.children[node.key]
             node.parent = None
             changed = True
+            if self.on_detach is not None:
+                self.on_detach(node, parent)
         if changed and parent.parent is not None and not parent.lock_ref:
             self.refresh(parent)  # (a locked or in-flight node is never filed: no call)
 

@@ -4,6 +4,11 @@ user's latest dynamic prompt; plus re-filing a user's nodes when the policy says
 A fixed-prompt node records its users in ``node.users`` (``tree.user_nodes[user]`` is where the
 fixed prompt ends); a node past a tagged request's fixed prompt is a ``suffix``. For a policy with
 ``tracks_dynamic``, ``node.dynamic_users`` tags the path of each user's latest dynamic prompt.
+
+Both ends follow evictions: when an end node leaves the tree (``RadixTree.on_detach``) it is
+re-pointed at its parent, the deepest node of that prompt still cached, so the path above it is
+still re-filed when a key drops and untagged when the next prompt arrives. A reverse index (node id
+-> users whose end it is) keeps that O(users ending there) per eviction.
 """
 
 from __future__ import annotations
@@ -22,6 +27,22 @@ class UserTags:
         self.tree, self.policy = tree, policy
         self.dynamic_ends: dict[User, RadixNode] = {}  # user -> end of its latest dynamic prompt
         self.last_prompt: dict[User, tuple[Sequence[int], int]] = {}
+        self._fixed_at: dict[int, set[User]] = {}  # node id -> users whose tree.user_nodes it is
+        self._dynamic_at: dict[int, set[User]] = {}  # node id -> users whose dynamic_ends it is
+        tree.on_detach = self.on_detach
+
+    def set_fixed_end(self, user: User, node: RadixNode) -> None:
+        """``user``'s fixed prompt ends at ``node`` (``tree.user_nodes``)."""
+        _point(self.tree.user_nodes, self._fixed_at, user, node)
+
+    def on_detach(self, node: RadixNode, parent: RadixNode) -> None:
+        """``node`` left the tree: ends there move up to ``parent``. A dynamic end that reaches the
+        root is dropped (nothing of that prompt is cached); a fixed end stays on the detached node
+        then, as the record that the user ran (``KVFlowEngine.finish_client`` reads the keys)."""
+        if node.node_id in self._dynamic_at:
+            _repoint(self.dynamic_ends, self._dynamic_at, node, parent, drop_at_root=True)
+        if node.node_id in self._fixed_at:
+            _repoint(self.tree.user_nodes, self._fixed_at, node, parent, drop_at_root=False)
 
     def tag(self, node: RadixNode, start: int, fixed_end: int, prompt_end: int, user: User | None) -> bool:
         """Record ``user`` on a fixed-prompt node, or mark a later node as a suffix; returns True for
@@ -59,7 +80,7 @@ class UserTags:
             if user not in node.dynamic_users:
                 node.dynamic_users.add(user)
                 self.tree.refresh(node)
-        self.dynamic_ends[user] = deepest
+        _point(self.dynamic_ends, self._dynamic_at, user, deepest)
 
     def observe_prompt(self, user: User | None, tokens: Sequence[int], fixed_tokens: int) -> None:
         """Tell a learning policy how much of ``user``'s previous dynamic prompt its new prompt
@@ -94,3 +115,34 @@ class UserTags:
             if boundary is not None and boundary.parent is not None:
                 for node in boundary.path_to_root():
                     refresh(node)
+
+
+def _point(index: dict[User, RadixNode], at: dict[int, set[User]], user: User, node: RadixNode) -> None:
+    """Set ``index[user] = node`` and keep the reverse index ``at`` in step."""
+    old = index.get(user)
+    if old is node:
+        return
+    if old is not None:
+        users = at.get(old.node_id)
+        if users is not None:
+            users.discard(user)
+            if not users:
+                del at[old.node_id]
+    index[user] = node
+    at.setdefault(node.node_id, set()).add(user)
+
+
+def _repoint(
+    index: dict[User, RadixNode], at: dict[int, set[User]], node: RadixNode, parent: RadixNode, drop_at_root: bool
+) -> None:
+    """Move every end at the detached ``node`` to ``parent`` (at the root: drop it, or leave it)."""
+    users = [user for user in at.pop(node.node_id) if index.get(user) is node]  # (in step, unless set directly)
+    if parent.parent is None:
+        if drop_at_root:
+            for user in users:
+                del index[user]
+        return
+    for user in users:
+        index[user] = parent
+    if users:
+        at.setdefault(parent.node_id, set()).update(users)

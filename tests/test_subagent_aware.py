@@ -250,14 +250,13 @@ def test_runs_on_real_weka_sessions_with_subagents(monkeypatch):
     assert counts["joins"] >= 1 and counts["subagents_finished"] >= counts["joins"]
 
 
-@pytest.mark.xfail(strict=True, reason="known core gap: a session's refile misses its path once the end is evicted")
 def test_refile_after_the_latest_prompts_end_was_evicted():
     """Found by the random test above (then kept out of it): when the leaf that ends a session's
-    latest prompt is evicted, ``tags.dynamic_ends`` points at a detached node, so
-    ``KVCacheManager.refresh_clients`` re-files none of the path left above it, and a later drop of
-    the session's key (here ``pause_aware`` re-predicting an overdue pause) leaves stale heap entries:
-    the heap's top is then not the lowest current key. Any ``observes_sessions`` policy; xfail until
-    the core re-points the end (strict: it fails once fixed, so remove the mark then)."""
+    latest prompt is evicted, ``tags.dynamic_ends`` pointed at a detached node, so
+    ``KVCacheManager.refresh_clients`` re-filed none of the path left above it, and a later drop of
+    the session's key (here ``pause_aware`` re-predicting an overdue pause) left stale heap entries:
+    the heap's top was then not the lowest current key. Fixed in the core: an end that leaves the
+    tree is re-pointed at its parent (``UserTags.on_detach``; more in tests/test_dynamic_ends.py)."""
     cache = KVCacheManager(CacheConfig(gpu_capacity_tokens=400, write_policy="none"), make_policy("pause_aware"))
     a, b = ("a", "main"), ("b", "main")
     cache.session_submit("a", a, 1.0)
