@@ -203,9 +203,14 @@ def _margin(w: Mapping[str, Any], name: str) -> str:
     return f"{w[key]:.3f}x ({w[key] - 1:+.1%})" if key in w else "—"
 
 
+def _kept(meta: Mapping[str, Any]) -> str:
+    kept = int(meta.get("resumed_runs", 0) or 0)
+    return f"; {kept} runs kept from an earlier run of it (--resume)" if kept else ""
+
+
 def markdown(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     head = (
-        f"Regenerate with `{meta['command']}` ({meta['wall_s']:.0f} s wall on {meta['jobs']} processes). "
+        f"Regenerate with `{meta['command']}` ({meta['wall_s']:.0f} s wall on {meta['jobs']} processes{_kept(meta)}). "
         f"Split `{meta['split']}`: {meta['sessions']} sessions, {meta['calls']:,} calls, from {meta['files']} "
         f"session files, started at {meta['rate']} per second. Session latency = a session's end-to-end time; "
         f"margin = the other pair's mean session latency / the best's. Router `{ANY}`: one replica, the single "
