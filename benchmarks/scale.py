@@ -35,11 +35,35 @@ TARGET_MOONCAKE_RSS_BYTES = 8 * 2**30
 MOONCAKE_FILE = "/work/shared/data/mooncake/synthetic_trace.jsonl"
 
 
+def run_and_measure(cfg: dict, trace: object, build_s: float, rss_trace: int) -> dict[str, float]:
+    """Simulate ``cfg`` on ``trace`` in this process; wall and CPU time, peak RSS after the run and
+    the difference per request over ``rss_trace`` (what the simulation keeps beyond the trace)."""
+    from sim.runner import simulate
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    result = simulate(cfg, trace=trace)
+    wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    rss_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    requests = int(result.summary["requests"])
+    return {
+        "requests": requests,
+        "build_s": build_s,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "req_per_cpu_s": requests / cpu_s,
+        "req_per_s": requests / wall_s,
+        "rss_trace_bytes": rss_trace,
+        "rss_run_bytes": rss_run,
+        "bytes_per_request": (rss_run - rss_trace) / max(1, requests),
+        "hit_rate_gpu": float(result.summary["hit_rate_gpu"]),
+        "sim_s": float(result.summary.get("makespan_s", 0.0) or 0.0),
+    }
+
+
 def point(workflows: int, policy: str, replicas: int) -> dict[str, float]:
     """One measurement in this process (called in a child by ``main``)."""
     from harness.setup import build_trace
     from sim.runner import load_conf as conf
-    from sim.runner import simulate
 
     workload = conf("workload", "concurrent")
     workload["params"].update(workflows=workflows, fixed_tokens=1024)
@@ -60,30 +84,12 @@ def point(workflows: int, policy: str, replicas: int) -> dict[str, float]:
     }
     if replicas > 1:
         cfg["cluster"] = {**conf_cluster(), "replicas": replicas, "router": "session_affinity"}
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    result = simulate(cfg, trace=trace)
-    wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
-    rss_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    requests = int(result.summary["requests"])
-    return {
-        "workflows": workflows,
-        "requests": requests,
-        "build_s": build_s,
-        "wall_s": wall_s,
-        "cpu_s": cpu_s,
-        "req_per_cpu_s": requests / cpu_s,
-        "req_per_s": requests / wall_s,
-        "rss_trace_bytes": rss_trace,
-        "rss_run_bytes": rss_run,
-        "bytes_per_request": (rss_run - rss_trace) / max(1, requests),
-        "hit_rate_gpu": float(result.summary["hit_rate_gpu"]),
-    }
+    return {"workflows": workflows, **run_and_measure(cfg, trace, build_s, rss_trace)}
 
 
 def mooncake_point(n_requests: int, policy: str, replicas: int, router: str, path: str) -> dict[str, float]:
     """One Mooncake point in this process: build the tiled trace, run the fleet, measure."""
     from sim.runner import load_conf as conf
-    from sim.runner import simulate
     from traces.tiling import tile_mooncake
 
     t0 = time.perf_counter()
@@ -101,24 +107,7 @@ def mooncake_point(n_requests: int, policy: str, replicas: int, router: str, pat
         "sim": {"timeline": False},
         "cluster": {**conf_cluster(), "replicas": replicas, "router": router},
     }
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    result = simulate(cfg, trace=trace)
-    wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
-    rss_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    requests = int(result.summary["requests"])
-    return {
-        "requests": requests,
-        "build_s": build_s,
-        "wall_s": wall_s,
-        "cpu_s": cpu_s,
-        "req_per_s": requests / wall_s,
-        "rss_trace_bytes": rss_trace,
-        "rss_run_bytes": rss_run,
-        "bytes_per_request": (rss_run - rss_trace) / max(1, requests),
-        "req_per_cpu_s": requests / cpu_s,
-        "sim_s": float(result.summary.get("makespan_s", 0.0) or 0.0),
-        "hit_rate_gpu": float(result.summary["hit_rate_gpu"]),
-    }
+    return run_and_measure(cfg, trace, build_s, rss_trace)
 
 
 def mooncake_main(args: argparse.Namespace) -> int:
