@@ -23,7 +23,7 @@ from harness.errors import SetupError
 
 MEASURED_KEY = "measured"
 PROFILE_FORMAT = "kvflow-engine-profile/1"
-RATE_KEYS = (  # the engine-model parameters a profile may set (real.engine_bench.ENGINE_PARAMS)
+RATE_KEYS = (  # the engine-model parameters a profile may set (real.engine_bench writes them)
     "host_gather_gbps",
     "pageable_h2d_gbps",
     "pageable_d2h_gbps",

@@ -12,22 +12,16 @@ from typing import Any
 
 import torch
 
+from harness.engines.measured import PROFILE_FORMAT, RATE_KEYS
 from kvflow.model_spec import ModelSpec, load_model_spec
 from real.engine_bench.decoder import SyntheticDecoder
 
 PROFILE_NAME = "engine_profile.yaml"
-FORMAT = "kvflow-engine-profile/1"  # harness.engines.measured checks it
+FORMAT = PROFILE_FORMAT  # harness.engines.measured checks it
 NO_CUDA = "skipped: no CUDA"
 PAGE_SIZES = (1, 16, 64, 256)
-# engine-model parameter names (conf/engine/*.yaml) and hardware-profile names (conf/hardware) it writes
-ENGINE_PARAMS = (
-    "host_gather_gbps",
-    "pageable_h2d_gbps",
-    "pageable_d2h_gbps",
-    "kernel_gbps",
-    "direct_gbps",
-    "direct_copy_latency_s",
-)
+# the engine-model parameters it writes (conf/engine/*.yaml): the ones a profile may set
+ENGINE_PARAMS = RATE_KEYS
 HARDWARE_PARAMS = ("pcie_h2d_gbps", "pcie_d2h_gbps", "bidirectional_h2d_factor", "bidirectional_d2h_factor")
 MIB = 1 << 20
 
