@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.policies import make_policy
-from tests.test_policies import put, seq
+from tests.test_policies import evictable_leaves, put, seq
 
 
 def make(policy: str, gpu: int = 10_000, cpu: int = 0) -> KVCacheManager:
@@ -91,14 +91,6 @@ events = st.lists(
     min_size=10,
     max_size=100,
 )
-
-
-def evictable_leaves(cache: KVCacheManager) -> list:
-    return [
-        n
-        for n in cache.tree.walk()
-        if n.parent is not None and n.gpu and not n.gpu_children and not n.lock_ref and n.inflight is None
-    ]
 
 
 def nodes_along(tree, tokens: list[int]) -> list:

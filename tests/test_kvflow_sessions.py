@@ -7,7 +7,7 @@ import random
 
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.policies import make_policy
-from tests.test_policies import order, put, seq
+from tests.test_policies import evictable_leaves, order, put, seq
 
 
 def make() -> KVCacheManager:
@@ -70,11 +70,7 @@ def test_key_order_rule_holds_under_random_hints_and_session_events():
         else:
             cache.session_submit(client, (client, "main"), now)
             running.add(client)
-        leaves = [
-            n
-            for n in cache.tree.walk()
-            if n.parent is not None and n.gpu and not n.gpu_children and not n.lock_ref and n.inflight is None
-        ]
+        leaves = evictable_leaves(cache)
         if leaves:
             top = cache.tree.gpu_heap.top()
             assert top is not None and cache.policy.key(top) == min(cache.policy.key(n) for n in leaves)

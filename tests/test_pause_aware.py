@@ -11,7 +11,7 @@ from kvflow.policies import make_policy
 from kvflow.policies.pause_aware import NO_USER, PAUSED, RUNNING
 from kvflow.prefetch import ResumePrefetcher
 from kvflow.radix import InFlight
-from tests.test_policies import order, put, seq
+from tests.test_policies import evictable_leaves, order, put, seq
 
 
 def make(gpu: int = 1000, cpu: int = 0, write_policy: str = "none", **kwargs) -> KVCacheManager:
@@ -282,11 +282,7 @@ def test_key_order_rule_holds_under_random_session_events(policy_name):
         else:
             cache.session_submit(client, (client, "main"), now)
             running.add(client)
-        leaves = [
-            n
-            for n in cache.tree.walk()
-            if n.parent is not None and n.gpu and not n.gpu_children and not n.lock_ref and n.inflight is None
-        ]
+        leaves = evictable_leaves(cache)
         if not leaves:
             continue
         top = cache.tree.gpu_heap.top()

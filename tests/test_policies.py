@@ -6,6 +6,7 @@ import pytest
 
 from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.policies import make_policy
+from kvflow.radix import RadixNode
 
 
 def make(policy: str, gpu: int = 1000) -> KVCacheManager:
@@ -26,6 +27,16 @@ def order(cache: KVCacheManager) -> list[list[int]]:
         out.append(list(node.tokens))
         cache.release_gpu(cache.writes.demote(node))
     return out
+
+
+def evictable_leaves(cache: KVCacheManager) -> list[RadixNode]:
+    """GPU leaves the cache could evict now (no GPU child, unlocked, nothing in flight): the nodes the
+    GPU heap's top must be the lowest key of."""
+    return [
+        n
+        for n in cache.tree.walk()
+        if n.parent is not None and n.gpu and not n.gpu_children and not n.lock_ref and n.inflight is None
+    ]
 
 
 def seq(base: int, n: int = 4) -> list[int]:

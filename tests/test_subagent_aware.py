@@ -11,7 +11,7 @@ from kvflow.cache import CacheConfig, KVCacheManager
 from kvflow.ops import Offload
 from kvflow.policies import make_policy
 from kvflow.policies.subagent_aware import FINISHED, SubagentAwarePolicy
-from tests.test_policies import order, put, seq
+from tests.test_policies import evictable_leaves, order, put, seq
 
 
 def make(gpu: int = 10_000, cpu: int = 0, write_policy: str = "none", **kwargs) -> KVCacheManager:
@@ -148,14 +148,6 @@ events = st.lists(
     min_size=10,
     max_size=120,
 )
-
-
-def evictable_leaves(cache: KVCacheManager) -> list:
-    return [
-        n
-        for n in cache.tree.walk()
-        if n.parent is not None and n.gpu and not n.gpu_children and not n.lock_ref and n.inflight is None
-    ]
 
 
 @settings(max_examples=80, deadline=None)
