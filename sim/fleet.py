@@ -18,7 +18,6 @@ from typing import Any
 
 import simpy
 
-from harness.errors import SetupError
 from harness.progress import progress
 from harness.rows import request_rows, workflow_rows
 from harness.setup import Setup, build_core, prepare
@@ -31,7 +30,7 @@ from sim.metrics import counters
 from sim.pcie import PCIeLink
 from sim.remote_tier import RemoteTier, RemoteTierConfig
 from sim.routers import Router, make_router
-from sim.runner import SimResult, hints_source
+from sim.runner import SimResult, hints_source, run_until_done
 
 __all__ = ["REMOTE_FIELDS", "REPLICA_FIELDS", "Fleet", "Replica", "fleet_size", "run_fleet", "simulate_fleet"]
 
@@ -356,14 +355,7 @@ def run_fleet(cfg: Mapping[str, Any], setup: Setup, n: int) -> tuple[simpy.Envir
     driver.start(fleet.poke)
     for r in fleet.replicas:
         env.process(r.loop.run())
-    try:
-        env.run(until=driver.all_done)
-    except RuntimeError as exc:  # the event queue ran dry: nothing can ever run again
-        raise SetupError(
-            f"simulation stalled at t={env.now:.3f}s with {driver.pending} invocations unfinished ({exc})"
-        ) from None
-    finally:
-        bar.close()
+    run_until_done(env, driver, bar)
     return env, fleet, driver
 
 

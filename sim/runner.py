@@ -113,6 +113,18 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
     )
     driver.start(loop.poke)
     env.process(loop.run())
+    run_until_done(env, driver, bar)
+    rows = request_rows(trace, driver)
+    wf_rows = workflow_rows(rows)
+    run = counters(setup, loop, pcie, cache, env.now, hints_source(policy_cfg, trace))
+    run.wall_s = time.perf_counter() - wall0
+    summary = summarize(RunIdentity.from_config("sim", cfg), run, rows, wf_rows)
+    return SimResult(summary, rows, wf_rows, run.wall_s, sorted(timeline or [], key=lambda r: (r[1], r[0])))
+
+
+def run_until_done(env: simpy.Environment, driver: WorkflowDriver, bar: Any) -> None:
+    """Run until every invocation finished, then close the progress bar; an event queue that runs dry
+    first (nothing can ever run again) is a one-line SetupError naming when and how many are left."""
     try:
         env.run(until=driver.all_done)
     except RuntimeError as exc:  # the event queue ran dry: nothing can ever run again
@@ -121,9 +133,3 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
         ) from None
     finally:
         bar.close()
-    rows = request_rows(trace, driver)
-    wf_rows = workflow_rows(rows)
-    run = counters(setup, loop, pcie, cache, env.now, hints_source(policy_cfg, trace))
-    run.wall_s = time.perf_counter() - wall0
-    summary = summarize(RunIdentity.from_config("sim", cfg), run, rows, wf_rows)
-    return SimResult(summary, rows, wf_rows, run.wall_s, sorted(timeline or [], key=lambda r: (r[1], r[0])))
