@@ -110,6 +110,16 @@ def mooncake_point(n_requests: int, policy: str, replicas: int, router: str, pat
     return run_and_measure(cfg, trace, build_s, rss_trace)
 
 
+def child_point(cmd: list[str], label: int) -> dict[str, float] | None:
+    """Run one point in a fresh process (its peak RSS is its own); its JSON line, or None after
+    printing the child's last error line."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(f"{label:>9}  failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def mooncake_main(args: argparse.Namespace) -> int:
     """The Mooncake curve: one fresh process per request count, increasing."""
     counts = sorted(int(x) for x in args.mooncake.split(",") if x.strip())
@@ -121,11 +131,9 @@ def mooncake_main(args: argparse.Namespace) -> int:
     for n in counts:
         cmd = [sys.executable, __file__, "--mooncake-child", str(n), "--policy", args.policy]
         cmd += ["--replicas", str(args.replicas), "--router", args.router, "--mooncake-file", args.mooncake_file]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            print(f"{n:>9}  failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+        r = child_point(cmd, n)
+        if r is None:
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
             f"{r['requests']:>9}{r['build_s']:>9.1f}{r['wall_s']:>9.1f}{r['cpu_s']:>8.1f}{r['req_per_s']:>9,.0f}"
             f"{r['rss_trace_bytes'] / 2**20:>13,.0f}{r['rss_run_bytes'] / 2**20:>11,.0f}"
@@ -176,11 +184,9 @@ def main() -> int:
     )
     for w in counts:
         cmd = [sys.executable, __file__, "--child", str(w), "--policy", args.policy, "--replicas", str(args.replicas)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            print(f"{w:>9}  failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+        r = child_point(cmd, w)
+        if r is None:
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
             f"{r['workflows']:>9}{r['requests']:>10}{r['build_s']:>9.2f}{r['wall_s']:>8.2f}{r['cpu_s']:>8.2f}"
             f"{r['req_per_s']:>9,.0f}{r['req_per_cpu_s']:>10,.0f}"
