@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from harness.compiled_core import describe
+
 TARGET_REQ_PER_S = 30_000
 TARGET_BYTES_PER_REQ = 2048
 TARGET_MOONCAKE_S = 300
@@ -124,6 +126,7 @@ def mooncake_main(args: argparse.Namespace) -> int:
     """The Mooncake curve: one fresh process per request count, increasing."""
     counts = sorted(int(x) for x in args.mooncake.split(",") if x.strip())
     print(f"Mooncake tiled ({args.mooncake_file}), policy {args.policy}, {args.replicas} replica(s), {args.router}")
+    print(f"kvflow core: {describe()}")
     print(
         f"{'requests':>9}{'trace s':>9}{'wall s':>9}{'CPU s':>8}{'req/s':>9}{'RSS trace MB':>13}{'RSS run MB':>11}"
         f"{'B/request':>10}{'GPU hit':>9}{'simulated s':>13}"
@@ -176,7 +179,7 @@ def main() -> int:
         print(json.dumps(point(args.child, args.policy, args.replicas)))
         return 0
     counts = [int(x) for x in args.workflows.split(",") if x.strip()]
-    print(f"policy {args.policy}, {args.replicas} replica(s); one fresh process per point")
+    print(f"policy {args.policy}, {args.replicas} replica(s); one fresh process per point; kvflow core: {describe()}")
     print(
         f"{'workflows':>9}{'requests':>10}{'trace s':>9}{'sim s':>8}{'CPU s':>8}{'req/s':>9}{'req/CPU s':>10}"
         f"{'RSS trace MB':>13}"

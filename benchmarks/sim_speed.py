@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from harness.compiled_core import describe
 from harness.setup import build_trace
 from sim.runner import load_conf as conf
 from sim.runner import simulate
@@ -50,7 +51,7 @@ def main() -> None:
     trace = build_trace(workload, seed=0)
     print(
         f"paper_concurrent, {args.workflows} workflows, {len(trace.invocations)} requests; "
-        f"trace generated in {time.perf_counter() - t0:.3f} s"
+        f"trace generated in {time.perf_counter() - t0:.3f} s; kvflow core: {describe()}"
     )
     factors: dict[str, float] = {}
     # one untimed run first: a new process pays once for imports, its memory arenas (page faults),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from kvflow.insert import Insertion, add_new, walk_cached
 from kvflow.ops import Load, Offload, Op
 from kvflow.policies.base import Policy
-from kvflow.radix import InFlight, MatchResult, RadixNode, RadixTree, User
+from kvflow.radix import InFlight, MatchResult, RadixNode, RadixTree, Token, User
 from kvflow.session_gaps import SessionActivity
 from kvflow.tagging import UserTags
 from kvflow.tiers import CpuTier, GpuTier
@@ -136,7 +136,7 @@ class KVCacheManager:
         self._pending.extend(ops)
 
     # ----- lookups and inserts ------------------------------------------------------------------
-    def match(self, tokens: Sequence[int], touch: bool = True, max_tokens: int | None = None) -> MatchResult:
+    def match(self, tokens: Sequence[Token], touch: bool = True, max_tokens: int | None = None) -> MatchResult:
         result = self.tree.match(tokens, touch=False, max_tokens=max_tokens)
         if touch:
             self.touch_path(result.last_node)
@@ -170,7 +170,7 @@ class KVCacheManager:
         if node.gpu and not node.cpu and node.inflight is None:
             self.writes.maybe_backup(node)
 
-    def observe_prompt(self, user: User | None, tokens: Sequence[int], fixed_tokens: int) -> None:
+    def observe_prompt(self, user: User | None, tokens: Sequence[Token], fixed_tokens: int) -> None:
         """Tell a learning policy how much of ``user``'s previous dynamic prompt its new prompt
         repeats (``UserTags.observe_prompt``)."""
         self.tags.observe_prompt(user, tokens, fixed_tokens)
@@ -183,7 +183,7 @@ class KVCacheManager:
 
     def insert(
         self,
-        tokens: Sequence[int],
+        tokens: Sequence[Token],
         reserved_tokens: int,
         fixed_tokens: int = 0,
         user: User | None = None,
@@ -211,7 +211,7 @@ class KVCacheManager:
         return ins.node
 
     def extend(
-        self, node: RadixNode, tokens: Sequence[int], reserved_tokens: int, user: User | None = None
+        self, node: RadixNode, tokens: Sequence[Token], reserved_tokens: int, user: User | None = None
     ) -> RadixNode:
         """Append fresh ``tokens`` that no other sequence shares (generated outputs) below ``node``,
         the GPU-resident end of a sequence already in the tree: no walk from the root.

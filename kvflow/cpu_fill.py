@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kvflow.radix import RadixNode, RadixTree, common_prefix_len
+from kvflow.radix import RadixNode, RadixTree, Token, common_prefix_len
 
 if TYPE_CHECKING:
     from kvflow.cache import KVCacheManager
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["add_cpu_prefix", "cpu_fill_start"]
 
 
-def _walk(tree: RadixTree, tokens: Sequence[int], end: int, split: bool) -> tuple[RadixNode, int] | None:
+def _walk(tree: RadixTree, tokens: Sequence[Token], end: int, split: bool) -> tuple[RadixNode, int] | None:
     """The deepest node on ``tokens[:end]``'s path whose path has CPU copies all the way, and the
     tokens it ends (a match ending inside a node splits it when ``split``); None when the next node
     on the path exists without a CPU copy (a CPU-only run below it would break prefix closure)."""
@@ -45,7 +45,7 @@ def _walk(tree: RadixTree, tokens: Sequence[int], end: int, split: bool) -> tupl
     return node, pos
 
 
-def cpu_fill_start(cache: KVCacheManager, tokens: Sequence[int], end_tokens: int) -> int | None:
+def cpu_fill_start(cache: KVCacheManager, tokens: Sequence[Token], end_tokens: int) -> int | None:
     """Read-only: where a CPU-only run of ``tokens[:end_tokens]`` would start now (the tokens the
     tree already holds with CPU copies along that path), or None when it cannot hang there."""
     tree = cache.tree
@@ -53,7 +53,7 @@ def cpu_fill_start(cache: KVCacheManager, tokens: Sequence[int], end_tokens: int
     return None if found is None else found[1]
 
 
-def add_cpu_prefix(cache: KVCacheManager, tokens: Sequence[int], start_tokens: int, end_tokens: int) -> int:
+def add_cpu_prefix(cache: KVCacheManager, tokens: Sequence[Token], start_tokens: int, end_tokens: int) -> int:
     """Give the cache CPU copies of ``tokens[start_tokens:end_tokens]`` (KV that arrived from
     outside, e.g. a remote tier), the part of it the tree lacks, as one CPU-only node. The tree must
     hold ``tokens[:start_tokens]`` with CPU copies (else nothing is placed: the run would not be

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
+from mypy_extensions import mypyc_attr
+
 from kvflow.cache import KVCacheManager
 from kvflow.ops import Load, Op
 from kvflow.prefetch import Prefetcher, make_prefetcher
@@ -60,6 +62,7 @@ class EngineConfig:
             raise ValueError(f"prefetch_mode '{self.prefetch_mode}'; valid: {', '.join(PREFETCH_MODES)}")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # backends extend it (real.driver.RealRequest)
 @dataclass(eq=False, slots=True)
 class Request:
     request_id: str

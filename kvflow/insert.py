@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from kvflow.radix import RadixNode, RadixTree, User
+from kvflow.radix import RadixNode, RadixTree, Token, User
 from kvflow.tagging import UserTags
 
 
@@ -34,7 +34,7 @@ class Insertion:
     def __init__(
         self,
         tree: RadixTree,
-        tokens: Sequence[int],
+        tokens: Sequence[Token],
         reserved_tokens: int,
         fixed_tokens: int,
         user: User | None,

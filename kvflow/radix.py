@@ -19,10 +19,13 @@ from typing import Protocol
 from kvflow.tier_heap import KEY_END, CpuHeap, GpuHeap
 
 User = tuple[str, str]  # (client_id, agent_id)
+# one unit of a prompt as the tree keys it: a token id (int) from the engines, or a block hash
+# (str / bytes / int) in the cache-only replay (sim.replay); compared and hashed, never computed on
+Token = Hashable
 _COMPARE_CHUNK = 64
 
 
-def common_prefix_len(a: Sequence[int], b: Sequence[int], start: int = 0, end: int | None = None) -> int:
+def common_prefix_len(a: Sequence[Token], b: Sequence[Token], start: int = 0, end: int | None = None) -> int:
     """Length of the common prefix of ``a`` and ``b[start:end]``: whole-slice then chunked slice
     comparisons (C speed), a Python loop only inside the first differing chunk."""
     n = min(len(a), (len(b) if end is None else end) - start)
@@ -92,7 +95,7 @@ class RadixNode:
         "key",
     )
 
-    def __init__(self, tokens: list[int], parent: RadixNode | None) -> None:
+    def __init__(self, tokens: Sequence[Token], parent: RadixNode | None) -> None:
         self.node_id = next(_node_ids)
         self.tokens = tokens
         self.parent = parent
@@ -125,6 +128,9 @@ class RadixNode:
 
     def __lt__(self, other: RadixNode) -> bool:  # deterministic heap tie-break
         return self.node_id < other.node_id
+
+    def __hash__(self) -> int:  # identity, spelled out: a compiled class with ``__lt__`` has no default
+        return self.node_id
 
     def __repr__(self) -> str:
         return f"RadixNode(id={self.node_id}, len={len(self.tokens)}, tier={self.tier})"
@@ -202,7 +208,7 @@ class RadixTree:
         self.on_detach: Callable[[RadixNode, RadixNode], None] | None = None
 
     # ----- keys, clock and structure ------------------------------------------------------------
-    def child_key(self, tokens: Sequence[int], start: int = 0) -> Hashable:
+    def child_key(self, tokens: Sequence[Token], start: int = 0) -> Hashable:
         """Key of the child that ``tokens[start:]`` continues into: its first token (or page)."""
         if self.page_size == 1:
             return tokens[start]
@@ -249,7 +255,7 @@ class RadixTree:
             tick -= 1
             node = node.parent
 
-    def common_len(self, node_tokens: Sequence[int], tokens: Sequence[int], start: int) -> int:
+    def common_len(self, node_tokens: Sequence[Token], tokens: Sequence[Token], start: int) -> int:
         """Length of the common prefix of node_tokens and tokens[start:], page aligned."""
         return self.page_floor(common_prefix_len(node_tokens, tokens, start))
 
@@ -278,7 +284,7 @@ class RadixTree:
         return head
 
     # ----- lookups ----------------------------------------------------------------------------
-    def match(self, tokens: Sequence[int], touch: bool = True, max_tokens: int | None = None) -> MatchResult:
+    def match(self, tokens: Sequence[Token], touch: bool = True, max_tokens: int | None = None) -> MatchResult:
         """Longest cached prefix of ``tokens`` (page aligned), of at most ``max_tokens`` if given (no
         copy of ``tokens`` needed). Splits a node where the match ends inside it (as SGLang does),
         so the matched part can be locked and timestamped alone."""
@@ -323,9 +329,9 @@ class RadixTree:
             node = node.parent
         return n
 
-    def insert_below(self, node: RadixNode, tokens: Sequence[int]) -> RadixNode:
+    def insert_below(self, node: RadixNode, tokens: Sequence[Token]) -> RadixNode:
         """Attach a new leaf holding ``tokens`` (page multiple) under ``node``; state set by caller."""
-        child = RadixNode(tokens, node)  # type: ignore[arg-type]
+        child = RadixNode(tokens, node)
         self._tick += 1
         child.last_access = self._tick
         child.key = tokens[0] if self.page_size == 1 else tuple(tokens[: self.page_size])

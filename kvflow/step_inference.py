@@ -16,14 +16,17 @@ from dataclasses import dataclass, field
 from kvflow.step_graph import INF
 
 
+def _agent_counts() -> defaultdict[str, Counter[str]]:
+    """agent -> next agent -> count (a named factory: mypyc cannot compile a lambda in a lambda)."""
+    return defaultdict(Counter)
+
+
 @dataclass
 class TransitionModel:
     min_observations: int = 3
     min_edge_prob: float = 0.1
     horizon: int = 16
-    counts: dict[str, dict[str, Counter[str]]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(Counter))
-    )
+    counts: dict[str, dict[str, Counter[str]]] = field(default_factory=lambda: defaultdict(_agent_counts))
     last_agent: dict[str, str] = field(default_factory=dict)  # client -> agent of its latest request
     _cache: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
 

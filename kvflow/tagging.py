@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from kvflow.radix import RadixNode, RadixTree, User, common_prefix_len
+from kvflow.radix import RadixNode, RadixTree, Token, User, common_prefix_len
 
 if TYPE_CHECKING:
     from kvflow.policies.base import Policy
@@ -26,7 +26,7 @@ class UserTags:
     def __init__(self, tree: RadixTree, policy: Policy) -> None:
         self.tree, self.policy = tree, policy
         self.dynamic_ends: dict[User, RadixNode] = {}  # user -> end of its latest dynamic prompt
-        self.last_prompt: dict[User, tuple[Sequence[int], int]] = {}
+        self.last_prompt: dict[User, tuple[Sequence[Token], int]] = {}
         self._fixed_at: dict[int, set[User]] = {}  # node id -> users whose tree.user_nodes it is
         self._dynamic_at: dict[int, set[User]] = {}  # node id -> users whose dynamic_ends it is
         tree.on_detach = self.on_detach
@@ -82,7 +82,7 @@ class UserTags:
                 self.tree.refresh(node)
         _point(self.dynamic_ends, self._dynamic_at, user, deepest)
 
-    def observe_prompt(self, user: User | None, tokens: Sequence[int], fixed_tokens: int) -> None:
+    def observe_prompt(self, user: User | None, tokens: Sequence[Token], fixed_tokens: int) -> None:
         """Tell a learning policy how much of ``user``'s previous dynamic prompt its new prompt
         repeats (a conversation it extends), whatever the cache holds."""
         if user is None or not self.policy.observes_prompts:

@@ -91,21 +91,20 @@ def run_ops(ops, policy_name: str, page_size: int, cpu_tokens: int):
                 cache.complete(inflight.pop(item[1] % len(inflight)))
         inflight.extend(o for o in cache.take_ops() if isinstance(o, (Load, Offload)))
         cache.check_invariants()
-        cache._test_inflight = inflight
         for o in inflight:  # in-flight nodes are still in the tree, in flight
             assert o.node.inflight is not None and o.node.parent is not None
         for node, tokens in locked:  # locked prefixes are never evicted
             assert node.gpu and node.parent is not None
             assert cache.tree.match(tokens, touch=False).gpu_tokens == len(tokens)
-    return trace, cache
+    return trace, cache, inflight
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(op, max_size=60), st.sampled_from(POLICY_NAMES), st.sampled_from([1, 2]), st.sampled_from([0, 30]))
 def test_random_sequences_keep_invariants(ops, policy_name, page_size, cpu_tokens):
-    trace, cache = run_ops(ops, policy_name, page_size, cpu_tokens)
+    trace, cache, inflight = run_ops(ops, policy_name, page_size, cpu_tokens)
     # every copy, completed late (after any splits of its node), leaves nothing in flight
-    for op in [*cache.take_ops(), *getattr(cache, "_test_inflight", [])]:
+    for op in [*cache.take_ops(), *inflight]:
         if isinstance(op, (Load, Offload)) and op.node.inflight is not None:
             cache.complete(op)
     assert all(n.inflight is None for n in cache.tree.walk()), "a node stays in flight after its op completed"
@@ -113,7 +112,7 @@ def test_random_sequences_keep_invariants(ops, policy_name, page_size, cpu_token
     reachable = sum(len(n) for n in cache.tree.walk() if n.on_gpu_or_loading)
     assert reachable == cache.gpu_used_tokens
     # same inputs -> same result
-    trace2, cache2 = run_ops(ops, policy_name, page_size, cpu_tokens)
+    trace2, cache2, _ = run_ops(ops, policy_name, page_size, cpu_tokens)
     assert trace == trace2 and cache.stats == cache2.stats
 
 

@@ -16,7 +16,7 @@ from kvflow.policies import POLICY_NAMES, Policy, make_policy
 from kvflow.policies.clairvoyant import ClairvoyantPolicy
 from kvflow.policies.kvflow import KVFlowPolicy
 from kvflow.prefetch import DeadlinePrefetcher, NextStepPrefetcher, NoPrefetcher
-from kvflow.radix import InFlight, Tier
+from kvflow.radix import InFlight, RadixNode, Tier
 
 ENGINE_KW = dict(gpu_tokens=50, cpu_tokens=0, kv_bytes_per_token=2, chunk_tokens=256, h2d_gbps=1.0)
 
@@ -143,7 +143,8 @@ def test_declared_capabilities_replace_probes():
     assert flags["kvflow"] == (True, False, False, False)
     assert flags["clairvoyant"] == (False, False, False, True)
     assert flags["kvflow_cost"] == flags["kvflow_gd"] == (True, True, True, False)
-    assert Policy().worth_keeping(None) is True and Policy().prefetch_limit(None) is None  # type: ignore[arg-type]
+    node = RadixNode([], None)
+    assert Policy().worth_keeping(node) is True and Policy().prefetch_limit(node) is None
 
 
 def test_in_flight_state_is_an_enum_with_paired_verbs():

@@ -20,6 +20,7 @@ from kvflow.build import build_engine
 from kvflow.engine import Iteration, Request
 from kvflow.model_spec import load_model_spec
 from kvflow.ops import Load
+from kvflow.radix import RadixNode
 from sim.engine_loop import EngineLoop
 from sim.pcie import PCIeLink
 from sim.runner import load_conf, simulate
@@ -85,7 +86,7 @@ class OneIteration:
     """The engine-loop's view of an engine: one queued background load, then one iteration."""
 
     def __init__(self, iteration: Iteration, load_bytes: int) -> None:
-        node = SimpleNamespace()
+        node = RadixNode([], None)
         self.ops: list[Any] = [Load(node, load_bytes // LLAMA.kv_bytes_per_token, load_bytes, prefetch=True)]
         self.cache = SimpleNamespace(pending_ops=self.ops)
         self.iteration: Iteration | None = iteration

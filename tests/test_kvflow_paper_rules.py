@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import kvflow
 from harness.engines import conf_engine, load_engine
 from harness.setup import data_path
 from kvflow.build import build_engine
@@ -75,6 +76,7 @@ def test_only_the_fixed_prompt_is_backed_up() -> None:
         assert [op.tokens for op in ops if isinstance(op, Offload)] == backed
 
 
+@pytest.mark.skipif(kvflow.COMPILED, reason="patches a core method: runs with the pure-Python core only")
 def test_no_suffix_or_output_is_ever_offloaded_in_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {"fixed": 0, "dynamic": 0}
     queue = WritePolicy._queue_offload

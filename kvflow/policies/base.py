@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 if TYPE_CHECKING:
     from kvflow.radix import RadixNode, User
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a new policy is plain Python (compiled core too)
 class Policy:
     """Ranks radix nodes for eviction; every hook is a no-op here, a subclass overrides what it uses.
 

@@ -10,14 +10,18 @@ value and it loses KVFlow's advantage there (docs/results.md has both measuremen
 
 from __future__ import annotations
 
-from typing import Any
-
 from kvflow.policies.kvflow_cost import KVFlowCostPolicy
 
 
 class KVFlowGreedyDualPolicy(KVFlowCostPolicy):
     name = "kvflow_gd"
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("aging", True)
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        gain_s_per_token: float = 1.0,
+        prior_reuse: float = 0.5,
+        prior_weight: float = 4.0,
+        decay: float = 0.0,
+        aging: bool = True,
+    ) -> None:  # the parameters spelled out: a compiled core mis-binds **kwargs passed on to __init__
+        super().__init__(gain_s_per_token, prior_reuse, prior_weight, decay, aging)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from kvflow.ops import Load
 from kvflow.prefetch.base import CopyingPrefetcher, HintsView
-from kvflow.radix import InFlight
+from kvflow.radix import InFlight, Token
 from kvflow.session_gaps import GapLearner, SessionActivity
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class ResumePrefetcher(CopyingPrefetcher):
         self.waiting = waiting  # the engine's waiting queue (read-only: only its length)
         self.gaps = GapLearner()
         self.activity = SessionActivity()
-        self.paused: dict[str, tuple[float, str, Sequence[int]]] = {}  # client -> (start s, agent, prompt)
+        self.paused: dict[str, tuple[float, str, Sequence[Token]]] = {}  # client -> (start s, agent, prompt)
         self.due: list[tuple[float, str]] = []  # (load due s, client), earliest first
         self.due_s: dict[str, float] = {}  # the live entry per client (others in the heap are stale)
         self.issued: dict[str, list[Load]] = {}  # client -> its prefetch loads since it paused
