@@ -330,20 +330,21 @@ class KVCacheManager:
         self.sessions.end(client)
 
     def refresh_clients(self, clients: Iterable[str]) -> None:
-        """Re-file every node on the fixed-prompt and latest-dynamic paths of ``clients``' users."""
+        """Re-file every node on the fixed-prompt (earlier ones too: still tagged) and latest-dynamic
+        paths of ``clients``' users."""
         refresh = self.tree.refresh
         for client in clients:
-            for node in self._session_paths(client):
+            for node in self._session_paths(client, earlier_fixed=True):
                 refresh(node)
 
-    def _session_paths(self, client: str) -> list[RadixNode]:
-        """The nodes of ``client``'s users' paths (fixed prompt, latest dynamic prompt), each once,
-        root first (a backup needs its parent's copy started first)."""
+    def _session_paths(self, client: str, earlier_fixed: bool = False) -> list[RadixNode]:
+        """The nodes of ``client``'s users' paths (latest fixed prompt, earlier ones if asked, latest
+        dynamic prompt), each once, root first (a backup needs its parent's copy started first)."""
         assert self.sessions is not None
         seen: dict[int, RadixNode] = {}
         for user in sorted(self.sessions.users.get(client, ())):
-            for index in (self.tree.user_nodes, self.tags.dynamic_ends):
-                end = index.get(user)
+            fixed = self.tags.fixed_ends(user) if earlier_fixed else [self.tree.user_nodes.get(user)]
+            for end in [*fixed, self.tags.dynamic_ends.get(user)]:
                 if end is None or end.parent is None:
                     continue
                 path = list(end.path_to_root())

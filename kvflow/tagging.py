@@ -29,11 +29,29 @@ class UserTags:
         self.last_prompt: dict[User, tuple[Sequence[Token], int]] = {}
         self._fixed_at: dict[int, set[User]] = {}  # node id -> users whose tree.user_nodes it is
         self._dynamic_at: dict[int, set[User]] = {}  # node id -> users whose dynamic_ends it is
+        # user -> ends of its earlier fixed prompts off its latest one's path (node id -> node): their
+        # nodes keep the user's tag, so a key change of the user must re-file them too
+        self._older_fixed: dict[User, dict[int, RadixNode]] = {}
+        self._older_at: dict[int, set[User]] = {}  # node id -> users with an earlier fixed end there
         tree.on_detach = self.on_detach
 
     def set_fixed_end(self, user: User, node: RadixNode) -> None:
-        """``user``'s fixed prompt ends at ``node`` (``tree.user_nodes``)."""
+        """``user``'s fixed prompt ends at ``node`` (``tree.user_nodes``). A previous end off the new
+        path (the fixed prompt changed) is kept as an earlier end: its path stays tagged."""
+        old = self.tree.user_nodes.get(user)
+        if old is node:
+            return
+        if old is not None and old.parent is not None and not _on_path(old, node):
+            self._older_fixed.setdefault(user, {})[old.node_id] = old
+            self._older_at.setdefault(old.node_id, set()).add(user)
+        _drop_older(self._older_fixed, self._older_at, user, node)  # current again
         _point(self.tree.user_nodes, self._fixed_at, user, node)
+
+    def fixed_ends(self, user: User) -> list[RadixNode]:
+        """Every cached end of ``user``'s fixed prompts: the latest, then earlier ones still tagged."""
+        latest = self.tree.user_nodes.get(user)
+        ends = [latest] if latest is not None and latest.parent is not None else []
+        return ends + list(self._older_fixed.get(user, {}).values())
 
     def on_detach(self, node: RadixNode, parent: RadixNode) -> None:
         """``node`` left the tree: ends there move up to ``parent``. A dynamic end that reaches the
@@ -43,6 +61,12 @@ class UserTags:
             _repoint(self.dynamic_ends, self._dynamic_at, node, parent, drop_at_root=True)
         if node.node_id in self._fixed_at:
             _repoint(self.tree.user_nodes, self._fixed_at, node, parent, drop_at_root=False)
+        if node.node_id in self._older_at:
+            for user in self._older_at.pop(node.node_id):
+                _drop_older(self._older_fixed, self._older_at, user, node)
+                if parent.parent is not None and parent is not self.tree.user_nodes.get(user):
+                    self._older_fixed.setdefault(user, {})[parent.node_id] = parent
+                    self._older_at.setdefault(parent.node_id, set()).add(user)
 
     def tag(self, node: RadixNode, start: int, fixed_end: int, prompt_end: int, user: User | None) -> bool:
         """Record ``user`` on a fixed-prompt node, or mark a later node as a suffix; returns True for
@@ -101,20 +125,44 @@ class UserTags:
             self._refresh_agent(user[1])
 
     def _refresh_agent(self, agent: str) -> None:
-        for index in (self.tree.user_nodes, self.dynamic_ends):
-            for (_, a), end in index.items():
-                if a == agent and end.parent is not None:
-                    for node in end.path_to_root():
-                        self.tree.refresh(node)
+        for (_, a), end in self.dynamic_ends.items():
+            if a == agent and end.parent is not None:
+                for node in end.path_to_root():
+                    self.tree.refresh(node)
+        self.refresh_users([user for user in self.tree.user_nodes if user[1] == agent])
 
     def refresh_users(self, users: Iterable[User]) -> None:
-        """Re-file the fixed-prompt path of each user (its key may have dropped)."""
-        user_nodes, refresh = self.tree.user_nodes, self.tree.refresh
+        """Re-file the fixed-prompt paths of each user, earlier fixed prompts' too (its key may have
+        dropped)."""
+        refresh = self.tree.refresh
         for user in users:
-            boundary = user_nodes.get(user)
-            if boundary is not None and boundary.parent is not None:
-                for node in boundary.path_to_root():
+            for end in self.fixed_ends(user):
+                for node in end.path_to_root():
                     refresh(node)
+
+
+def _on_path(node: RadixNode, below: RadixNode) -> bool:
+    """Whether ``node`` is ``below`` or one of its ancestors."""
+    walk: RadixNode | None = below
+    while walk is not None:
+        if walk is node:
+            return True
+        walk = walk.parent
+    return False
+
+
+def _drop_older(older: dict[User, dict[int, RadixNode]], at: dict[int, set[User]], user: User, node: RadixNode) -> None:
+    """Forget ``node`` as an earlier fixed end of ``user`` (both indexes)."""
+    ends = older.get(user)
+    if ends is None or ends.pop(node.node_id, None) is None:
+        return
+    if not ends:
+        del older[user]
+    users = at.get(node.node_id)
+    if users is not None:
+        users.discard(user)
+        if not users:
+            del at[node.node_id]
 
 
 def _point(index: dict[User, RadixNode], at: dict[int, set[User]], user: User, node: RadixNode) -> None:

@@ -5,7 +5,7 @@ re-filed when a key drops and untagged when the user's next prompt arrives."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kvflow.cache import CacheConfig, KVCacheManager
@@ -134,6 +134,14 @@ def check(cache: KVCacheManager, fixed_prompts: dict) -> None:
 @pytest.mark.parametrize("policy", ["pause_aware", "kvflow_sessions", "subagent_aware", "kvflow_cost", "kvflow"])
 @settings(max_examples=60, deadline=None)
 @given(ops=events, cpu=st.booleans())
+# found by this test: an agent with two fixed prompts (both tagged); at the session's end only the
+# latest one was re-filed, so the earlier one's heap entry kept its old, higher key
+@example(
+    ops=[("call", "c0", "main", 1)] * 4
+    + [("call", "c1", "A", 2), ("finish", "c1", "A", 1), ("call", "c1", "A", 1), ("finish", "c1", "A", 1)]
+    + [("evict", "c0", "main", 6), ("end", "c1", "main", 1)],
+    cpu=False,
+)
 def test_random_events_keep_ends_in_the_tree_and_the_heap_top_lowest(policy, ops, cpu):
     cache = make(policy, gpu=300, cpu=300 if cpu else 0)
     sessions = cache.sessions is not None
