@@ -243,6 +243,21 @@ def remote_tier(key: str, value: Any) -> None:
             raise ConfigError(f"{key}.{name}: missing (a remote tier needs {' and '.join(REMOTE_TIER_REQUIRED)})")
 
 
+PEER_COPY: dict[str, Check] = {  # cluster.peer_copy (sim/peer_copy.py, docs/fleet.md)
+    "bandwidth_gbps": POSITIVE,  # each source replica's link, GB/s
+    "latency_s": NON_NEGATIVE,  # per transfer
+}
+
+
+def peer_copy(key: str, value: Any) -> None:
+    """``cluster.peer_copy``: null (off) or a mapping of ``PEER_COPY`` keys (one replica: never copies)."""
+    if value is None:
+        return
+    _check_section(key, value, PEER_COPY)
+    if "bandwidth_gbps" not in value:
+        raise ConfigError(f"{key}.bandwidth_gbps: missing (peer copies need a link rate)")
+
+
 def _check_cluster(cluster: Mapping[str, Any]) -> None:
     """What a remote tier needs of the rest of ``cluster``."""
     remote = cluster.get("remote_tier")
@@ -268,6 +283,7 @@ CLUSTER: dict[str, Check] = {  # sim/fleet.py, sim/routers/ (ROUTER_NAMES must m
     "overlap_weight": NON_NEGATIVE,
     "block_tokens": POSITIVE_INT,
     "remote_tier": remote_tier,
+    "peer_copy": peer_copy,
 }
 SECTIONS: dict[str, dict[str, Check]] = {
     "hardware": HARDWARE,

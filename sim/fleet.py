@@ -28,11 +28,21 @@ from sim.driver import WorkflowDriver
 from sim.engine_loop import EngineLoop
 from sim.metrics import counters
 from sim.pcie import PCIeLink
+from sim.peer_copy import PEER_FIELDS, PeerCopy, PeerCopyConfig
 from sim.remote_tier import RemoteTier, RemoteTierConfig
 from sim.routers import Router, make_router
 from sim.runner import SimResult, hints_source, run_until_done
 
-__all__ = ["REMOTE_FIELDS", "REPLICA_FIELDS", "Fleet", "Replica", "fleet_size", "run_fleet", "simulate_fleet"]
+__all__ = [
+    "PEER_FIELDS",
+    "REMOTE_FIELDS",
+    "REPLICA_FIELDS",
+    "Fleet",
+    "Replica",
+    "fleet_size",
+    "run_fleet",
+    "simulate_fleet",
+]
 
 REPLICA_FIELDS = (
     "replica",
@@ -138,12 +148,14 @@ class Prefetch:
 
 class Fleet:
     """The driver's engine: routes submits, broadcasts hints, pokes the replicas that changed; with
-    a remote tier, fetches a routed request's missing prefix first, writes finished prompts, and
-    (``remote_tier.prefetch``) moves a client's prefix during its think time."""
+    a remote tier or peer copies, fetches a routed request's missing prefix first (``_move``); with
+    a remote tier, writes finished prompts and (``remote_tier.prefetch``) moves a client's prefix
+    during its think time."""
 
-    def __init__(self, router: Router, remote: RemoteTier | None = None) -> None:
+    def __init__(self, router: Router, remote: RemoteTier | None = None, peers: PeerCopy | None = None) -> None:
         self.router = router
         self.remote = remote
+        self.peers = peers
         self.replicas: list[Replica] = []
         self.replica_of: dict[str, int] = {}  # request id -> replica index
         self.dirty: set[int] = set()
@@ -156,14 +168,15 @@ class Fleet:
     def submit(self, request: Any, now_s: float) -> None:
         index = self.router.route(request, self.replicas)
         self.replica_of[request.request_id] = index
-        if self.remote is None:
+        if self.remote is None and self.peers is None:
             self._hand_over(request, index, now_s)
             return
-        client = request.client_id
-        self.calls[client] = self.calls.get(client, 0) + 1
-        record = self.prefetches.pop(client, None)
-        if record is not None and self._prefetch_met(record, request, index, now_s):
-            return
+        if self.remote is not None:
+            client = request.client_id
+            self.calls[client] = self.calls.get(client, 0) + 1
+            record = self.prefetches.pop(client, None)
+            if record is not None and self._prefetch_met(record, request, index, now_s):
+                return
         self._fetch_then_hand_over(request, index, now_s, poke=False)
 
     def _prefetch_met(self, record: Prefetch, request: Any, index: int, now_s: float) -> bool:
@@ -182,20 +195,23 @@ class Fleet:
         return False
 
     def _fetch_then_hand_over(self, request: Any, index: int, now_s: float, poke: bool) -> None:
-        """The remote tier's part of the prompt that replica ``index`` lacks goes to its CPU tier
-        first (the request waits: its arrival time stays ``now_s``); then the replica gets it."""
-        assert self.remote is not None
-        replica = self.replicas[index]
-        _, started = self.remote.fetch(
-            index,
-            replica.engine.cache,
-            request.tokens,
-            replica.cached_prefix_tokens(request.tokens),
-            urgent=True,
-            on_done=lambda: self._hand_over(request, index, now_s, poke=True),
+        """The part of the prompt that replica ``index`` lacks and a source holds goes to its CPU
+        tier first (the request waits: its arrival time stays ``now_s``); then the replica gets it."""
+        _, started = self._move(
+            index, request.tokens, urgent=True, on_done=lambda: self._hand_over(request, index, now_s, poke=True)
         )
         if not started:
             self._hand_over(request, index, now_s, poke=poke)
+
+    def _move(self, index: int, tokens: Sequence[int], urgent: bool, on_done: Callable[[], None]) -> tuple[int, int]:
+        """Start moving ``tokens``' missing prefix into replica ``index``'s CPU tier from the remote
+        tier or, with peer copies, the source ``sim.peer_copy.choose`` picks; the range moving."""
+        if self.peers is not None:
+            return self.peers.move(self.replicas, index, tokens, self.remote, urgent, on_done)
+        assert self.remote is not None
+        replica = self.replicas[index]
+        cached = replica.cached_prefix_tokens(tokens)
+        return self.remote.fetch(index, replica.engine.cache, tokens, cached, urgent, on_done)
 
     def _hand_over(self, request: Any, index: int, now_s: float, poke: bool = False) -> None:
         self.replicas[index].engine.submit(request, now_s)
@@ -246,16 +262,8 @@ class Fleet:
         target = self.router.predict(client, self.replicas)
         if tokens is None or target is None or client in self.prefetches:
             return
-        replica = self.replicas[target]
         record = Prefetch(target, tokens)
-        _, record.end_tokens = self.remote.fetch(
-            target,
-            replica.engine.cache,
-            tokens,
-            replica.cached_prefix_tokens(tokens),
-            urgent=False,
-            on_done=lambda: self._prefetched(record),
-        )
+        _, record.end_tokens = self._move(target, tokens, urgent=False, on_done=lambda: self._prefetched(record))
         self.remote.forget(tokens)
         if record.end_tokens:
             self.prefetches[client] = record
@@ -320,6 +328,8 @@ def simulate_fleet(cfg: Mapping[str, Any], trace: Any | None = None, replicas: i
     summary["replicas"] = n
     if fleet.remote is not None:
         summary["details"]["remote_tier"] = remote_details(fleet)
+    if fleet.peers is not None:
+        summary["details"]["peer_copy"] = fleet.peers.details()
     result = SimResult(summary, rows, wf_rows, run.wall_s)
     result.replica_rows = replica_rows(fleet, rows, env.now)
     return result
@@ -332,8 +342,12 @@ def run_fleet(cfg: Mapping[str, Any], setup: Setup, n: int) -> tuple[simpy.Envir
     env = simpy.Environment()
     config = RemoteTierConfig.from_config(cluster.get("remote_tier"))
     block = int(cluster.get("block_tokens", 64))
-    remote = None if config is None else RemoteTier(env, config, block, setup.model.kv_bytes_per_token, n)
-    fleet = Fleet(make_router(str(cluster.get("router", "round_robin")), router_options(cluster, setup)), remote)
+    kv_bytes = setup.model.kv_bytes_per_token
+    remote = None if config is None else RemoteTier(env, config, block, kv_bytes, n)
+    peer_config = PeerCopyConfig.from_config(cluster.get("peer_copy"))
+    peers = None if peer_config is None else PeerCopy(env, peer_config, block, kv_bytes, n)
+    router = make_router(str(cluster.get("router", "round_robin")), router_options(cluster, setup))
+    fleet = Fleet(router, remote, peers)
     for _ in range(n):
         _add_replica(fleet, env, cfg, setup)
     reads_future = fleet.replicas[0].feed is not None
@@ -401,6 +415,7 @@ def replica_rows(fleet: Fleet, rows: Sequence[Mapping[str, Any]], makespan_s: fl
                 "gpu_evicted_tokens": stats.gpu_evicted_tokens,
                 "cpu_evicted_tokens": stats.cpu_evicted_tokens,
                 **(remote_columns(fleet.remote, r.index) if fleet.remote is not None else {}),
+                **(fleet.peers.columns(r.index) if fleet.peers is not None else {}),
             }
         )
     return out

@@ -23,7 +23,7 @@ import simpy
 from kvflow.cpu_fill import add_cpu_prefix, cpu_fill_start
 from sim.routers.prefix_aware import PrefixIndex
 
-__all__ = ["RemoteLink", "RemoteTier", "RemoteTierConfig", "prefix_keys"]
+__all__ = ["RemoteLink", "RemoteTier", "RemoteTierConfig", "landing_range", "prefix_keys"]
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: invertible mod 2^64
@@ -84,9 +84,20 @@ class RemoteLink:
         self.background: deque[tuple[int, Callable[[], None]]] = deque()
         self.busy = False
         self.busy_s = 0.0
+        self.ends_at_s = 0.0  # when the transfer on the link ends (while busy)
 
     def duration_s(self, nbytes: int) -> float:
         return self.latency_s + nbytes / self.rate
+
+    def finish_s(self, nbytes: int, urgent: bool) -> float:
+        """Seconds from now until a transfer of ``nbytes`` queued now would end: the one on the link,
+        the urgent queue (and, for a background one, the background queue), then its own duration.
+        Exact for an urgent one; for a background one a lower bound (a later urgent one passes it)."""
+        wait_s = self.ends_at_s - self.env.now if self.busy else 0.0
+        wait_s += sum(self.duration_s(n) for n, _ in self.urgent)
+        if not urgent:
+            wait_s += sum(self.duration_s(n) for n, _ in self.background)
+        return wait_s + self.duration_s(nbytes)
 
     def copy(self, nbytes: int, on_done: Callable[[], None], urgent: bool) -> None:
         (self.urgent if urgent else self.background).append((nbytes, on_done))
@@ -102,6 +113,7 @@ class RemoteLink:
         self.busy = True
         t = self.duration_s(nbytes)
         self.busy_s += t
+        self.ends_at_s = self.env.now + t
 
         def done(_event: Any) -> None:
             self._start_next()
@@ -210,6 +222,10 @@ class RemoteTier:
         counts.reads += 1
         self.link.copy(nbytes, on_done, urgent)
 
+    def offer(self, cache: Any, tokens: Sequence[int], cached_tokens: int) -> tuple[int, int]:
+        """Read-only: the token range ``fetch`` would move now, ``(0, 0)`` when none."""
+        return landing_range(cache, tokens, self.held_tokens(tokens), cached_tokens)
+
     def fetch(
         self,
         replica: int,
@@ -223,12 +239,7 @@ class RemoteTier:
         (``cached_tokens``) into its CPU tier (``cache``: its ``KVCacheManager``), at most the CPU
         tier's capacity; placed when it arrives (what still fits then), then ``on_done()``. Returns
         the token range moving, ``(0, 0)`` when nothing is to move (``on_done`` is then not called)."""
-        tree = cache.tree
-        end = tree.page_floor(self.held_tokens(tokens))
-        start = cpu_fill_start(cache, tokens, end) if end > cached_tokens else None
-        if start is None or start >= end:
-            return 0, 0
-        end = min(end, start + tree.page_floor(cache.config.cpu_capacity_tokens))
+        start, end = self.offer(cache, tokens, cached_tokens)
         if end <= start:
             return 0, 0
         counts = self.counts[replica]
@@ -243,3 +254,19 @@ class RemoteTier:
 
         self.read(replica, tokens, end - start, arrived, urgent)
         return start, end
+
+
+def landing_range(cache: Any, tokens: Sequence[int], source_tokens: int, cached_tokens: int) -> tuple[int, int]:
+    """Where KV of ``tokens[:source_tokens]`` arriving from outside would land in a replica's CPU
+    tier (``cache``: its ``KVCacheManager``) that caches ``cached_tokens`` of it: from the end of
+    the path with CPU copies (``cpu_fill_start``) to the source's end, page aligned, at most the CPU
+    tier's capacity; ``(0, 0)`` when nothing would (no gain, or a GPU-only node blocks the path)."""
+    tree = cache.tree
+    end = tree.page_floor(source_tokens)
+    start = cpu_fill_start(cache, tokens, end) if end > cached_tokens else None
+    if start is None or start >= end:
+        return 0, 0
+    end = min(end, start + tree.page_floor(cache.config.cpu_capacity_tokens))
+    if end <= start:
+        return 0, 0
+    return start, end
