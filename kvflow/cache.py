@@ -343,11 +343,14 @@ class KVCacheManager:
         assert self.sessions is not None
         seen: dict[int, RadixNode] = {}
         for user in sorted(self.sessions.users.get(client, ())):
-            fixed = self.tags.fixed_ends(user) if earlier_fixed else [self.tree.user_nodes.get(user)]
-            for end in [*fixed, self.tags.dynamic_ends.get(user)]:
+            ends: list[RadixNode | None] = list(self.tags.fixed_ends(user)) if earlier_fixed else []
+            if not earlier_fixed:
+                ends.append(self.tree.user_nodes.get(user))
+            ends.append(self.tags.dynamic_ends.get(user))
+            for end in ends:
                 if end is None or end.parent is None:
                     continue
-                path = list(end.path_to_root())
+                path: list[RadixNode] = list(end.path_to_root())
                 for node in reversed(path):
                     seen.setdefault(node.node_id, node)
         return list(seen.values())
