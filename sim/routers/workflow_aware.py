@@ -2,8 +2,8 @@
 unless that replica carries more than ``cluster.balance_abs_threshold`` requests above the least
 loaded one; a client's first call, and an overloaded home, go to the least loaded replica (which
 becomes the client's home). ``predict`` applies the same rule between calls, so a fleet with a remote
-tier can prefetch a client's prefix to the replica its next call will run on (``pin`` makes that
-replica the home)."""
+tier can prefetch a client's prefix to the replica its next call will run on, from the remote tier or
+(``cluster.peer_copy``) from another replica (``pin`` makes that replica the home)."""
 
 from __future__ import annotations
 
