@@ -45,6 +45,11 @@ def launch(module: str, tool: str) -> None:
     except KeyboardInterrupt:
         print(f"{tool}: interrupted while starting; nothing was run or written", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except ImportError as exc:
+        if exc.name != "kvflow":  # the core itself cannot be imported (e.g. a stale compiled build)
+            raise
+        print(f"{tool}: {exc}", file=sys.stderr)
+        sys.exit(2)
     code = entry()
     sys.exit(code if isinstance(code, int) else 0)
 

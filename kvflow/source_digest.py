@@ -41,6 +41,8 @@ def check_compiled_build(package_dir: Path = PACKAGE_DIR) -> bool:
     if stamp != source_digest(package_dir):
         raise ImportError(
             f"kvflow's compiled core in {package_dir} was built from other source than is there now: "
-            "rebuild it (python -m harness.compiled_core build) or remove it (python -m harness.compiled_core clean)"
+            "rebuild it (python -m harness.compiled_core build) or remove it (python -m harness.compiled_core clean)",
+            name="kvflow",  # the command-line tools print it as one line (harness.interrupt.launch)
+            path=str(package_dir),
         )
     return True

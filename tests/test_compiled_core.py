@@ -70,3 +70,22 @@ def test_describe_and_clean(tmp_path: Path) -> None:
 def test_the_running_core_says_which_it_is() -> None:
     assert kvflow.COMPILED == (compiled_stamp() is not None)
     assert kvflow.COMPILED == kvflow.radix.__file__.endswith((".so", ".pyd"))
+
+
+def test_a_tool_started_on_a_stale_build_says_so_in_one_line(monkeypatch, capsys) -> None:
+    from harness import interrupt
+
+    stale = ImportError("kvflow's compiled core in /x was built from other source ...", name="kvflow")
+
+    def fail(module: str) -> None:
+        raise stale
+
+    monkeypatch.setattr(interrupt.importlib, "import_module", fail)
+    monkeypatch.setattr(interrupt, "watch", lambda: None)  # no SIGINT handler left in the test process
+    with pytest.raises(SystemExit) as exit_info:
+        interrupt.launch("sim.cli", "kvflow-sim")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"kvflow-sim: {stale}\n"
+    stale.name = "some_other_module"  # any other import error is not the core's: a traceback, as before
+    with pytest.raises(ImportError):
+        interrupt.launch("sim.cli", "kvflow-sim")

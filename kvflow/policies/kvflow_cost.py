@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from kvflow.policies.kvflow import AGENT, NO_INFO, SUFFIX, KVFlowPolicy
 from kvflow.step_graph import INF
@@ -30,6 +30,7 @@ class KVFlowCostPolicy(KVFlowPolicy):
     name = "kvflow_cost"
     tracks_dynamic = True  # the cache tags each agent's latest dynamic prompt for it
     observes_prompts = True  # it learns how much of a dynamic prompt the next one repeats
+    aging_by_default: ClassVar[bool] = False  # ``aging`` when not given (kvflow_gd: True)
 
     def __init__(
         self,
@@ -37,7 +38,7 @@ class KVFlowCostPolicy(KVFlowPolicy):
         prior_reuse: float = 0.5,
         prior_weight: float = 4.0,
         decay: float = 0.0,
-        aging: bool = False,
+        aging: bool | None = None,
     ) -> None:
         super().__init__()
         self.gain_s_per_token = gain_s_per_token  # recompute minus reload time of one token (cost model)
@@ -48,7 +49,7 @@ class KVFlowCostPolicy(KVFlowPolicy):
         # level when it was last accessed and L rises to each victim's priority. A node that stops
         # being accessed falls behind fresher ones however valuable it looked (recency, as LRU),
         # while a low-value node goes first even if it was just used (what LRU gets wrong).
-        self.aging = aging
+        self.aging = self.aging_by_default if aging is None else aging
         self.inflation = 0.0
         self._checkpoints_tick: list[int] = [0]
         self._checkpoints_level: list[float] = [0.0]

@@ -15,13 +15,4 @@ from kvflow.policies.kvflow_cost import KVFlowCostPolicy
 
 class KVFlowGreedyDualPolicy(KVFlowCostPolicy):
     name = "kvflow_gd"
-
-    def __init__(
-        self,
-        gain_s_per_token: float = 1.0,
-        prior_reuse: float = 0.5,
-        prior_weight: float = 4.0,
-        decay: float = 0.0,
-        aging: bool = True,
-    ) -> None:  # the parameters spelled out: a compiled core mis-binds **kwargs passed on to __init__
-        super().__init__(gain_s_per_token, prior_reuse, prior_weight, decay, aging)
+    aging_by_default = True  # a class setting, not an __init__ that forwards **kwargs (a compiled core mis-binds those)
