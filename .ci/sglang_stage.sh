@@ -2,7 +2,8 @@
 # SGLang adapter stage: build (or reuse) a CPU-only SGLang 0.5.23 virtualenv, install the project
 # into it, and run tests/sglang with pytest. Called by .ci/run as a separate stage.
 # The venv is cached between runs on one machine (SGLANG_VENV, default /work/sglang-venv) and is
-# rebuilt only when its marker is missing or the import check fails (~3 min, ~6 GB).
+# rebuilt only when its marker is missing or the import check fails (~3 min, ~6 GB); the project's
+# own dependencies are installed into it whenever pyproject's list changes.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +38,20 @@ else
 fi
 t1=$(date +%s)
 
-# The project itself (editable, no deps: its light deps are above); registers the entry point.
+# The project's own dependencies (pyproject's list; pure Python or already there), installed again
+# only when that list changes (a marker keyed by its hash): a cached venv gets a new one too.
+mapfile -t project_deps < <(python3 - "$ROOT/pyproject.toml" <<'EOF'
+import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
+EOF
+)
+DEPS_MARKER="$VENV/.kvflow-project-deps-$(printf '%s\n' "${project_deps[@]}" | sha256sum | cut -c1-16)"
+if [ ! -f "$DEPS_MARKER" ]; then
+  "$VENV/bin/pip" install -q "${project_deps[@]}"
+  rm -f "$VENV"/.kvflow-project-deps-*
+  touch "$DEPS_MARKER"
+fi
+# The project itself (editable, no deps: installed above); registers the entry point.
 "$VENV/bin/pip" install -q --no-deps -e "$ROOT"
 t2=$(date +%s)
 
