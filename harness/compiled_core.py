@@ -56,10 +56,8 @@ def compiled_sources(package_dir: Path = PACKAGE_DIR) -> list[Path]:
 
 
 def built_extensions(package_dir: Path = PACKAGE_DIR) -> list[Path]:
-    """The build's files: extension modules under the package and mypyc's shared library beside it."""
-    found = list(package_dir.rglob("*.so")) + list(package_dir.rglob("*.pyd"))
-    found += list(package_dir.parent.glob("*__mypyc*.so")) + list(package_dir.parent.glob("*__mypyc*.pyd"))
-    return sorted(found)
+    """The build's files: extension modules under the package (mypyc's shared library among them)."""
+    return sorted([*package_dir.rglob("*.so"), *package_dir.rglob("*.pyd")])
 
 
 def clean(package_dir: Path = PACKAGE_DIR) -> int:
@@ -102,7 +100,7 @@ def build(package_dir: Path = PACKAGE_DIR) -> None:
 
 def describe(package_dir: Path = PACKAGE_DIR) -> str:
     """One line: which core an import of ``kvflow`` runs."""
-    stamp = (package_dir / STAMP_NAME).read_text().strip() if (package_dir / STAMP_NAME).exists() else None
+    stamp = _digest.compiled_stamp(package_dir)
     if stamp is None:
         extra = " (stray extension modules, no stamp: run clean)" if built_extensions(package_dir) else ""
         return f"pure Python{extra}"

@@ -343,10 +343,10 @@ class KVCacheManager:
         assert self.sessions is not None
         seen: dict[int, RadixNode] = {}
         for user in sorted(self.sessions.users.get(client, ())):
-            ends: list[RadixNode | None] = list(self.tags.fixed_ends(user)) if earlier_fixed else []
-            if not earlier_fixed:
-                ends.append(self.tree.user_nodes.get(user))
-            ends.append(self.tags.dynamic_ends.get(user))
+            fixed: list[RadixNode | None] = (
+                [*self.tags.fixed_ends(user)] if earlier_fixed else [self.tree.user_nodes.get(user)]
+            )
+            ends: list[RadixNode | None] = [*fixed, self.tags.dynamic_ends.get(user)]
             for end in ends:
                 if end is None or end.parent is None:
                     continue

@@ -41,9 +41,8 @@ class UserTags:
         old = self.tree.user_nodes.get(user)
         if old is node:
             return
-        if old is not None and old.parent is not None and not _on_path(old, node):
-            self._older_fixed.setdefault(user, {})[old.node_id] = old
-            self._older_at.setdefault(old.node_id, set()).add(user)
+        if old is not None and old.parent is not None and not any(n is old for n in node.path_to_root()):
+            _add_older(self._older_fixed, self._older_at, user, old)
         _drop_older(self._older_fixed, self._older_at, user, node)  # current again
         _point(self.tree.user_nodes, self._fixed_at, user, node)
 
@@ -65,8 +64,7 @@ class UserTags:
             for user in self._older_at.pop(node.node_id):
                 _drop_older(self._older_fixed, self._older_at, user, node)
                 if parent.parent is not None and parent is not self.tree.user_nodes.get(user):
-                    self._older_fixed.setdefault(user, {})[parent.node_id] = parent
-                    self._older_at.setdefault(parent.node_id, set()).add(user)
+                    _add_older(self._older_fixed, self._older_at, user, parent)
 
     def tag(self, node: RadixNode, start: int, fixed_end: int, prompt_end: int, user: User | None) -> bool:
         """Record ``user`` on a fixed-prompt node, or mark a later node as a suffix; returns True for
@@ -141,14 +139,10 @@ class UserTags:
                     refresh(node)
 
 
-def _on_path(node: RadixNode, below: RadixNode) -> bool:
-    """Whether ``node`` is ``below`` or one of its ancestors."""
-    walk: RadixNode | None = below
-    while walk is not None:
-        if walk is node:
-            return True
-        walk = walk.parent
-    return False
+def _add_older(older: dict[User, dict[int, RadixNode]], at: dict[int, set[User]], user: User, node: RadixNode) -> None:
+    """Record ``node`` as an earlier fixed end of ``user`` (both indexes)."""
+    older.setdefault(user, {})[node.node_id] = node
+    at.setdefault(node.node_id, set()).add(user)
 
 
 def _drop_older(older: dict[User, dict[int, RadixNode]], at: dict[int, set[User]], user: User, node: RadixNode) -> None:
@@ -158,6 +152,11 @@ def _drop_older(older: dict[User, dict[int, RadixNode]], at: dict[int, set[User]
         return
     if not ends:
         del older[user]
+    _unindex(at, node, user)
+
+
+def _unindex(at: dict[int, set[User]], node: RadixNode, user: User) -> None:
+    """Remove ``user`` from reverse index ``at`` under ``node`` (and the entry once empty)."""
     users = at.get(node.node_id)
     if users is not None:
         users.discard(user)
@@ -171,11 +170,7 @@ def _point(index: dict[User, RadixNode], at: dict[int, set[User]], user: User, n
     if old is node:
         return
     if old is not None:
-        users = at.get(old.node_id)
-        if users is not None:
-            users.discard(user)
-            if not users:
-                del at[old.node_id]
+        _unindex(at, old, user)
     index[user] = node
     at.setdefault(node.node_id, set()).add(user)
 
