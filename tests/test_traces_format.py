@@ -71,6 +71,19 @@ def test_prompt_array_has_the_ids_of_prompt_tokens(segments: list[Segment]) -> N
     assert t.prompt_array(inv).itemsize == 4  # half the memory traffic of 64-bit ids
 
 
+def test_prompt_arrays_are_fresh_copies() -> None:
+    """Each prompt is its own array (the engine may hold and slice it): changing one prompt never
+    changes the next expansion of the same segments, whatever their kind."""
+    for segments in ([Segment("shared", "sys", 40)], [Segment("block", 3, 40)], [Segment("unique", "", 40)]):
+        t = _tiny(segments, meta={"format": "kvflow-trace", "version": 1, "seed": 7, "block_tokens": 512})
+        inv = t.invocations[0]
+        first = t.prompt_array(inv)
+        expected = list(first)
+        first[0] += 1
+        first[-1] += 1
+        assert list(t.prompt_array(inv)) == expected == t.prompt_tokens(inv)
+
+
 def test_different_streams_differ_at_their_first_token() -> None:
     """Where prompts diverge (a segment boundary) their ids differ at once, so the tree branches there."""
     firsts = set()

