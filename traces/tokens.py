@@ -138,7 +138,7 @@ def stream_array(n: int, *parts: object) -> array:
 
 class TokenSource:
     """Expands segments to token ids, caching one list (and one array) per shared name, and where the
-    streams of the ``BLOCK_CACHE_LIMIT`` most recently used block hashes start (a block's array is
+    streams of the ``BLOCK_CACHE_LIMIT`` most recently added block hashes start (a block's array is
     one slice of the table; keeping all of a long hash-id trace's arrays would not fit in memory)."""
 
     def __init__(self, seed: int, block_tokens: int) -> None:
@@ -149,7 +149,7 @@ class TokenSource:
         # made per prompt (each prompt copies it anyway), so no array per name stays cached (at
         # 1,024 workflows x 10 agents those were 1.4 KB per simulated request, benchmarks/scale.py)
         self._shared_starts: dict[str | int, tuple[int, int]] = {}
-        self._block_starts: OrderedDict[str | int, tuple[int, int]] = OrderedDict()  # least recently used first
+        self._block_starts: OrderedDict[str | int, tuple[int, int]] = OrderedDict()  # oldest first
         # (invocation, segment index) -> where its unique stream starts: hashed once per trace,
         # not once per expansion (a sweep expands the same prompts for every policy)
         self._unique_starts: dict[tuple[str, int], tuple[int, int]] = {}
@@ -185,15 +185,14 @@ class TokenSource:
         return start
 
     def _block_start(self, key: str | int) -> tuple[int, int]:
-        """(first id, table offset) of block ``key``'s stream, from the bounded cache."""
+        """(first id, table offset) of block ``key``'s stream, from the bounded cache (first in, first
+        out: a hit costs one dict lookup, no reordering; a tiled trace's reuse is mostly recent)."""
         cache = self._block_starts
         start = cache.get(key)
         if start is None:
             start = cache[key] = _block_stream_start(key, self.seed)
             if len(cache) > BLOCK_CACHE_LIMIT:
                 cache.popitem(last=False)
-        else:
-            cache.move_to_end(key)
         return start
 
     def segment_array(self, seg: Segment, inv_id: str, index: int) -> array:
@@ -228,15 +227,27 @@ class TokenSource:
             for part in parts[2:]:
                 joined += part
             return joined
-        out = array(TOKEN_TYPECODE)
+        # one join of table slices (views, no copy) and other parts, one copy into the array, then
+        # each block's first id: a per-block append cost more than the rest of a Mooncake request's
+        # expansion
+        table, cache, block_start = _table_bytes(), self._block_starts, self._block_start
+        pieces: list[memoryview | array] = []
+        firsts: list[tuple[int, int]] = []  # (position, first id) of each table slice
+        pos = 0
         for i, seg in enumerate(segments):
-            if seg.kind == "block" and seg.n_tokens > 0:
-                first, start = self._block_start(seg.key)
-                n = seg.n_tokens
+            n = seg.n_tokens
+            if seg.kind == "block" and n > 0:
+                first, start = cache.get(seg.key) or block_start(seg.key)
                 if 1 <= start and start + n - 1 <= TABLE_SIZE:
-                    pos = len(out)
-                    out.frombytes(_table_bytes()[(start - 1) * _ITEM : (start - 1 + n) * _ITEM])
-                    out[pos] = first
+                    pieces.append(table[(start - 1) * _ITEM : (start - 1 + n) * _ITEM])
+                    firsts.append((pos, first))
+                    pos += n
                     continue
-            out += self.segment_array(seg, inv_id, i)
+            part = self.segment_array(seg, inv_id, i)
+            pieces.append(part)
+            pos += len(part)
+        out = array(TOKEN_TYPECODE)
+        out.frombytes(b"".join(pieces))
+        for at, first in firsts:
+            out[at] = first
         return out
