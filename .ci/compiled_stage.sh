@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The compiled core (python -m harness.compiled_core): compile kvflow/ with mypyc in the stage-1
+# The compiled core (python -m harness.compiled_core): compile kvflow/ and the simulator's per-event
+# modules (kvflow.source_digest.COMPILED_EXTRAS) with mypyc in the stage-1
 # venv (mypy comes with the lint stage's .[lint]), check that importing kvflow runs the build, run the
 # whole test suite against it (the golden simulations must come out the same), then remove the build
 # so the tree is pure Python again for the stages after this one.

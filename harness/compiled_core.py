@@ -13,7 +13,9 @@ Results are the same as the pure-Python core's (CI's compiled stage runs the gol
 and the core tests against the build).
 
 Not compiled: the package ``__init__`` modules (``kvflow.policies``'s module ``__getattr__`` does not
-compile) and ``kvflow.source_digest`` (it checks the build).
+compile) and ``kvflow.source_digest`` (it checks the build). Compiled with the core: the simulator's
+per-event modules (``kvflow.source_digest.COMPILED_EXTRAS``: the driver, the engine loop, the PCIe
+channels, prompt expansion), under the same stamp.
 """
 
 from __future__ import annotations
@@ -51,13 +53,20 @@ NOT_COMPILED = {"__init__.py", "source_digest.py"}
 
 
 def compiled_sources(package_dir: Path = PACKAGE_DIR) -> list[Path]:
-    """The modules the build compiles: every ``.py`` of the core but ``NOT_COMPILED``."""
-    return [p for p in sorted(package_dir.rglob("*.py")) if p.name not in NOT_COMPILED]
+    """The modules the build compiles: every ``.py`` of the core but ``NOT_COMPILED``, then the
+    simulator's ``COMPILED_EXTRAS`` beside it."""
+    core = [p for p in sorted(package_dir.rglob("*.py")) if p.name not in NOT_COMPILED]
+    return core + _digest.extra_sources(package_dir)
 
 
 def built_extensions(package_dir: Path = PACKAGE_DIR) -> list[Path]:
-    """The build's files: extension modules under the package (mypyc's shared library among them)."""
-    return sorted([*package_dir.rglob("*.so"), *package_dir.rglob("*.pyd")])
+    """The build's files: extension modules under the package (mypyc's shared library among them)
+    and those of the ``COMPILED_EXTRAS``."""
+    found = [*package_dir.rglob("*.so"), *package_dir.rglob("*.pyd")]
+    for name in _digest.COMPILED_EXTRAS:
+        source = package_dir.parent / name
+        found += [p for p in source.parent.glob(source.stem + ".*") if p.suffix in (".so", ".pyd")]
+    return sorted(found)
 
 
 def clean(package_dir: Path = PACKAGE_DIR) -> int:

@@ -107,6 +107,6 @@ def conf_profile(name: str) -> dict[str, Any]:
 def load_model(model: str | Mapping[str, Any]) -> ModelSpec:
     """``conf/model/<name>.yaml`` (a name or a composed mapping with ``name``) as a ``ModelSpec``."""
     try:
-        return load_model_spec(model)  # type: ignore[arg-type]
+        return load_model_spec(model)
     except (KeyError, FileNotFoundError) as exc:
         raise SetupError(f"model {model if isinstance(model, str) else model.get('name')!r}: {exc}") from None

@@ -11,7 +11,7 @@ hints (LRU behaviour, no prefetch).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import simpy
@@ -68,7 +68,7 @@ class WorkflowDriver:
         for inv in self.tracker.roots:
             self.env.process(self._root(inv))
 
-    def _root(self, inv: Any):
+    def _root(self, inv: Any) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(max(0.0, self.rule.root_ready_s(inv) - self.env.now))
         self._ready(inv)
         self._send_hints(inv.client_id)
@@ -83,7 +83,7 @@ class WorkflowDriver:
         else:
             self._release(inv)  # no tool/think time: no SimPy process needed
 
-    def _release_later(self, inv: Any, wait_s: float):
+    def _release_later(self, inv: Any, wait_s: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(wait_s)
         self._release(inv)
 

@@ -25,7 +25,7 @@ above; a request whose prefix is still being prefetched is not scheduled).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
@@ -135,7 +135,7 @@ class EngineLoop:
         self.wake()
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self):
+    def run(self) -> Generator[simpy.Event, Any, None]:
         while True:
             self.start_ops()
             it = self.engine.step(self.env.now)
@@ -190,7 +190,7 @@ class EngineLoop:
         chunks = [(c.new_tokens, c.context_tokens) for c in it.prefill]
         return self.cost.iteration_time_s(chunks, list(it.decode_contexts) if it.decode else [])
 
-    def _run_gated(self, it: Any, load_s: float):
+    def _run_gated(self, it: Any, load_s: float) -> Generator[simpy.Event, Any, list[Any]]:
         """One iteration (one decode step at most) launched while a load it does not read runs:
         global gating makes each layer wait for the load's layer."""
         compute_s = self._compute_s(it)
@@ -201,7 +201,7 @@ class EngineLoop:
         self.decode_steps += 1 if it.decode else 0
         return self.engine.finish(it, self.env.now, decode_steps_done=1 if it.decode else None)
 
-    def _run_decode(self, it: Any):
+    def _run_decode(self, it: Any) -> Generator[simpy.Event, Any, list[Any]]:
         """Up to ``it.decode_steps`` decode steps, cut short at the step boundary after a wake-up."""
         ends = self.cost.decode_run_times_s(list(it.decode_contexts), it.decode_steps)
         start = self.env.now
@@ -216,7 +216,7 @@ class EngineLoop:
         self.decode_steps += done
         return self.engine.finish(it, self.env.now, decode_steps_done=done)
 
-    def _run_with_loads(self, it: Any):
+    def _run_with_loads(self, it: Any) -> Generator[simpy.Event, Any, list[Any]]:
         """HiCache reactive load-back: wait for the H2D channel, then copy while prefilling."""
         nbytes = sum(op.bytes for op in it.blocking_loads)
         asked = self.env.now

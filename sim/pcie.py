@@ -25,7 +25,7 @@ from harness.cost_model import DIRECTIONS, CostModel
 
 # one queued copy: bytes, called when done (with ``tag`` if one is given), the tag, timeline label,
 # called with its duration when it starts
-_Copy = tuple[int, "Callable[..., None] | None", Any, str, "Callable[[float], None] | None"]
+_Copy = tuple[int, "Callable[..., object] | None", Any, str, "Callable[[float], object] | None"]
 _NO_TAG = object()
 
 
@@ -36,7 +36,7 @@ class _Channel:
         self.urgent: deque[_Copy] = deque()
         self.background: deque[_Copy] = deque()
         self.busy = False
-        self.current: tuple[int, float, Callable[..., None] | None, Any] | None = None  # the copy running
+        self.current: tuple[int, float, Callable[..., object] | None, Any] | None = None  # the copy running
 
 
 class PCIeLink:
@@ -88,10 +88,10 @@ class PCIeLink:
         self,
         nbytes: int,
         direction: str,
-        on_done: Callable[..., None] | None = None,
+        on_done: Callable[..., object] | None = None,
         label: str = "load",
         urgent: bool = False,
-        on_start: Callable[[float], None] | None = None,
+        on_start: Callable[[float], object] | None = None,
         tag: Any = _NO_TAG,
     ) -> None:
         """Queue a copy; ``on_start(duration_s)`` runs when it gets the channel, ``on_done()`` (or

@@ -53,6 +53,35 @@ def test_the_tool_compiles_every_module_but_the_inits_and_the_guard(tmp_path: Pa
     ]
 
 
+def test_the_simulators_extras_are_compiled_stamped_and_cleaned_with_the_core(tmp_path: Path) -> None:
+    """The COMPILED_EXTRAS beside the package are built with it, under the same stamp: an edit to
+    one makes the whole build stale, and clean removes their extensions too."""
+    pkg = package(tmp_path)
+    before = source_digest(pkg)
+    (tmp_path / "sim").mkdir()
+    (tmp_path / "sim" / "driver.py").write_text("# driver\n")
+    (tmp_path / "sim" / "other.py").write_text("# not an extra\n")
+    with_extra = source_digest(pkg)
+    assert with_extra != before
+    (tmp_path / "sim" / "other.py").write_text("# edited: not compiled, not in the stamp\n")
+    assert source_digest(pkg) == with_extra
+    assert [p.relative_to(tmp_path).as_posix() for p in compiled_core.compiled_sources(pkg)] == [
+        "kvflow/policies/lru.py",
+        "kvflow/radix.py",
+        "sim/driver.py",
+    ]
+    (pkg / STAMP_NAME).write_text(with_extra)
+    assert check_compiled_build(pkg) is True
+    (tmp_path / "sim" / "driver.py").write_text("# driver, edited after the build\n")
+    with pytest.raises(ImportError, match="rebuild it"):
+        check_compiled_build(pkg)
+    (tmp_path / "sim" / "driver.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    (tmp_path / "sim" / "other.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")  # not the build's
+    assert [p.name for p in compiled_core.built_extensions(pkg)] == ["driver.cpython-311-x86_64-linux-gnu.so"]
+    assert compiled_core.clean(pkg) == 2  # the extra's extension and the stamp
+    assert (tmp_path / "sim" / "other.cpython-311-x86_64-linux-gnu.so").exists()
+
+
 def test_describe_and_clean(tmp_path: Path) -> None:
     pkg = package(tmp_path)
     assert compiled_core.describe(pkg) == "pure Python"
@@ -70,6 +99,14 @@ def test_describe_and_clean(tmp_path: Path) -> None:
 def test_the_running_core_says_which_it_is() -> None:
     assert kvflow.COMPILED == (compiled_stamp() is not None)
     assert kvflow.COMPILED == kvflow.radix.__file__.endswith((".so", ".pyd"))
+    import sim.driver
+    import traces.tokens
+
+    assert (
+        kvflow.COMPILED
+        == sim.driver.__file__.endswith((".so", ".pyd"))
+        == traces.tokens.__file__.endswith((".so", ".pyd"))
+    )
 
 
 def test_a_tool_started_on_a_stale_build_says_so_in_one_line(monkeypatch, capsys) -> None:

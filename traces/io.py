@@ -14,7 +14,7 @@ import math
 import os
 import zlib
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from traces.graph import graph_problems
 from traces.limits import DEFAULT_MAX_PROMPT_TOKENS, check_limit, too_many_tokens
@@ -163,7 +163,7 @@ def open_bytes(path: str | os.PathLike[str]) -> IO[bytes]:
     with open(path, "rb") as f:
         gzipped = f.read(2) == GZIP_MAGIC
     if gzipped or str(path).endswith(".gz"):
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return open(path, "rb")
 
 
@@ -378,7 +378,7 @@ def _str(obj: dict[str, Any], key: str, empty: bool = False) -> str:
 
 
 def _int(obj: dict[str, Any], key: str, minimum: int | None = None, what: str | None = None) -> int:
-    v = obj.get(key)
+    v: Any = obj.get(key)
     if not _is_int(v):
         raise _Bad(f"{what or key} must be an integer")
     if minimum is not None and v < minimum:
@@ -387,7 +387,7 @@ def _int(obj: dict[str, Any], key: str, minimum: int | None = None, what: str | 
 
 
 def _float(obj: dict[str, Any], key: str) -> float:
-    v = obj.get(key)
+    v: Any = obj.get(key)
     if not (_is_int(v) or isinstance(v, float)) or not math.isfinite(v):
         raise _Bad(f"{key} must be a finite number")
     if v < 0:

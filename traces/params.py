@@ -24,6 +24,7 @@ class Dist:
 
     def sample(self, rng: np.random.Generator) -> float:
         k, a = self.kind, self.args
+        v: Any  # a float, or a numpy integer from an integer range (kept: the draws are pinned)
         if k == "const":
             v = a[0]
         elif k == "uniform":

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import kvflow  # noqa: F401  (its import checks a compiled build; this module is compiled with the core)
+
 if TYPE_CHECKING:
     from traces.schema import Segment
 
