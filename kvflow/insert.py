@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from kvflow.radix import RadixNode, RadixTree, Token, User
+from kvflow.radix import RadixNode, RadixTree, Token, User, page_key
 from kvflow.tagging import UserTags
 
 
@@ -72,7 +72,7 @@ def walk_cached(
     )
     page, node, pos = tree.page_size, ins.node, ins.pos
     while pos < limit:
-        child = node.children.get(tokens[pos] if page == 1 else tuple(tokens[pos : pos + page]))
+        child = node.children.get(tokens[pos] if page == 1 else page_key(tokens, pos, page))
         if child is None:
             break
         if pos + len(child.tokens) > known_tokens:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from array import array
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, cast
 
 from kvflow.tier_heap import KEY_END, CpuHeap, GpuHeap
 
@@ -23,6 +24,23 @@ User = tuple[str, str]  # (client_id, agent_id)
 # (str / bytes / int) in the cache-only replay (sim.replay); compared and hashed, never computed on
 Token = Hashable
 _COMPARE_CHUNK = 64
+
+
+def page_key(tokens: Sequence[Token], start: int, page: int) -> Hashable:
+    """A child's key in its parent's ``children`` on a paged tree: the page ``tokens[start:start +
+    page]`` as the bytes of its 32-bit ids when every id fits (one object: a tuple of a 512-token page
+    made 512 int objects per lookup and kept ~20 KB per node), else a tuple (the simulator's output
+    ids, the replay's block hashes). The same ids give the same key in any container (array, list,
+    range), so a list prompt finds what an array prompt inserted."""
+    chunk = tokens[start : start + page]
+    if isinstance(chunk, array) and chunk.typecode == "i":
+        return chunk.tobytes()
+    if not isinstance(chunk, (bytes, bytearray, str)):  # (an array would read those as raw bytes)
+        try:
+            return array("i", cast("Sequence[int]", chunk)).tobytes()
+        except (TypeError, OverflowError):
+            pass
+    return tuple(chunk)
 
 
 def common_prefix_len(a: Sequence[Token], b: Sequence[Token], start: int = 0, end: int | None = None) -> int:
@@ -119,8 +137,8 @@ class RadixNode:
         # refresh that would file the same key again (e.g. after a transient lock) skip the push
         self.gpu_filed: tuple | None = None
         self.cpu_filed: tuple | None = None
-        # this node's key in its parent's ``children`` (set when attached): leaving the tree needs no
-        # new page tuple (page_size ints each: a Mooncake page is 512)
+        # this node's key in its parent's ``children`` (set when attached): leaving the tree makes no
+        # new page key (``page_key``: a Mooncake page is 512 ids)
         self.key: Hashable = None
 
     def __len__(self) -> int:
@@ -212,7 +230,7 @@ class RadixTree:
         """Key of the child that ``tokens[start:]`` continues into: its first token (or page)."""
         if self.page_size == 1:
             return tokens[start]
-        return tuple(tokens[start : start + self.page_size])
+        return page_key(tokens, start, self.page_size)
 
     def page_floor(self, n_tokens: int) -> int:
         return n_tokens - n_tokens % self.page_size
@@ -295,7 +313,7 @@ class RadixTree:
         limit = self.page_floor(len(tokens) if max_tokens is None else min(max_tokens, len(tokens)))
         page = self.page_size
         while pos < limit:  # child_key inlined: one call less per level on the admission path
-            child = node.children.get(tokens[pos] if page == 1 else tuple(tokens[pos : pos + page]))
+            child = node.children.get(tokens[pos] if page == 1 else page_key(tokens, pos, page))
             if child is None:
                 break
             common = common_prefix_len(child.tokens, tokens, pos, limit)
@@ -334,7 +352,7 @@ class RadixTree:
         child = RadixNode(tokens, node)
         self._tick += 1
         child.last_access = self._tick
-        child.key = tokens[0] if self.page_size == 1 else tuple(tokens[: self.page_size])
+        child.key = tokens[0] if self.page_size == 1 else page_key(tokens, 0, self.page_size)
         node.children[child.key] = child
         return child
 

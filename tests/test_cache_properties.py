@@ -184,3 +184,36 @@ def test_cpu_copies_stay_prefix_closed_when_a_parent_backup_finds_no_space():
         ("insert", [0, 1, 2, 3] * 3, 0, "a"),
     ]
     run_ops(ops, "lru", 1, 30)  # raised AssertionError in RadixTree._detach before the fix
+
+
+_IDS = st.lists(st.integers(min_value=0, max_value=2**31 - 1), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_IDS, _IDS, st.sampled_from([2, 4, 8]))
+def test_a_paged_tree_finds_the_same_ids_in_any_container(prefix, rest, page):
+    """Paged children are keyed by the page's ids (``kvflow.radix.page_key``): what a list prompt
+    inserted, an array prompt of the same ids matches, and the other way round; ids beyond 32 bits
+    (the simulator's output ids) and non-int units (the replay's block hashes) key by tuple, equal
+    only to the same units."""
+    from array import array
+
+    from kvflow.radix import RadixTree, page_key
+
+    ids = prefix + rest
+    n = len(ids) - len(ids) % page
+    if n == 0:
+        return
+    for stored, probe in ((list, lambda x: array("i", x)), (lambda x: array("i", x), list), (list, tuple)):
+        tree = RadixTree(make_policy("lru"), page_size=page)
+        node = tree.insert_below(tree.root, stored(ids[:n]))
+        node.gpu = True
+        match = tree.match(probe(ids), touch=False)
+        assert match.gpu_tokens == n and match.gpu_node is node
+    assert page_key(array("i", ids), 0, page) == page_key(ids, 0, page) == page_key(tuple(ids), 0, page)
+    big = [i + 2**40 for i in ids]
+    outputs = range(2**40, 2**40 + page)  # a released request's output ids
+    assert page_key(outputs, 0, page) == tuple(outputs) == page_key(list(outputs), 0, page)
+    assert page_key(big, 0, page) == tuple(big[:page])
+    assert page_key([str(i) for i in ids], 0, page) == tuple(str(i) for i in ids[:page])
+    assert page_key(big, 0, page) != page_key(ids, 0, page)
