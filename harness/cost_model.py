@@ -22,10 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from harness import step_times
 from harness.engines import EngineModel, IdealEngine, load_engine
 from harness.errors import SetupError
 from harness.profile import OPTIONAL_MEASURED_KEYS, check_hardware, hardware_value
+from kvflow import COMPILED
 from kvflow.model_spec import ModelSpec
+
+# decode runs up to this many steps take their times from harness.step_times (one float at a time);
+# longer ones from numpy, which is cheaper per step than interpreted Python (compiled: always the loop)
+LOOP_MAX_STEPS = 1 << 62 if COMPILED else 48
 
 MIB = 1 << 20
 COST_MODELS = ("builtin", "aiconfigurator")
@@ -199,10 +205,39 @@ class CostModel:
         d = self.measured.get("decode")
         return float(d["a_s"]) if d else self.iteration_overhead_s
 
-    def decode_run_times_s(self, contexts: Sequence[int], steps: int) -> np.ndarray:
+    def decode_run_times_s(self, contexts: Sequence[int], steps: int) -> list[float]:
         """Cumulative end times of ``steps`` back-to-back decode steps; step k (0-based) runs at
-        contexts + k. Closed form per step, so the simulator can jump over many steps at once."""
-        return np.cumsum(self._decode_kernel_s(contexts, steps) + self.scheduler_overhead_s)
+        contexts + k. Closed form per step, so the simulator can jump over many steps at once.
+        The built-in kernel's times come from ``harness.step_times`` (the same floats as the numpy
+        form below, without its arrays) up to ``LOOP_MAX_STEPS`` steps; a subclass's kernel (e.g.
+        aiconfigurator's) goes through numpy."""
+        if steps <= LOOP_MAX_STEPS and type(self)._decode_kernel_s is CostModel._decode_kernel_s:
+            return self._decode_ends_loop_s(contexts, steps)
+        return np.cumsum(self._decode_kernel_s(contexts, steps) + self.scheduler_overhead_s).tolist()
+
+    def _decode_ends_loop_s(self, contexts: Sequence[int], steps: int) -> list[float]:
+        """``decode_run_times_s`` of the built-in kernel, by ``harness.step_times`` (operands formed
+        as in ``_decode_kernel_s``, so the floats are the same)."""
+        batch = len(contexts)
+        ctx0 = float(sum(contexts))
+        after = self.scheduler_overhead_s
+        d = self.measured.get("decode")
+        if d:
+            return step_times.linear_ends_s(
+                d["a_s"] + d["b_s_per_seq"] * batch, d["c_s_per_ctx_token"], ctx0, batch, steps, after
+            )
+        m = self.model
+        peak, bw = self.peak_flops * self.compute_efficiency, self.hbm_bytes_per_s * self.memory_efficiency
+        if self.mixed_step == "sum":
+            linear = max(batch * m.matmul_flops_per_token / peak, m.weight_bytes / bw)
+            return step_times.roofline_sum_ends_s(
+                linear, m.attn_flops_per_ctx_token, m.kv_bytes_per_token, peak, bw, self.iteration_overhead_s,
+                ctx0, batch, steps, after,
+            )  # fmt: skip
+        return step_times.roofline_ends_s(
+            batch * m.matmul_flops_per_token, m.attn_flops_per_ctx_token, m.kv_bytes_per_token, m.weight_bytes,
+            peak, bw, self.iteration_overhead_s, ctx0, batch, steps, after,
+        )  # fmt: skip
 
     def _decode_kernel_s(self, contexts: Sequence[int], steps: int) -> np.ndarray:
         """Kernel time of each of ``steps`` decode steps (not cumulative)."""

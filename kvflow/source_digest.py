@@ -16,7 +16,13 @@ STAMP_NAME = "_compiled_from.sha256"  # written beside this file by the build, r
 # The simulator's per-event modules, compiled with the core (relative to the directory above the
 # package; each imports kvflow, so this guard runs before any of them): about a fifth faster again
 # at 1,024 workflows (docs/architecture.md). Paths only: kvflow imports none of them.
-COMPILED_EXTRAS = ("sim/driver.py", "sim/engine_loop.py", "sim/pcie.py", "traces/tokens.py")
+COMPILED_EXTRAS = (
+    "harness/step_times.py",
+    "sim/driver.py",
+    "sim/engine_loop.py",
+    "sim/pcie.py",
+    "traces/tokens.py",
+)
 
 
 def extra_sources(package_dir: Path = PACKAGE_DIR) -> list[Path]:

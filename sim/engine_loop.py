@@ -25,10 +25,10 @@ above; a request whose prefix is still being prefetched is not scheduled).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Generator
 from typing import Any
 
-import numpy as np
 import simpy
 
 from harness.cost_model import CostModel
@@ -209,7 +209,7 @@ class EngineLoop:
         elapsed = self.env.now - start
         done = it.decode_steps
         if elapsed < ends[-1]:  # woken early: finish the step in progress, then hand back
-            done = min(int(np.searchsorted(ends, elapsed, side="left")) + 1, it.decode_steps)
+            done = min(bisect_left(ends, elapsed) + 1, it.decode_steps)
             rest = start + float(ends[done - 1]) - self.env.now
             if rest > 0:
                 yield self.env.timeout(rest)

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.cost_model import CostModel
 from kvflow.model_spec import load_model_spec
@@ -144,7 +146,7 @@ def test_scheduler_overhead_is_added_per_iteration_and_per_decode_step():
     more = CostModel.from_config(_with("h100", scheduler_overhead_s=5e-4), llama)
     assert more.prefill_time_s([(1000, 0)]) - base.prefill_time_s([(1000, 0)]) == pytest.approx(5e-4)
     assert more.kernel_time_s([(1000, 0)], [10]) == base.iteration_time_s([(1000, 0)], [10])
-    diff = more.decode_run_times_s([100], 10) - base.decode_run_times_s([100], 10)
+    diff = np.asarray(more.decode_run_times_s([100], 10)) - np.asarray(base.decode_run_times_s([100], 10))
     assert diff == pytest.approx(5e-4 * np.arange(1, 11))
 
 
@@ -162,3 +164,22 @@ def test_measured_prefill_own_attention_term():
     measured["prefill"].pop("d_s_per_token_pair")  # absent: the calibrate form, no own-attention term
     cost = CostModel.from_config(_with("h100", measured=measured), load_model_spec("llama-3.1-8b"))
     assert cost.prefill_time_s([(n, p)]) == pytest.approx(1e-3 + 1e-5 * n + 1e-9 * n * p)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=200_000), min_size=1, max_size=64),
+    st.integers(min_value=1, max_value=600),
+    st.sampled_from(["h100", "h100_sglang", "a100_sglang", "a10g"]),
+    st.sampled_from(["max", "sum"]),
+    st.sampled_from([0.0, 3.7e-4]),
+)
+def test_decode_step_times_loop_equals_the_numpy_form_bit_for_bit(contexts, steps, name, mixed_step, sched_s):
+    """harness.step_times gives exactly the floats of the numpy expression (== , not approx): the
+    simulator's decode run times, and so every result, do not depend on which one ran."""
+    cm = CostModel.from_config(
+        _with(name, mixed_step=mixed_step, scheduler_overhead_s=sched_s), load_model_spec("llama-3.1-8b")
+    )
+    numpy_form = np.cumsum(cm._decode_kernel_s(contexts, steps) + cm.scheduler_overhead_s).tolist()
+    assert cm._decode_ends_loop_s(contexts, steps) == numpy_form
+    assert list(cm.decode_run_times_s(contexts, steps)) == numpy_form

@@ -71,6 +71,21 @@ def test_prompt_array_has_the_ids_of_prompt_tokens(segments: list[Segment]) -> N
     assert t.prompt_array(inv).itemsize == 4  # half the memory traffic of 64-bit ids
 
 
+def test_a_trace_copies_and_pickles_after_expanding_prompts() -> None:
+    """A trace whose prompts were expanded (its token source holds caches) deep-copies and pickles
+    with the same prompts: sim.beyond copies traces, sweeps pickle them (also with the compiled
+    build, where the token source is a compiled class)."""
+    import copy
+    import pickle
+
+    segments = [Segment("shared", "sys", 40), Segment("block", 3, 40), Segment("unique", "", 40)]
+    t = _tiny(segments, meta={"format": "kvflow-trace", "version": 1, "seed": 7, "block_tokens": 512})
+    inv = t.invocations[0]
+    before = t.prompt_array(inv)
+    for twin in (copy.deepcopy(t), pickle.loads(pickle.dumps(t))):
+        assert twin.prompt_array(twin.invocations[0]) == before
+
+
 def test_prompt_arrays_are_fresh_copies() -> None:
     """Each prompt is its own array (the engine may hold and slice it): changing one prompt never
     changes the next expansion of the same segments, whatever their kind."""

@@ -89,6 +89,17 @@ class Trace:
         _sync_inv_extra(self)
         self._tokens = TokenSource(self.seed, self.block_tokens)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles (sim.beyond deep-copies traces, sweeps pickle them) leave out the token
+        source: a cache rebuilt from the seed (and compiled with the core, where it cannot be copied)."""
+        state = dict(self.__dict__)
+        state.pop("_tokens", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._tokens = TokenSource(self.seed, self.block_tokens)
+
     @property
     def seed(self) -> int:
         return int(self.meta.get("seed", 0))
