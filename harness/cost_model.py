@@ -228,15 +228,13 @@ class CostModel:
             )
         m = self.model
         peak, bw = self.peak_flops * self.compute_efficiency, self.hbm_bytes_per_s * self.memory_efficiency
-        if self.mixed_step == "sum":
-            linear = max(batch * m.matmul_flops_per_token / peak, m.weight_bytes / bw)
-            return step_times.roofline_sum_ends_s(
-                linear, m.attn_flops_per_ctx_token, m.kv_bytes_per_token, peak, bw, self.iteration_overhead_s,
-                ctx0, batch, steps, after,
-            )  # fmt: skip
+        if self.mixed_step == "sum":  # the weight pass first, then the attention's own roofline
+            lead, matmul, weights = max(batch * m.matmul_flops_per_token / peak, m.weight_bytes / bw), 0.0, 0.0
+        else:  # one roofline over the whole step
+            lead, matmul, weights = 0.0, batch * m.matmul_flops_per_token, m.weight_bytes
         return step_times.roofline_ends_s(
-            batch * m.matmul_flops_per_token, m.attn_flops_per_ctx_token, m.kv_bytes_per_token, m.weight_bytes,
-            peak, bw, self.iteration_overhead_s, ctx0, batch, steps, after,
+            lead, matmul, m.attn_flops_per_ctx_token, weights, m.kv_bytes_per_token, peak, bw,
+            self.iteration_overhead_s, ctx0, batch, steps, after,
         )  # fmt: skip
 
     def _decode_kernel_s(self, contexts: Sequence[int], steps: int) -> np.ndarray:

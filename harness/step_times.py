@@ -26,39 +26,10 @@ def linear_ends_s(
 
 
 def roofline_ends_s(
-    matmul_flops_s: float,
+    lead_s: float,
+    matmul_flops: float,
     attn_flops_per_ctx: float,
-    kv_bytes_per_ctx: float,
     weight_bytes: float,
-    peak_flops: float,
-    bytes_per_s: float,
-    overhead_s: float,
-    ctx0: float,
-    batch: int,
-    steps: int,
-    after_s: float,
-) -> list[float]:
-    """Roofline decode, one max over the whole step: ``max((B mm + a ctx) / peak, (W + kv ctx) / bw)``
-    plus ``overhead_s`` (``matmul_flops_s`` is ``B mm``, the batch's matmul FLOPs)."""
-    ends: list[float] = []
-    t = 0.0
-    for k in range(steps):
-        ctx = ctx0 + batch * float(k)
-        t += (
-            max(
-                (matmul_flops_s + attn_flops_per_ctx * ctx) / peak_flops,
-                (weight_bytes + kv_bytes_per_ctx * ctx) / bytes_per_s,
-            )
-            + overhead_s
-            + after_s
-        )
-        ends.append(t)
-    return ends
-
-
-def roofline_sum_ends_s(
-    linear_s: float,
-    attn_flops_per_ctx: float,
     kv_bytes_per_ctx: float,
     peak_flops: float,
     bytes_per_s: float,
@@ -68,17 +39,16 @@ def roofline_sum_ends_s(
     steps: int,
     after_s: float,
 ) -> list[float]:
-    """Roofline decode with ``mixed_step: sum``: ``linear_s`` (the weight pass) plus the attention's
-    own ``max(a ctx / peak, kv ctx / bw)``, plus ``overhead_s``."""
+    """Roofline decode: step k takes ``lead_s + max((matmul_flops + a ctx) / peak, (weight_bytes +
+    kv ctx) / bw) + overhead_s``. One max over the whole step: ``lead_s`` 0, ``matmul_flops`` the
+    batch's, ``weight_bytes`` the weights; ``mixed_step: sum``: ``lead_s`` the weight pass, the
+    other two 0 (adding 0.0 changes no float, so both keep the numpy form's values)."""
     ends: list[float] = []
     t = 0.0
     for k in range(steps):
         ctx = ctx0 + batch * float(k)
-        t += (
-            linear_s
-            + max(attn_flops_per_ctx * ctx / peak_flops, kv_bytes_per_ctx * ctx / bytes_per_s)
-            + overhead_s
-            + after_s
-        )
+        flops_s = (matmul_flops + attn_flops_per_ctx * ctx) / peak_flops
+        bytes_s = (weight_bytes + kv_bytes_per_ctx * ctx) / bytes_per_s
+        t += lead_s + max(flops_s, bytes_s) + overhead_s + after_s
         ends.append(t)
     return ends
