@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -87,6 +87,13 @@ class CostModel:
     scheduler_overhead_s: float = 0.0
     mixed_step: str = "max"
     engine: EngineModel | None = None  # the data path the copy times follow
+    # this class's own decode kernel (a subclass that overrides ``_decode_kernel_s``, e.g.
+    # aiconfigurator's, clears it): its run times may come from ``harness.step_times``
+    _builtin_decode_kernel: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._builtin_decode_kernel = cls._builtin_decode_kernel and "_decode_kernel_s" not in vars(cls)
 
     @classmethod
     def from_config(cls, hardware: Mapping[str, Any], model: ModelSpec, engine: EngineModel | None = None) -> CostModel:
@@ -211,7 +218,7 @@ class CostModel:
         The built-in kernel's times come from ``harness.step_times`` (the same floats as the numpy
         form below, without its arrays) up to ``LOOP_MAX_STEPS`` steps; a subclass's kernel (e.g.
         aiconfigurator's) goes through numpy."""
-        if steps <= LOOP_MAX_STEPS and type(self)._decode_kernel_s is CostModel._decode_kernel_s:
+        if steps <= LOOP_MAX_STEPS and self._builtin_decode_kernel:
             return self._decode_ends_loop_s(contexts, steps)
         return np.cumsum(self._decode_kernel_s(contexts, steps) + self.scheduler_overhead_s).tolist()
 

@@ -1,5 +1,7 @@
 """Cost model against hand calculations (REFERENCE_NUMBERS.md sections 1, 5, 6)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -183,3 +185,24 @@ def test_decode_step_times_loop_equals_the_numpy_form_bit_for_bit(contexts, step
     numpy_form = np.cumsum(cm._decode_kernel_s(contexts, steps) + cm.scheduler_overhead_s).tolist()
     assert cm._decode_ends_loop_s(contexts, steps) == numpy_form
     assert list(cm.decode_run_times_s(contexts, steps)) == numpy_form
+
+
+def test_a_subclass_kernel_is_used_for_its_decode_runs():
+    """A cost model that overrides the decode kernel (aiconfigurator's) gets its own step times,
+    never the built-in kernel's loop; a subclass that does not keeps the loop."""
+
+    class Doubled(CostModel):
+        def _decode_kernel_s(self, contexts, steps):
+            return 2 * super()._decode_kernel_s(contexts, steps)
+
+    class Plain(CostModel):
+        pass
+
+    base = CostModel.from_config(hw("h100"), load_model_spec("llama-3.1-8b"))
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    doubled, plain = Doubled(**fields), Plain(**fields)
+    assert doubled.decode_run_times_s([100, 200], 5) == pytest.approx(
+        [2 * t for t in base.decode_run_times_s([100, 200], 5)]
+    )
+    assert plain.decode_run_times_s([100, 200], 5) == base.decode_run_times_s([100, 200], 5)
+    assert not Doubled._builtin_decode_kernel and Plain._builtin_decode_kernel
