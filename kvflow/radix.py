@@ -352,7 +352,7 @@ class RadixTree:
         child = RadixNode(tokens, node)
         self._tick += 1
         child.last_access = self._tick
-        child.key = tokens[0] if self.page_size == 1 else page_key(tokens, 0, self.page_size)
+        child.key = self.child_key(tokens)
         node.children[child.key] = child
         return child
 

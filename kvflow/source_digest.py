@@ -34,14 +34,11 @@ def extra_sources(package_dir: Path = PACKAGE_DIR) -> list[Path]:
 def source_digest(package_dir: Path = PACKAGE_DIR) -> str:
     """sha256 over every ``.py`` under the package and the ``COMPILED_EXTRAS`` beside it (relative
     path and bytes, in sorted order)."""
+    named = [(p.relative_to(package_dir).as_posix(), p) for p in sorted(package_dir.rglob("*.py"))]
+    named += [("../" + p.relative_to(package_dir.parent).as_posix(), p) for p in extra_sources(package_dir)]
     h = hashlib.sha256()
-    for path in sorted(package_dir.rglob("*.py")):
-        h.update(path.relative_to(package_dir).as_posix().encode())
-        h.update(b"\0")
-        h.update(path.read_bytes())
-        h.update(b"\0")
-    for path in extra_sources(package_dir):
-        h.update(b"../" + path.relative_to(package_dir.parent).as_posix().encode())
+    for name, path in named:
+        h.update(name.encode())
         h.update(b"\0")
         h.update(path.read_bytes())
         h.update(b"\0")

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -163,14 +163,11 @@ class TokenSource:
         return start
 
     def _stream(self, kind: str, key: str | int, n: int) -> list[int]:
-        return self._cached(self._cache, stream_tokens, kind, key, n)
-
-    def _cached(self, cache: dict, make: Callable[..., Any], kind: str, key: str | int, n: int) -> Any:
-        """The first ``n`` ids of a named stream, from ``cache`` (made by ``make`` if too short)."""
-        cached = cache.get((kind, key))
+        """The first ``n`` ids of a named stream as a list, from the cache (made if too short)."""
+        cached = self._cache.get((kind, key))
         if cached is None or len(cached) < n:
             size = max(n, self.block_tokens) if kind == "block" else n
-            cached = cache[(kind, key)] = make(size, kind, key, self.seed)
+            cached = self._cache[(kind, key)] = stream_tokens(size, kind, key, self.seed)
         return cached if len(cached) == n else cached[:n]
 
     def segment(self, seg: Segment, inv_id: str, index: int) -> list[int]:
@@ -232,14 +229,14 @@ class TokenSource:
         # one join of table slices (views, no copy) and other parts, one copy into the array, then
         # each block's first id: a per-block append cost more than the rest of a Mooncake request's
         # expansion
-        table, cache, block_start = _table_bytes(), self._block_starts, self._block_start
+        table, block_start = _table_bytes(), self._block_start
         pieces: list[memoryview | array] = []
         firsts: list[tuple[int, int]] = []  # (position, first id) of each table slice
         pos = 0
         for i, seg in enumerate(segments):
             n = seg.n_tokens
             if seg.kind == "block" and n > 0:
-                first, start = cache.get(seg.key) or block_start(seg.key)
+                first, start = block_start(seg.key)
                 if 1 <= start and start + n - 1 <= TABLE_SIZE:
                     pieces.append(table[(start - 1) * _ITEM : (start - 1 + n) * _ITEM])
                     firsts.append((pos, first))
