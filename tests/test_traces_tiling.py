@@ -61,3 +61,26 @@ def test_block_cache_is_bounded(mooncake_file, monkeypatch):
 def test_bad_count(mooncake_file):
     with pytest.raises(ValueError, match="n_requests"):
         tile_mooncake(mooncake_file, 0)
+
+
+def test_one_block_prompts_and_gc_state(tmp_path):
+    """A one-block request (the picker's single-index path) tiles like the rest, and the build
+    leaves the garbage collector as it found it (it pauses it while allocating)."""
+    import gc
+
+    lines = [
+        {"timestamp": 0, "input_length": 512, "output_length": 1, "hash_ids": [4]},
+        {"timestamp": 5, "input_length": 700, "output_length": 2, "hash_ids": [4, 9]},
+    ]
+    path = tmp_path / "one.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            invs = tile_mooncake(path, 4).invocations
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+        assert [[s.key for s in inv.segments] for inv in invs] == [[4], [4, 9], [14], [14, 19]]
+        assert [[s.n_tokens for s in inv.segments] for inv in invs] == [[512], [512, 188]] * 2
+        assert invs[2].segments[0] is invs[3].segments[0]

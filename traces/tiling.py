@@ -13,7 +13,10 @@ Token ids are drawn when a request is submitted (``Trace.prompt_array``) and dro
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Callable
+from operator import itemgetter
 
 from traces.importers.mooncake import BLOCK_TOKENS, read_requests
 from traces.schema import FORMAT_NAME, FORMAT_VERSION, Invocation, Segment, Trace
@@ -28,6 +31,16 @@ def tile_mooncake(
     problem") for a bad file, ValueError for a non-positive count."""
     if type(n_requests) is not int or n_requests < 1:
         raise ValueError(f"n_requests must be a positive integer, got {n_requests!r}")
+    was_enabled = gc.isenabled()
+    gc.disable()  # the cyclic collector rescanned the growing lists of new objects: half the build time
+    try:
+        return _tile(path, n_requests, block_tokens, seed)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _tile(path: str | os.PathLike[str], n_requests: int, block_tokens: int, seed: int) -> Trace:
     base = sorted(read_requests(path, block_tokens), key=lambda inv: inv.arrival_s or 0.0)
     if not base:
         raise ValueError(f"{path}: no requests")
@@ -36,21 +49,23 @@ def tile_mooncake(
     times = [inv.arrival_s or 0.0 for inv in base]
     period_s = times[-1] - times[0] + (times[-1] - times[0]) / max(1, len(base) - 1)
     distinct = list({id(seg): seg for inv in base for seg in inv.segments}.values())  # the reader shares them
+    position = {id(seg): i for i, seg in enumerate(distinct)}
+    picks = [_picker([position[id(seg)] for seg in inv.segments]) for inv in base]
     invocations: list[Invocation] = []
     for tile in range(-(-n_requests // len(base))):
         moved = _moved_segments(distinct, tile, tile * stride, block_tokens)
         shift_s = tile * period_s
-        for inv in base[: n_requests - len(invocations)]:
+        for inv, pick in zip(base[: n_requests - len(invocations)], picks, strict=False):
             invocations.append(
                 Invocation(
-                    id=str(len(invocations)),
-                    client_id="-",
-                    workflow="",
-                    agent_id="-",
-                    step=0,
-                    segments=[moved[id(seg)] for seg in inv.segments],
-                    fixed_segments=0,
-                    output_tokens=inv.output_tokens,
+                    str(len(invocations)),
+                    "-",
+                    "",
+                    "-",
+                    0,
+                    pick(moved),
+                    0,
+                    inv.output_tokens,
                     arrival_s=None if inv.arrival_s is None else inv.arrival_s + shift_s,
                 )
             )
@@ -64,17 +79,30 @@ def tile_mooncake(
     return Trace(meta, {}, invocations)
 
 
-def _moved_segments(distinct: list[Segment], tile: int, id_shift: int, block_tokens: int) -> dict[int, Segment]:
-    """``id()`` of each of the file's distinct segment objects -> its copy in tile ``tile``'s namespace
-    (full blocks of one hash id stay one shared object)."""
-    moved: dict[int, Segment] = {}
+def _picker(positions: list[int]) -> Callable[[list[Segment]], list[Segment]]:
+    """A request's segment list out of one tile's moved segments (``itemgetter``: one C call per
+    request instead of a Python loop over its blocks; 1M requests of ~30 blocks add up)."""
+    if not positions:
+        return lambda moved: []
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda moved: [moved[only]]
+    get = itemgetter(*positions)
+    return lambda moved: list(get(moved))
+
+
+def _moved_segments(distinct: list[Segment], tile: int, id_shift: int, block_tokens: int) -> list[Segment]:
+    """Each of the file's distinct segment objects, in ``distinct``'s order, as its copy in tile
+    ``tile``'s namespace (full blocks of one hash id stay one shared object)."""
+    moved: list[Segment] = []
     full: dict[str | int, Segment] = {}
     for seg in distinct:
         key = seg.key + id_shift if type(seg.key) is int else f"{tile}:{seg.key}" if tile else seg.key
         if seg.n_tokens != block_tokens:
-            moved[id(seg)] = Segment("block", key, seg.n_tokens)
+            moved.append(Segment("block", key, seg.n_tokens))
             continue
-        if key not in full:
-            full[key] = Segment("block", key, block_tokens)
-        moved[id(seg)] = full[key]
+        shared = full.get(key)
+        if shared is None:
+            shared = full[key] = Segment("block", key, block_tokens)
+        moved.append(shared)
     return moved
