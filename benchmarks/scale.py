@@ -29,6 +29,7 @@ import sys
 import time
 
 from harness.compiled_core import describe
+from harness.host_speed import describe_host
 
 TARGET_REQ_PER_S = 30_000
 TARGET_BYTES_PER_REQ = 2048
@@ -127,6 +128,7 @@ def mooncake_main(args: argparse.Namespace) -> int:
     counts = sorted(int(x) for x in args.mooncake.split(",") if x.strip())
     print(f"Mooncake tiled ({args.mooncake_file}), policy {args.policy}, {args.replicas} replica(s), {args.router}")
     print(f"kvflow core: {describe()}")
+    print(describe_host())
     print(
         f"{'requests':>9}{'trace s':>9}{'wall s':>9}{'CPU s':>8}{'req/s':>9}{'RSS trace MB':>13}{'RSS run MB':>11}"
         f"{'B/request':>10}{'GPU hit':>9}{'simulated s':>13}"
@@ -180,6 +182,7 @@ def main() -> int:
         return 0
     counts = [int(x) for x in args.workflows.split(",") if x.strip()]
     print(f"policy {args.policy}, {args.replicas} replica(s); one fresh process per point; kvflow core: {describe()}")
+    print(describe_host())
     print(
         f"{'workflows':>9}{'requests':>10}{'trace s':>9}{'sim s':>8}{'CPU s':>8}{'req/s':>9}{'req/CPU s':>10}"
         f"{'RSS trace MB':>13}"

@@ -18,6 +18,7 @@ import argparse
 import time
 
 from harness.compiled_core import describe
+from harness.host_speed import describe_host
 from harness.setup import build_trace
 from sim.runner import load_conf as conf
 from sim.runner import simulate
@@ -53,6 +54,7 @@ def main() -> None:
         f"paper_concurrent, {args.workflows} workflows, {len(trace.invocations)} requests; "
         f"trace generated in {time.perf_counter() - t0:.3f} s; kvflow core: {describe()}"
     )
+    print(describe_host())
     factors: dict[str, float] = {}
     # one untimed run first: a new process pays once for imports, its memory arenas (page faults),
     # the shared token table; that is start-up, not simulator speed
