@@ -64,7 +64,7 @@ def test_bad_count(mooncake_file):
 
 
 def test_one_block_prompts_and_gc_state(tmp_path):
-    """A one-block request (the picker's single-index path) tiles like the rest, and the build
+    """A one-block request (the picker's short-list path) tiles like the rest, and the build
     leaves the garbage collector as it found it (it pauses it while allocating)."""
     import gc
 

@@ -58,14 +58,14 @@ def _tile(path: str | os.PathLike[str], n_requests: int, block_tokens: int, seed
         for inv, pick in zip(base[: n_requests - len(invocations)], picks, strict=False):
             invocations.append(
                 Invocation(
-                    str(len(invocations)),
-                    "-",
-                    "",
-                    "-",
-                    0,
-                    pick(moved),
-                    0,
-                    inv.output_tokens,
+                    id=str(len(invocations)),
+                    client_id="-",
+                    workflow="",
+                    agent_id="-",
+                    step=0,
+                    segments=pick(moved),
+                    fixed_segments=0,
+                    output_tokens=inv.output_tokens,
                     arrival_s=None if inv.arrival_s is None else inv.arrival_s + shift_s,
                 )
             )
@@ -82,11 +82,8 @@ def _tile(path: str | os.PathLike[str], n_requests: int, block_tokens: int, seed
 def _picker(positions: list[int]) -> Callable[[list[Segment]], list[Segment]]:
     """A request's segment list out of one tile's moved segments (``itemgetter``: one C call per
     request instead of a Python loop over its blocks; 1M requests of ~30 blocks add up)."""
-    if not positions:
-        return lambda moved: []
-    if len(positions) == 1:
-        only = positions[0]
-        return lambda moved: [moved[only]]
+    if len(positions) < 2:  # itemgetter needs one index at least, and returns a bare item for one
+        return lambda moved: [moved[i] for i in positions]
     get = itemgetter(*positions)
     return lambda moved: list(get(moved))
 
