@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from harness.compiled_core import describe
 from harness.host_speed import describe_host
@@ -36,6 +38,7 @@ TARGET_BYTES_PER_REQ = 2048
 TARGET_MOONCAKE_S = 300
 TARGET_MOONCAKE_RSS_BYTES = 8 * 2**30
 MOONCAKE_FILE = "/work/shared/data/mooncake/synthetic_trace.jsonl"
+_KVFLOW_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kvflow") + "/"
 
 
 def run_and_measure(cfg: dict, trace: object, build_s: float, rss_trace: int) -> dict[str, float]:
@@ -63,8 +66,49 @@ def run_and_measure(cfg: dict, trace: object, build_s: float, rss_trace: int) ->
     }
 
 
-def point(workflows: int, policy: str, replicas: int) -> dict[str, float]:
-    """One measurement in this process (called in a child by ``main``)."""
+# where ``--breakdown`` files what a run keeps: the simulated cache's content (tokens of the cached
+# prefixes, nodes, tags, eviction heaps: bounded by the configured pools, not by the request count),
+# the result rows, and the rest (requests in flight, workflow bookkeeping, token-stream starts)
+CACHE_FILES = ("radix.py", "insert.py", "tagging.py", "tier_heap.py", "tiers.py", "cache.py")
+
+
+def breakdown(run: Callable[[], object], requests_of: Callable[[object], int]) -> dict[str, float]:
+    """Bytes per request that ``run()`` leaves allocated when the driver builds its rows (the end of
+    the run, before the summary), by owner: tracemalloc, pure Python only (compiled code has no
+    frames to file its allocations under)."""
+    import tracemalloc
+
+    from sim.driver import WorkflowDriver
+
+    taken: list[tracemalloc.Snapshot] = []
+    rows = WorkflowDriver.rows
+
+    def rows_then_snapshot(self: WorkflowDriver) -> list:
+        out = rows(self)
+        taken.append(tracemalloc.take_snapshot())
+        return out
+
+    tracemalloc.start(1)
+    before = tracemalloc.take_snapshot()
+    WorkflowDriver.rows = rows_then_snapshot  # type: ignore[method-assign]
+    try:
+        result = run()
+    finally:
+        WorkflowDriver.rows = rows  # type: ignore[method-assign]
+        tracemalloc.stop()
+    n = max(1, requests_of(result))
+    parts = {"cache": 0.0, "rows": 0.0, "rest": 0.0}
+    for stat in taken[-1].compare_to(before, "filename"):
+        name = stat.traceback[0].filename.replace("\\", "/")
+        owner = "cache" if name.startswith(_KVFLOW_DIR) and name.rsplit("/", 1)[-1] in CACHE_FILES else "rest"
+        owner = "rows" if name.endswith("harness/rows.py") else owner
+        parts[owner] += stat.size_diff / n
+    return parts
+
+
+def point(workflows: int, policy: str, replicas: int, split: bool = False) -> dict[str, float]:
+    """One measurement in this process (called in a child by ``main``); ``split``: instead, the
+    ``breakdown`` of what the run keeps per request."""
     from harness.setup import build_trace
     from sim.runner import load_conf as conf
 
@@ -87,6 +131,11 @@ def point(workflows: int, policy: str, replicas: int) -> dict[str, float]:
     }
     if replicas > 1:
         cfg["cluster"] = {**conf_cluster(), "replicas": replicas, "router": "session_affinity"}
+    if split:
+        from sim.runner import simulate
+
+        parts = breakdown(lambda: simulate(cfg, trace=trace), lambda r: int(r.summary["requests"]))  # type: ignore[attr-defined]
+        return {"workflows": workflows, **parts}
     return {"workflows": workflows, **run_and_measure(cfg, trace, build_s, rss_trace)}
 
 
@@ -168,7 +217,14 @@ def main() -> int:
     ap.add_argument("--mooncake", default="", help="comma-separated request counts: the Mooncake fleet curve")
     ap.add_argument("--router", default="round_robin", help="--mooncake: the fleet's router")
     ap.add_argument("--mooncake-file", default=MOONCAKE_FILE, help="--mooncake: the Mooncake JSONL to tile")
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also split each point's bytes per request into the cache's content, the rows and the rest "
+        "(tracemalloc, one more run per point; pure Python only)",
+    )
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-breakdown", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mooncake-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mooncake_child is not None:
@@ -178,8 +234,12 @@ def main() -> int:
     if args.mooncake:
         return mooncake_main(args)
     if args.child is not None:
-        print(json.dumps(point(args.child, args.policy, args.replicas)))
+        print(json.dumps(point(args.child, args.policy, args.replicas, split=args.child_breakdown)))
         return 0
+    if args.breakdown and describe().startswith("compiled"):
+        print("--breakdown needs the pure-Python core (tracemalloc files no allocation of compiled code):")
+        print("run it from a checkout without the build (python -m harness.compiled_core clean)")
+        return 2
     counts = [int(x) for x in args.workflows.split(",") if x.strip()]
     print(f"policy {args.policy}, {args.replicas} replica(s); one fresh process per point; kvflow core: {describe()}")
     print(describe_host())
@@ -199,6 +259,13 @@ def main() -> int:
             f"{r['rss_trace_bytes'] / 2**20:>13,.0f}{r['rss_run_bytes'] / 2**20:>11,.0f}"
             f"{r['bytes_per_request']:>10,.0f}{r['hit_rate_gpu']:>9.1%}"
         )
+        if args.breakdown:
+            b = child_point(cmd + ["--child-breakdown"], w)
+            if b is not None:
+                print(
+                    f"{'':>9}  kept at the end, B/request (tracemalloc): cache content {b['cache']:,.0f}, "
+                    f"rows {b['rows']:,.0f}, rest {b['rest']:,.0f}; all {b['cache'] + b['rows'] + b['rest']:,.0f}"
+                )
     print(
         f"targets: >= {TARGET_REQ_PER_S:,} req/s at 1,024 workflows; <= {TARGET_BYTES_PER_REQ:,} B/request beyond the trace"
     )

@@ -8,13 +8,23 @@ single-workflow experiment (warm up, then time the runs).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kvflow.step_graph import INF
 from kvflow.workflow import is_warmup
 from traces.schema import Trace
 
-__all__ = ["ROW_FIELDS", "WORKFLOW_FIELDS", "TIMELINE_FIELDS", "is_warmup", "request_rows", "workflow_rows"]
+__all__ = [
+    "ROW_FIELDS",
+    "WORKFLOW_FIELDS",
+    "TIMELINE_FIELDS",
+    "RequestRow",
+    "is_warmup",
+    "request_row",
+    "request_rows",
+    "workflow_rows",
+]
 
 ROW_FIELDS = (
     "request_id",
@@ -42,37 +52,81 @@ WORKFLOW_FIELDS = ("client_id", "start_s", "end_s", "latency_s")
 TIMELINE_FIELDS = ("resource", "start_s", "end_s", "label")
 
 
-def request_rows(trace: Trace, driver: Any) -> list[dict[str, Any]]:
+# stored per row; the three durations are derived on access (one float object fewer each per row)
+_STORED_FIELDS = tuple(f for f in ROW_FIELDS if f not in ("queue_s", "ttft_s", "latency_s"))
+_FIELD_SET = frozenset(ROW_FIELDS)
+
+
+class RequestRow(Mapping[str, Any]):
+    """One row of ``requests.csv``: a read-only mapping of ``ROW_FIELDS`` in slots, not a dict. A
+    20-key dict per request was ~540 B (with its three derived floats) of the simulator's peak
+    memory at the end of a run; slots are ~170 B (benchmarks/scale.py). Reads as a dict does:
+    ``row["latency_s"]``, ``dict(row)``, ``==`` with a dict, csv.DictWriter."""
+
+    __slots__ = _STORED_FIELDS
+
+    def __init__(self, **values: Any) -> None:
+        for name in _STORED_FIELDS:
+            setattr(self, name, values[name])
+
+    @property
+    def queue_s(self) -> float:
+        return self.admit_s - self.arrival_s  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def ttft_s(self) -> float:
+        return self.first_token_s - self.arrival_s  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def latency_s(self) -> float:
+        return self.finish_s - self.arrival_s  # type: ignore[attr-defined, no-any-return]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _FIELD_SET:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ROW_FIELDS)
+
+    def __len__(self) -> int:
+        return len(ROW_FIELDS)
+
+    def __repr__(self) -> str:
+        return f"RequestRow({dict(self)!r})"
+
+
+def request_row(inv: Any, request: Any, ready_s: float) -> RequestRow:
+    """The row of finished invocation ``inv`` from its request's counters and its ready time (the
+    simulator's driver makes it at finish and drops the request: its slots and prompt are freed)."""
+    r = request
+    return RequestRow(
+        request_id=inv.id,
+        client_id=inv.client_id,
+        agent_id=inv.agent_id,
+        warmup=is_warmup(inv),
+        prompt_tokens=r.prompt_tokens,
+        fixed_tokens=r.fixed_tokens,
+        output_tokens=r.output_tokens,
+        ready_s=ready_s,
+        arrival_s=r.arrival_s,
+        admit_s=r.admit_s,
+        first_token_s=r.first_token_s,
+        finish_s=r.finish_s,
+        hit_gpu_tokens=r.hit_gpu_tokens,
+        loaded_cpu_tokens=r.loaded_cpu_tokens,
+        recomputed_tokens=r.recomputed_tokens,
+        loaded_bytes=r.loaded_bytes,
+        stalled_s=r.stalled_s,
+    )
+
+
+def request_rows(trace: Trace, driver: Any) -> list[RequestRow]:
     """One row per invocation in trace order (``ROW_FIELDS``), from a driver's ``requests`` and
-    ``ready_s`` after a run (any backend's driver: they share only these two mappings); the same for every backend, so ``kvflow-report`` compares them."""
-    rows = []
-    for inv in trace.invocations:
-        r = driver.requests[inv.id]
-        rows.append(
-            {
-                "request_id": inv.id,
-                "client_id": inv.client_id,
-                "agent_id": inv.agent_id,
-                "warmup": is_warmup(inv),
-                "prompt_tokens": r.prompt_tokens,
-                "fixed_tokens": r.fixed_tokens,
-                "output_tokens": r.output_tokens,
-                "ready_s": driver.ready_s[inv.id],
-                "arrival_s": r.arrival_s,
-                "admit_s": r.admit_s,
-                "queue_s": r.admit_s - r.arrival_s,
-                "first_token_s": r.first_token_s,
-                "finish_s": r.finish_s,
-                "ttft_s": r.first_token_s - r.arrival_s,
-                "latency_s": r.finish_s - r.arrival_s,
-                "hit_gpu_tokens": r.hit_gpu_tokens,
-                "loaded_cpu_tokens": r.loaded_cpu_tokens,
-                "recomputed_tokens": r.recomputed_tokens,
-                "loaded_bytes": r.loaded_bytes,
-                "stalled_s": r.stalled_s,
-            }
-        )
-    return rows
+    ``ready_s`` after a run (the real backend's driver keeps both); the same for every backend, so
+    ``kvflow-report`` compares them."""
+    requests, ready_s = driver.requests, driver.ready_s
+    return [request_row(inv, requests[inv.id], ready_s[inv.id]) for inv in trace.invocations]
 
 
 def workflow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

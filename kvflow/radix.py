@@ -13,6 +13,7 @@ import heapq
 import itertools
 from array import array
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, cast
@@ -84,6 +85,11 @@ class KeyPolicy(Protocol):
 
 _node_ids = itertools.count()
 
+# the users of a node that no prompt tags: one shared empty set, replaced by the node's own set on
+# its first user (``RadixNode.add_user``): two empty sets per node were ~430 B of every cached node,
+# most of them (suffixes, outputs) never tagged (benchmarks/scale.py)
+NO_USERS: frozenset[User] = frozenset()
+
 
 class RadixNode:
     """One edge of the tree: ``tokens`` plus state. Attributes are public for policies (read-only)."""
@@ -123,7 +129,7 @@ class RadixNode:
         self.inflight: InFlight | None = None  # while a copy runs
         self.lock_ref = 0
         self.last_access = 0
-        self.users: set[User] = set()
+        self.users: AbstractSet[User] = NO_USERS  # (read-only: ``add_user``)
         self.suffix = False  # beyond a tagged request's fixed prompt: dynamic part or output
         self.next_use: float | None = None  # oracle annotation (trace order); None = unknown
         self.gpu_children = 0  # children on (or loading onto) the GPU
@@ -132,7 +138,8 @@ class RadixNode:
         self.cpu_version = 0
         self.hits = 0
         self.prefetched = False  # loaded by a prefetch and not yet used
-        self.dynamic_users: set[User] = set()  # (client, agent) whose latest *dynamic* prompt passes here
+        # (client, agent) whose latest *dynamic* prompt passes here (``add_dynamic_user``)
+        self.dynamic_users: AbstractSet[User] = NO_USERS
         # key of this node's live heap entry at its current version (None: no live entry); lets a
         # refresh that would file the same key again (e.g. after a transient lock) skip the push
         self.gpu_filed: tuple | None = None
@@ -143,6 +150,23 @@ class RadixNode:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def add_user(self, user: User) -> None:
+        """Tag ``user``'s fixed prompt as passing here (the first user gives the node its own set)."""
+        if self.users is NO_USERS:
+            self.users = {user}
+        else:
+            cast("set[User]", self.users).add(user)
+
+    def add_dynamic_user(self, user: User) -> None:
+        if self.dynamic_users is NO_USERS:
+            self.dynamic_users = {user}
+        else:
+            cast("set[User]", self.dynamic_users).add(user)
+
+    def discard_dynamic_user(self, user: User) -> None:
+        if user in self.dynamic_users:
+            cast("set[User]", self.dynamic_users).discard(user)
 
     def __lt__(self, other: RadixNode) -> bool:  # deterministic heap tie-break
         return self.node_id < other.node_id
@@ -285,8 +309,8 @@ class RadixTree:
         head = RadixNode(node.tokens[:at], parent)
         head.gpu, head.cpu, head.inflight = node.gpu, node.cpu, node.inflight
         head.lock_ref, head.last_access, head.hits = node.lock_ref, node.last_access, node.hits
-        head.users = set(node.users)
-        head.dynamic_users = set(node.dynamic_users)
+        head.users = set(node.users) if node.users else NO_USERS
+        head.dynamic_users = set(node.dynamic_users) if node.dynamic_users else NO_USERS
         head.suffix, head.next_use = node.suffix, node.next_use
         head.key = node.key  # the same first page: head takes node's place
         parent.children[head.key] = head

@@ -73,7 +73,7 @@ class UserTags:
             return False
         if start < fixed_end:
             if user not in node.users:
-                node.users.add(user)
+                node.add_user(user)
                 self.tree.refresh(node)
             return False
         if not node.users and not node.suffix:
@@ -95,12 +95,12 @@ class UserTags:
         node = self.dynamic_ends.get(user)
         while node is not None and node.parent is not None and user in node.dynamic_users:
             if node.node_id not in on_new:
-                node.dynamic_users.discard(user)
+                node.discard_dynamic_user(user)
                 self.tree.refresh(node)
             node = node.parent
         for node in new_path:
             if user not in node.dynamic_users:
-                node.dynamic_users.add(user)
+                node.add_dynamic_user(user)
                 self.tree.refresh(node)
         _point(self.dynamic_ends, self._dynamic_at, user, deepest)
 

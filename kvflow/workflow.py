@@ -62,14 +62,17 @@ class WorkflowTracker:
             for name, wf in trace.workflows.items():
                 self.graphs[name] = StepGraph.from_dict(wf.graph) if wf.graph else None
         self.by_id = {inv.id: inv for inv in trace.invocations}
-        self.dependents: dict[str, list[str]] = defaultdict(list)
+        dependents: dict[str, list[str]] = defaultdict(list)
         self.waiting_on: dict[str, int] = {}
         for inv in trace.invocations:
             self.waiting_on[inv.id] = len(inv.deps)
             for dep in inv.deps:
                 if dep not in self.by_id:
                     raise ValueError(f"invocation {inv.id!r}: unknown dependency {dep!r}")
-                self.dependents[dep].append(inv.id)
+                dependents[dep].append(inv.id)
+        # tuples, and none for an invocation nothing waits on: a list per invocation was ~115 B of
+        # each simulated request (benchmarks/scale.py)
+        self.dependents: dict[str, tuple[str, ...]] = {dep: tuple(ids) for dep, ids in dependents.items()}
         self.roots = [inv for inv in trace.invocations if not inv.deps]
         self.workflow_of = {inv.client_id: inv.workflow for inv in trace.invocations}
         self.client_left = Counter(inv.client_id for inv in trace.invocations)
@@ -91,7 +94,7 @@ class WorkflowTracker:
             del agents[inv.agent_id]
         self._changed.add(inv.client_id)
         ready = []
-        for succ_id in self.dependents[inv.id]:
+        for succ_id in self.dependents.get(inv.id, ()):
             self.waiting_on[succ_id] -= 1
             if self.waiting_on[succ_id] == 0:
                 ready.append(self.by_id[succ_id])

@@ -16,6 +16,7 @@ from typing import Any
 
 import simpy
 
+from harness.rows import RequestRow, request_row
 from kvflow.engine import Request
 from kvflow.release import ReleaseRule
 from kvflow.workflow import WorkflowTracker
@@ -50,8 +51,11 @@ class WorkflowDriver:
         self.on_submit = on_submit
         self.tracker = WorkflowTracker(trace, hints)
         self.rule = rule or ReleaseRule(trace)
-        self.requests: dict[str, Request] = {}  # release and finish times are the request's own
-        self.ready_s: dict[str, float] = {}
+        self.requests: dict[str, Request] = {}  # released and not finished
+        self.ready_s: dict[str, float] = {}  # ready and not finished
+        # a finished request's row (its counters and times): the request itself is dropped, so a
+        # run keeps ~170 B per finished request instead of the request, its prompt and its ready time
+        self.finished_rows: dict[str, RequestRow] = {}
         self.all_done = env.event()
 
     @property
@@ -104,12 +108,19 @@ class WorkflowDriver:
         self.engine.submit(req, self.env.now)
         self.on_engine_input()
 
+    def rows(self) -> list[RequestRow]:
+        """One row per invocation in trace order (``harness.rows.ROW_FIELDS``), after the run."""
+        finished = self.finished_rows
+        return [finished[inv.id] for inv in self.trace.invocations]
+
     def on_finished(self, requests: list[Request]) -> None:
         """Called by the engine loop with the requests an iteration finished."""
         clients = set()
         for req in requests:
             inv = self.tracker.by_id[req.request_id]
-            req.tokens = _NO_TOKENS  # the rows need only its counters: 100K-token prompts x calls add up
+            req.tokens = _NO_TOKENS  # whoever still holds it (a router's view) needs no 100K-token prompt
+            self.finished_rows[inv.id] = request_row(inv, req, self.ready_s.pop(inv.id))
+            del self.requests[inv.id]
             ready, client_done = self.tracker.finished(inv)
             for succ in ready:
                 self._ready(succ)

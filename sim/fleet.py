@@ -19,7 +19,7 @@ from typing import Any
 import simpy
 
 from harness.progress import progress
-from harness.rows import request_rows, workflow_rows
+from harness.rows import workflow_rows
 from harness.setup import Setup, build_core, prepare
 from harness.summary import RunCounters, RunIdentity, WhyFacts, summarize
 from kvflow.radix import common_prefix_len
@@ -320,7 +320,7 @@ def simulate_fleet(cfg: Mapping[str, Any], trace: Any | None = None, replicas: i
     n = fleet_size(cfg) if replicas is None else replicas
     env, fleet, driver = run_fleet(cfg, setup, n)
     policy_cfg = cfg["policy"]
-    rows = request_rows(setup.trace, driver)
+    rows = driver.rows()
     wf_rows = workflow_rows(rows)
     run = fleet_counters(setup, fleet.replicas, env.now, hints_source(policy_cfg, setup.trace))
     run.wall_s = time.perf_counter() - wall0

@@ -20,7 +20,7 @@ import yaml
 
 from harness.errors import SetupError
 from harness.progress import progress
-from harness.rows import request_rows, workflow_rows
+from harness.rows import workflow_rows
 from harness.setup import build_core, build_trace, gain_s_per_token, prepare
 from harness.summary import RunIdentity, summarize
 from kvflow.workflow import NextUseFeed
@@ -114,7 +114,7 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
     driver.start(loop.poke)
     env.process(loop.run())
     run_until_done(env, driver, bar)
-    rows = request_rows(trace, driver)
+    rows = driver.rows()
     wf_rows = workflow_rows(rows)
     run = counters(setup, loop, pcie, cache, env.now, hints_source(policy_cfg, trace))
     run.wall_s = time.perf_counter() - wall0

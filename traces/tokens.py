@@ -45,15 +45,20 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def random_tokens(n: int, *parts: object) -> list[int]:
-    """``n`` pseudo-random ids in [0, TOKEN_ID_LIMIT): splitmix64 of a counter from the parts' hash."""
+def _random_ids(n: int, *parts: object) -> np.ndarray:
+    """``random_tokens`` as a numpy array (uint64)."""
     z = np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN + np.uint64(stable_hash(*parts))  # wraps mod 2**64
     z ^= z >> np.uint64(30)
     z *= _MIX1
     z ^= z >> np.uint64(27)
     z *= _MIX2
     z ^= z >> np.uint64(31)
-    return (z & np.uint64(TOKEN_ID_LIMIT - 1)).tolist()
+    return z & np.uint64(TOKEN_ID_LIMIT - 1)
+
+
+def random_tokens(n: int, *parts: object) -> list[int]:
+    """``n`` pseudo-random ids in [0, TOKEN_ID_LIMIT): splitmix64 of a counter from the parts' hash."""
+    return _random_ids(n, *parts).tolist()  # type: ignore[no-any-return]
 
 
 TABLE_SIZE = 1 << 16
@@ -71,15 +76,30 @@ def _table_bytes() -> memoryview:
     return _table_view[0]
 
 
-_table: list[int] = []
+_table: list[int] = []  # the table as int objects: made only for list expansion (``stream_tokens``)
 _table_array = array(TOKEN_TYPECODE)
+
+
+def _fill_table() -> None:
+    """Fill the shared table, machine ints straight from numpy: the simulator expands into arrays
+    only, and a list of 65,536 int objects was 2.3 MB of every run (~1.2 KB per request at 64
+    workflows, benchmarks/scale.py --breakdown)."""
+    if not _table_array:
+        ids = _random_ids(TABLE_SIZE, "token-table").astype(np.intc)  # C int: the array's "i" (< 2**31)
+        _table_array.frombytes(ids.tobytes())
+
+
+def _table_list() -> list[int]:
+    """The table as a list of ints, made on first use (the same ids as ``_table_array``)."""
+    if not _table:
+        _fill_table()
+        _table.extend(_table_array)
+    return _table
 
 
 def _stream_start(parts: tuple[object, ...]) -> tuple[int, int]:
     """(first id, table offset of the second) of the stream named by ``parts``."""
-    if not _table:
-        _table.extend(random_tokens(TABLE_SIZE, "token-table"))
-        _table_array.extend(_table)
+    _fill_table()
     h = stable_hash(*parts)
     return h >> 33, h % TABLE_SIZE
 
@@ -89,8 +109,8 @@ def _block_stream_start(key: str | int, seed: int) -> tuple[int, int]:
     ``stable_hash``'s): a tiled Mooncake trace hashes ~11M blocks."""
     if type(key) not in (int, str) or type(seed) is not int:
         return _stream_start(("block", key, seed))
-    if not _table:
-        _stream_start(())
+    if not _table_array:
+        _fill_table()
     text = f"str:block\x1f{type(key).__name__}:{key}\x1fint:{seed}"
     h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
     return h >> 33, h % TABLE_SIZE
@@ -101,8 +121,8 @@ def _unique_stream_start(inv_id: str, index: int, key: str | int, seed: int) -> 
     same bytes as ``stable_hash``'s): one per generated invocation's dynamic segment."""
     if not (type(inv_id) is str and type(index) is int and type(key) in (int, str) and type(seed) is int):
         return _stream_start(("unique", inv_id, index, key, seed))
-    if not _table:
-        _stream_start(())
+    if not _table_array:
+        _fill_table()
     text = f"str:unique\x1fstr:{inv_id}\x1fint:{index}\x1f{type(key).__name__}:{key}\x1fint:{seed}"
     h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
     return h >> 33, h % TABLE_SIZE
@@ -115,10 +135,10 @@ def stream_tokens(n: int, *parts: object) -> list[int]:
         return []
     first, start = _stream_start(parts)
     out = [first]
-    rest = n - 1
+    rest, table = n - 1, _table_list()
     while rest > 0:
         take = min(rest, TABLE_SIZE - start)
-        out.extend(_table[start : start + take])
+        out.extend(table[start : start + take])
         rest, start = rest - take, 0
     return out
 
@@ -152,15 +172,21 @@ class TokenSource:
         # 1,024 workflows x 10 agents those were 1.4 KB per simulated request, benchmarks/scale.py)
         self._shared_starts: dict[str | int, tuple[int, int]] = {}
         self._block_starts: OrderedDict[str | int, tuple[int, int]] = OrderedDict()  # oldest first
-        # (invocation, segment index) -> where its unique stream starts: hashed once per trace,
-        # not once per expansion (a sweep expands the same prompts for every policy)
-        self._unique_starts: dict[tuple[str, int], tuple[int, int]] = {}
+        # segment index -> invocation -> where its unique stream starts, packed in one int (first id
+        # * TABLE_SIZE + table offset): hashed once per trace, not once per expansion (a sweep expands the
+        # same prompts for every policy); keyed by the trace's own id strings and packed, an entry is
+        # ~70 B instead of ~210 B with a (id, index) key and a (first, offset) value
+        self._unique_starts: dict[int, dict[str, int]] = {}
 
     def _unique_start(self, seg: Segment, inv_id: str, index: int) -> tuple[int, int]:
-        start = self._unique_starts.get((inv_id, index))
-        if start is None:
-            start = self._unique_starts[(inv_id, index)] = _unique_stream_start(inv_id, index, seg.key, self.seed)
-        return start
+        starts = self._unique_starts.get(index)
+        if starts is None:
+            starts = self._unique_starts[index] = {}
+        packed = starts.get(inv_id)
+        if packed is None:
+            first, offset = _unique_stream_start(inv_id, index, seg.key, self.seed)
+            packed = starts[inv_id] = first * TABLE_SIZE + offset
+        return divmod(packed, TABLE_SIZE)
 
     def _stream(self, kind: str, key: str | int, n: int) -> list[int]:
         """The first ``n`` ids of a named stream as a list, from the cache (made if too short)."""
