@@ -58,7 +58,7 @@ def _random_ids(n: int, *parts: object) -> np.ndarray:
 
 def random_tokens(n: int, *parts: object) -> list[int]:
     """``n`` pseudo-random ids in [0, TOKEN_ID_LIMIT): splitmix64 of a counter from the parts' hash."""
-    return _random_ids(n, *parts).tolist()  # type: ignore[no-any-return]
+    return _random_ids(n, *parts).tolist()
 
 
 TABLE_SIZE = 1 << 16
