@@ -114,13 +114,14 @@ def add_new(ins: Insertion, tags: UserTags, join_gpu: Callable[[RadixNode], None
         ins.fixed_end,
         ins.prompt_end,
     )
-    root, page, node, pos = tree.root, tree.page_size, ins.node, ins.pos
+    root, page, node, pos, compact = tree.root, tree.page_size, ins.node, ins.pos, tree.compact_run
     while pos < limit and (node is root or node.gpu):
         boundary = fixed_end if pos < fixed_end else (prompt_end if pos < prompt_end else limit)
         end = min(boundary, limit, pos + ins.reserved - ins.reserved % page)
         if end <= pos:
             break  # the caller reserved less than the tokens it computed: cache what was paid for
-        child = tree.insert_below(node, tokens[pos:end])
+        run = compact(tokens, pos, end) if compact is not None else None
+        child = tree.insert_below(node, tokens[pos:end] if run is None else run)
         ins.reserved -= end - pos
         if tags.tag(child, pos, fixed_end, prompt_end, user):
             ins.dynamic_last = child

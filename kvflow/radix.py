@@ -248,6 +248,11 @@ class RadixTree:
         # Optional observer of a node leaving the tree, called as on_detach(node, parent): an index
         # that points at nodes (UserTags: where each user's prompts end) re-points at the parent.
         self.on_detach: Callable[[RadixNode, RadixNode], None] | None = None
+        # Optional compact stand-in for a new node's tokens: ``compact_run(tokens, start, end)``
+        # returns a sequence equal to ``tokens[start:end]`` that costs less to keep than a copy, or
+        # None (then the node keeps the slice). The simulator sets it (``traces.tokens.table_run``:
+        # its synthetic prompts are windows of one table); the core never does.
+        self.compact_run: Callable[[Sequence[Token], int, int], Sequence[Token] | None] | None = None
 
     # ----- keys, clock and structure ------------------------------------------------------------
     def child_key(self, tokens: Sequence[Token], start: int = 0) -> Hashable:

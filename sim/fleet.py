@@ -32,6 +32,7 @@ from sim.peer_copy import PEER_FIELDS, PeerCopy, PeerCopyConfig
 from sim.remote_tier import RemoteTier, RemoteTierConfig
 from sim.routers import Router, make_router
 from sim.runner import SimResult, hints_source, run_until_done
+from traces.tokens import table_run
 
 __all__ = [
     "PEER_FIELDS",
@@ -300,6 +301,7 @@ def _add_replica(fleet: Fleet, env: simpy.Environment, cfg: Mapping[str, Any], s
     sim_cfg = cfg.get("sim") or {}
     index = len(fleet.replicas)
     engine = build_core(cfg, setup, free_ops=False)
+    engine.cache.tree.compact_run = table_run  # a cached stream is kept as a table window, not a copy
     pcie = PCIeLink(env, setup.cost, bidirectional_penalty=bool(sim_cfg.get("bidirectional_penalty", True)))
     feed = NextUseFeed(setup.trace, engine.cache) if engine.cache.policy.reads_future else None
     loop = EngineLoop(

@@ -28,6 +28,7 @@ from sim.driver import WorkflowDriver
 from sim.engine_loop import EngineLoop
 from sim.metrics import counters
 from sim.pcie import PCIeLink
+from traces.tokens import table_run
 
 __all__ = ["SimInputError", "SimResult", "build_trace", "gain_s_per_token", "load_conf", "simulate"]
 
@@ -80,6 +81,7 @@ def _simulate(cfg: Mapping[str, Any], trace: Any | None) -> SimResult:
     setup = prepare(cfg, trace)
     trace = setup.trace
     engine = build_core(cfg, setup, free_ops=False)  # memory is counted in tokens: nothing to free per node
+    engine.cache.tree.compact_run = table_run  # a cached stream is kept as a table window, not a copy
     cache, policy = engine.cache, engine.cache.policy
     policy_cfg, sim_cfg = cfg["policy"], cfg.get("sim") or {}
     env = simpy.Environment()

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 from array import array
+from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -276,3 +277,124 @@ class TokenSource:
         for at, first in firsts:
             out[at] = first
         return out
+
+
+# ----- runs of the table: what the simulator's tree keeps instead of copies ----------------------
+RUN_MIN_TOKENS = 64  # a shorter run is kept as an array (a page's key, a small tail after a split)
+_sorted_ids = array(TOKEN_TYPECODE)  # the table's ids in increasing order (made on first use) ...
+_sorted_at = array(TOKEN_TYPECODE)  # ... and where each of them is in the table
+
+
+class TableRun:
+    """``n`` token ids that are ``first`` and then a window of the shared table from ``offset``:
+    what the simulator's radix tree keeps for a node whose tokens are one stream (a fixed prompt,
+    a dynamic part) instead of a copy of them. A cached 1,024-token fixed prompt is then ~60 B, not
+    4 KB: at 1,024 workflows x 10 agents the copies were ~1.4 KB per simulated request
+    (benchmarks/scale.py --breakdown). Reads as the ``array(TOKEN_TYPECODE)`` of its ids does:
+    ``len``, indexing, slicing (a long slice is a run again), iteration, ``==`` with an array or a
+    run (never with a list, as an array)."""
+
+    __slots__ = ("first", "offset", "n")
+
+    def __init__(self, first: int, offset: int, n: int) -> None:
+        self.first = first
+        self.offset = offset
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def ids(self) -> array:
+        """The ids as a new array."""
+        if self.n <= 0:
+            return array(TOKEN_TYPECODE)
+        if self.offset >= 1:
+            out = _table_array[self.offset - 1 : self.offset - 1 + self.n]
+            out[0] = self.first
+            return out
+        out = array(TOKEN_TYPECODE, [self.first])
+        out += _table_array[: self.n - 1]
+        return out
+
+    def _part(self, start: int, stop: int) -> TableRun | array:
+        """Ids ``start:stop`` (0 <= start <= stop <= n): a run when long, else an array."""
+        m = stop - start
+        if m <= 0:
+            return array(TOKEN_TYPECODE)
+        if start == 0:
+            if m >= RUN_MIN_TOKENS:
+                return TableRun(self.first, self.offset, m)
+            return _head(self.first, self.offset, m)
+        at = self.offset + start - 1  # table position of id ``start``
+        if m >= RUN_MIN_TOKENS:
+            return TableRun(_table_array[at], at + 1, m)
+        return _table_array[at : at + m]
+
+    def __getitem__(self, index: int | slice) -> object:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.n)
+            if step != 1:
+                return self.ids()[index]
+            return self._part(start, max(start, stop))
+        i = index + self.n if index < 0 else index
+        if not 0 <= i < self.n:
+            raise IndexError("TableRun index out of range")
+        return self.first if i == 0 else _table_array[self.offset + i - 1]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TableRun):
+            if self.n != other.n:
+                return False
+            if self.first == other.first and self.offset == other.offset:
+                return True
+            return self.ids() == other.ids()
+        if isinstance(other, array):
+            return len(other) == self.n and self.ids() == other
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __repr__(self) -> str:
+        return f"TableRun(first={self.first}, offset={self.offset}, n={self.n})"
+
+
+def _head(first: int, offset: int, m: int) -> array:
+    """The first ``m`` ids of the run ``first``, window from ``offset``."""
+    out = array(TOKEN_TYPECODE, [first])
+    out += _table_array[offset : offset + m - 1]
+    return out
+
+
+def _index_table() -> None:
+    """Sort the table's ids once, so a run's window is found by bisection (512 KB, no dict of
+    65,536 int keys)."""
+    if not _sorted_ids:
+        _fill_table()
+        ids = np.frombuffer(_table_array.tobytes(), dtype=np.intc)
+        order = np.argsort(ids, kind="stable")
+        _sorted_ids.frombytes(ids[order].tobytes())
+        _sorted_at.frombytes(order.astype(np.intc).tobytes())
+
+
+def table_run(tokens: Sequence[int], start: int, end: int) -> TableRun | None:
+    """``tokens[start:end]`` as a ``TableRun`` when, id by id, it is one: its first id, then a window
+    of the shared table (checked against the table, so any prompt qualifies that happens to be one,
+    and none that is not); None otherwise, and for a run shorter than ``RUN_MIN_TOKENS``. The
+    simulator's tree stores what this returns instead of a copy (``RadixTree.compact_run``)."""
+    n = end - start
+    if n < RUN_MIN_TOKENS or type(tokens) is not array or tokens.typecode != TOKEN_TYPECODE:
+        return None
+    _index_table()
+    value = tokens[start + 1]
+    i = bisect_left(_sorted_ids, value)
+    while i < TABLE_SIZE and _sorted_ids[i] == value:
+        at = _sorted_at[i]
+        if at + n - 1 <= TABLE_SIZE and _table_array[at : at + n - 1] == tokens[start + 1 : end]:
+            return TableRun(tokens[start], at, n)
+        i += 1
+    return None

@@ -1,0 +1,128 @@
+"""``traces.tokens.TableRun``: what the simulator's tree keeps for a cached stream (a first id and a
+window of the shared table) instead of a copy. It must read exactly as the array of its ids does
+everywhere the tree looks (length, indexing, slicing, iteration, equality), ``table_run`` must
+find only runs that are really there, and a simulation must give the same numbers with it as
+with copies."""
+
+from __future__ import annotations
+
+from array import array
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from traces import tokens as tk
+from traces.schema import Segment
+from traces.tokens import RUN_MIN_TOKENS, TABLE_SIZE, TOKEN_TYPECODE, TableRun, table_run
+
+tk._fill_table()
+
+runs = st.builds(
+    lambda first, offset, n: TableRun(first, offset, min(n, TABLE_SIZE - offset + 1)),
+    st.integers(0, 2**31 - 1),
+    st.integers(0, TABLE_SIZE - RUN_MIN_TOKENS),
+    st.integers(RUN_MIN_TOKENS, 3000),
+)
+
+
+def _ids(run: TableRun) -> array:
+    out = array(TOKEN_TYPECODE, [run.first])
+    out += tk._table_array[run.offset : run.offset + run.n - 1]
+    return out
+
+
+@given(runs, st.integers(-3100, 3100), st.integers(-3100, 3100), st.sampled_from([None, 1, 2, -1]))
+@settings(max_examples=300, deadline=None)
+def test_a_run_reads_as_its_ids(run: TableRun, a: int, b: int, step: int | None) -> None:
+    ids = _ids(run)
+    assert run.ids() == ids and len(run) == len(ids) and list(run) == list(ids)
+    assert run == ids and ids == run and not (run != ids) and run == TableRun(run.first, run.offset, run.n)
+    assert run != list(ids) and list(ids) != run  # as an array: never equal to a list
+    for i in (0, 1, len(ids) - 1, -1, -len(ids), a):
+        if -len(ids) <= i < len(ids):
+            assert run[i] == ids[i]
+    part, expected = run[a:b:step], ids[a:b:step]
+    assert len(part) == len(expected) and list(part) == list(expected)
+    assert part == expected  # a long step-1 slice is a run again, a short one an array
+    assert isinstance(part, TableRun) == (step in (None, 1) and len(expected) >= RUN_MIN_TOKENS)
+    if isinstance(part, TableRun):
+        assert part[1:] == expected[1:] and part[: len(part) // 2] == expected[: len(expected) // 2]
+
+
+@given(runs, st.integers(0, 50))
+@settings(max_examples=100, deadline=None)
+def test_runs_of_different_ids_are_unequal(run: TableRun, cut: int) -> None:
+    ids = _ids(run)
+    other = array(TOKEN_TYPECODE, ids)
+    other[cut % len(other)] ^= 1
+    assert run != other and not (run == other)
+    assert run != TableRun(run.first ^ 1, run.offset, run.n)
+    assert run != ids[:-1] and run[:-1] != ids
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["shared", "unique"]), st.integers(1, 2000)), min_size=1, max_size=4),
+    st.integers(0, 1000),
+)
+@settings(max_examples=80, deadline=None)
+def test_table_run_finds_the_streams_of_a_prompt_and_nothing_else(parts: list[tuple[str, int]], probe: int) -> None:
+    """On a prompt made of streams, each segment long enough is found as a run equal to its slice
+    (and so is a long enough part inside one); a slice across two streams or of ids off the table
+    is never a run."""
+    source = tk.TokenSource(seed=3, block_tokens=64)
+    segments = [Segment(kind=kind, key=f"k{i}", n_tokens=n) for i, (kind, n) in enumerate(parts)]
+    prompt = source.prompt_array(segments, "inv")
+    pos = 0
+    for index, seg in enumerate(segments):
+        end = pos + seg.n_tokens
+        found = table_run(prompt, pos, end)
+        if seg.kind == "shared":
+            offset = tk._stream_start(("shared", seg.key, 3))[1]
+        else:
+            offset = tk._unique_stream_start("inv", index, seg.key, 3)[1]
+        wraps = offset + seg.n_tokens - 1 > TABLE_SIZE  # (such a stream is built in pieces: no run)
+        if seg.n_tokens >= RUN_MIN_TOKENS and not wraps:
+            assert isinstance(found, TableRun) and found == prompt[pos:end]
+            inner = pos + 1 + probe % max(1, seg.n_tokens - 1)
+            if end - inner >= RUN_MIN_TOKENS:
+                assert table_run(prompt, inner, end) == prompt[inner:end]
+        else:
+            assert found is None or found == prompt[pos:end]
+        if end < len(prompt):  # across a segment boundary: two streams
+            assert table_run(prompt, pos, end + 1) is None
+        pos = end
+    off_table = array(TOKEN_TYPECODE, range(5, 5 + 300))
+    assert table_run(off_table, 0, 300) is None
+    assert table_run(list(prompt), 0, len(prompt)) is None  # lists are left alone
+    assert table_run(prompt, 0, RUN_MIN_TOKENS - 1) is None
+
+
+def test_a_simulation_gives_the_same_rows_with_runs_as_with_copies(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The tree keeps runs instead of copies: every request's counters and times are unchanged."""
+    import sim.runner as runner
+    from harness.setup import build_trace
+
+    workload = runner.load_conf("workload", "concurrent")
+    workload["params"].update(workflows=6, fixed_tokens=300, dynamic_tokens=100, output_tokens=20)
+    cfg = {
+        "seed": 0,
+        "hardware": runner.load_conf("hardware", "h100"),
+        "model": runner.load_conf("model", "llama-3.1-8b"),
+        "workload": workload,
+        "policy": runner.load_conf("policy", "kvflow"),
+        "cache": {"gpu_capacity_tokens": 4000, "cpu_capacity_tokens": 8000},
+        "engine": {},
+        "sim": {"timeline": False, "check_invariants": True},
+    }
+    with_runs = runner.simulate(cfg, trace=build_trace(workload, seed=0))
+    monkeypatch.setattr(runner, "table_run", lambda tokens, start, end: None)
+    with_copies = runner.simulate(cfg, trace=build_trace(workload, seed=0))
+    assert [dict(r) for r in with_runs.rows] == [dict(r) for r in with_copies.rows]
+
+    def numbers(summary: dict) -> dict:
+        return {k: v for k, v in summary.items() if "wall" not in k}
+
+    assert numbers(with_runs.summary) == numbers(with_copies.summary)
+    # the tree was exercised: GPU hits, evictions (with splits of partly evicted nodes) on both tiers
+    evicted = with_runs.summary["details"]["evicted_tokens"]
+    assert with_runs.summary["hit_rate_gpu"] > 0 and evicted["gpu"] > 0 and evicted["cpu"] > 0
