@@ -353,11 +353,10 @@ class TableRun:
             return self.ids() == other.ids()
         if isinstance(other, array):
             return len(other) == self.n and self.ids() == other
-        return NotImplemented
+        return False  # as an array: unequal to a list, a range, anything else
 
     def __ne__(self, other: object) -> bool:
-        equal = self.__eq__(other)
-        return equal if equal is NotImplemented else not equal
+        return not self.__eq__(other)
 
     def __repr__(self) -> str:
         return f"TableRun(first={self.first}, offset={self.offset}, n={self.n})"
