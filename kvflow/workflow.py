@@ -70,9 +70,11 @@ class WorkflowTracker:
                 if dep not in self.by_id:
                     raise ValueError(f"invocation {inv.id!r}: unknown dependency {dep!r}")
                 dependents[dep].append(inv.id)
-        # tuples, and none for an invocation nothing waits on: a list per invocation was ~115 B of
-        # each simulated request (benchmarks/scale.py)
-        self.dependents: dict[str, tuple[str, ...]] = {dep: tuple(ids) for dep, ids in dependents.items()}
+        # the one id (most invocations have one successor, or none: no entry), else a tuple: a list
+        # per invocation was ~115 B of each simulated request (benchmarks/scale.py)
+        self.dependents: dict[str, str | tuple[str, ...]] = {
+            dep: ids[0] if len(ids) == 1 else tuple(ids) for dep, ids in dependents.items()
+        }
         self.roots = [inv for inv in trace.invocations if not inv.deps]
         self.workflow_of = {inv.client_id: inv.workflow for inv in trace.invocations}
         self.client_left = Counter(inv.client_id for inv in trace.invocations)
@@ -94,7 +96,8 @@ class WorkflowTracker:
             del agents[inv.agent_id]
         self._changed.add(inv.client_id)
         ready = []
-        for succ_id in self.dependents.get(inv.id, ()):
+        after = self.dependents.get(inv.id, ())
+        for succ_id in (after,) if isinstance(after, str) else after:
             self.waiting_on[succ_id] -= 1
             if self.waiting_on[succ_id] == 0:
                 ready.append(self.by_id[succ_id])

@@ -171,7 +171,7 @@ class TokenSource:
         # shared name -> where its stream starts: a shared segment's array is one slice of the table,
         # made per prompt (each prompt copies it anyway), so no array per name stays cached (at
         # 1,024 workflows x 10 agents those were 1.4 KB per simulated request, benchmarks/scale.py)
-        self._shared_starts: dict[str | int, tuple[int, int]] = {}
+        self._shared_starts: dict[str | int, int] = {}  # (packed as the unique starts below)
         self._block_starts: OrderedDict[str | int, tuple[int, int]] = OrderedDict()  # oldest first
         # segment index -> invocation -> where its unique stream starts, packed in one int (first id
         # * TABLE_SIZE + table offset): hashed once per trace, not once per expansion (a sweep expands the
@@ -205,10 +205,11 @@ class TokenSource:
         return list(seg.ids or ())
 
     def _shared_start(self, key: str | int) -> tuple[int, int]:
-        start = self._shared_starts.get(key)
-        if start is None:
-            start = self._shared_starts[key] = _stream_start(("shared", key, self.seed))
-        return start
+        packed = self._shared_starts.get(key)
+        if packed is None:
+            first, offset = _stream_start(("shared", key, self.seed))
+            packed = self._shared_starts[key] = first * TABLE_SIZE + offset
+        return divmod(packed, TABLE_SIZE)
 
     def _block_start(self, key: str | int) -> tuple[int, int]:
         """(first id, table offset) of block ``key``'s stream, from the bounded cache (first in, first
