@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -282,8 +281,12 @@ class TokenSource:
 
 # ----- runs of the table: what the simulator's tree keeps instead of copies ----------------------
 RUN_MIN_TOKENS = 64  # a shorter run is kept as an array (a page's key, a small tail after a split)
-_sorted_ids = array(TOKEN_TYPECODE)  # the table's ids in increasing order (made on first use) ...
-_sorted_at = array(TOKEN_TYPECODE)  # ... and where each of them is in the table
+# where each id is in the table, bucketed by its top bits (ids are uniform in [0, 2**31): ~1 per
+# bucket): bucket b's positions are _bucket_at[_bucket_start[b] : _bucket_start[b + 1]] (512 KB in
+# all, made on first use; a dict of 65,536 int keys would be ~5 MB)
+_BUCKET_SHIFT = 15
+_bucket_start = array(TOKEN_TYPECODE)
+_bucket_at = array(TOKEN_TYPECODE)
 
 
 class TableRun:
@@ -371,14 +374,14 @@ def _head(first: int, offset: int, m: int) -> array:
 
 
 def _index_table() -> None:
-    """Sort the table's ids once, so a run's window is found by bisection (512 KB, no dict of
-    65,536 int keys)."""
-    if not _sorted_ids:
-        _fill_table()
-        ids = np.frombuffer(_table_array.tobytes(), dtype=np.intc)
-        order = np.argsort(ids, kind="stable")
-        _sorted_ids.frombytes(ids[order].tobytes())
-        _sorted_at.frombytes(order.astype(np.intc).tobytes())
+    """Bucket the table's positions by id once (``_bucket_start`` / ``_bucket_at``)."""
+    _fill_table()
+    ids = np.frombuffer(_table_array, dtype=np.intc)  # (a view: no copy)
+    buckets = ids >> _BUCKET_SHIFT
+    order = np.argsort(buckets, kind="stable").astype(np.intc)
+    starts = np.searchsorted(buckets[order], np.arange(TABLE_SIZE + 1)).astype(np.intc)
+    _bucket_at.frombytes(order.tobytes())
+    _bucket_start.frombytes(starts.tobytes())
 
 
 def table_run(tokens: Sequence[int], start: int, end: int) -> TableRun | None:
@@ -389,12 +392,16 @@ def table_run(tokens: Sequence[int], start: int, end: int) -> TableRun | None:
     n = end - start
     if n < RUN_MIN_TOKENS or type(tokens) is not array or tokens.typecode != TOKEN_TYPECODE:
         return None
-    _index_table()
+    if not _bucket_start:
+        _index_table()
     value = tokens[start + 1]
-    i = bisect_left(_sorted_ids, value)
-    while i < TABLE_SIZE and _sorted_ids[i] == value:
-        at = _sorted_at[i]
-        if at + n - 1 <= TABLE_SIZE and _table_array[at : at + n - 1] == tokens[start + 1 : end]:
+    bucket = value >> _BUCKET_SHIFT
+    if not 0 <= bucket < TABLE_SIZE:
+        return None  # (a negative id: not in the table)
+    table = _table_array
+    for i in range(_bucket_start[bucket], _bucket_start[bucket + 1]):
+        at = _bucket_at[i]
+        # (two array slices and one comparison: a memcmp; comparing memoryviews unpacks id by id)
+        if table[at] == value and at + n - 1 <= TABLE_SIZE and table[at : at + n - 1] == tokens[start + 1 : end]:
             return TableRun(tokens[start], at, n)
-        i += 1
     return None
