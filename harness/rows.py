@@ -65,9 +65,43 @@ class RequestRow(Mapping[str, Any]):
 
     __slots__ = _STORED_FIELDS
 
-    def __init__(self, **values: Any) -> None:
-        for name in _STORED_FIELDS:
-            setattr(self, name, values[name])
+    def __init__(
+        self,
+        request_id: str,
+        client_id: str,
+        agent_id: str,
+        warmup: bool,
+        prompt_tokens: int,
+        fixed_tokens: int,
+        output_tokens: int,
+        ready_s: float,
+        arrival_s: float,
+        admit_s: float,
+        first_token_s: float,
+        finish_s: float,
+        hit_gpu_tokens: int,
+        loaded_cpu_tokens: int,
+        recomputed_tokens: int,
+        loaded_bytes: int,
+        stalled_s: float,
+    ) -> None:  # (one assignment per slot: the simulator makes a row per finished request)
+        self.request_id = request_id
+        self.client_id = client_id
+        self.agent_id = agent_id
+        self.warmup = warmup
+        self.prompt_tokens = prompt_tokens
+        self.fixed_tokens = fixed_tokens
+        self.output_tokens = output_tokens
+        self.ready_s = ready_s
+        self.arrival_s = arrival_s
+        self.admit_s = admit_s
+        self.first_token_s = first_token_s
+        self.finish_s = finish_s
+        self.hit_gpu_tokens = hit_gpu_tokens
+        self.loaded_cpu_tokens = loaded_cpu_tokens
+        self.recomputed_tokens = recomputed_tokens
+        self.loaded_bytes = loaded_bytes
+        self.stalled_s = stalled_s
 
     @property
     def queue_s(self) -> float:
@@ -101,23 +135,23 @@ def request_row(inv: Any, request: Any, ready_s: float) -> RequestRow:
     simulator's driver makes it at finish and drops the request: its slots and prompt are freed)."""
     r = request
     return RequestRow(
-        request_id=inv.id,
-        client_id=inv.client_id,
-        agent_id=inv.agent_id,
-        warmup=is_warmup(inv),
-        prompt_tokens=r.prompt_tokens,
-        fixed_tokens=r.fixed_tokens,
-        output_tokens=r.output_tokens,
-        ready_s=ready_s,
-        arrival_s=r.arrival_s,
-        admit_s=r.admit_s,
-        first_token_s=r.first_token_s,
-        finish_s=r.finish_s,
-        hit_gpu_tokens=r.hit_gpu_tokens,
-        loaded_cpu_tokens=r.loaded_cpu_tokens,
-        recomputed_tokens=r.recomputed_tokens,
-        loaded_bytes=r.loaded_bytes,
-        stalled_s=r.stalled_s,
+        inv.id,
+        inv.client_id,
+        inv.agent_id,
+        is_warmup(inv),
+        r.prompt_tokens,
+        r.fixed_tokens,
+        r.output_tokens,
+        ready_s,
+        r.arrival_s,
+        r.admit_s,
+        r.first_token_s,
+        r.finish_s,
+        r.hit_gpu_tokens,
+        r.loaded_cpu_tokens,
+        r.recomputed_tokens,
+        r.loaded_bytes,
+        r.stalled_s,
     )
 
 

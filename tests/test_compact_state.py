@@ -69,6 +69,15 @@ def test_request_row_reads_as_the_dict_it_replaced() -> None:
     assert out.getvalue().splitlines()[1].startswith("wf0/it0/agent3,wf0,agent3,False,1280,1024,256,0.5,1.0,1.5,0.5")
 
 
+def test_a_row_takes_its_stored_fields_in_order() -> None:
+    """``RequestRow`` assigns each slot from its own parameter: the names are the slots, in order."""
+    import inspect
+
+    from harness.rows import _STORED_FIELDS
+
+    assert tuple(inspect.signature(RequestRow).parameters) == _STORED_FIELDS == RequestRow.__slots__
+
+
 def test_the_driver_keeps_rows_not_requests() -> None:
     """After a run the simulator's driver holds no request (each was dropped at its finish) and
     its rows are in trace order, one per invocation."""

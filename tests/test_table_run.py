@@ -126,3 +126,19 @@ def test_a_simulation_gives_the_same_rows_with_runs_as_with_copies(monkeypatch) 
     # the tree was exercised: GPU hits, evictions (with splits of partly evicted nodes) on both tiers
     evicted = with_runs.summary["details"]["evicted_tokens"]
     assert with_runs.summary["hit_rate_gpu"] > 0 and evicted["gpu"] > 0 and evicted["cpu"] > 0
+
+
+@given(st.lists(st.integers(0, 10**9), min_size=1, max_size=6), st.integers(0, 5))
+@settings(max_examples=60, deadline=None)
+def test_a_block_prompt_is_a_run_per_block_never_across_blocks(hashes: list[int], which: int) -> None:
+    """A hash-id prompt (Mooncake, Weka): one block is a run, a span of two or more is not (each
+    block's stream starts with its own first id)."""
+    source = tk.TokenSource(seed=1, block_tokens=128)
+    segments = [Segment(kind="block", key=h, n_tokens=128) for h in hashes]
+    prompt = source.prompt_array(segments, "inv")
+    k = which % len(hashes)
+    one = table_run(prompt, 128 * k, 128 * (k + 1))
+    wraps = tk._block_stream_start(hashes[k], 1)[1] + 127 > TABLE_SIZE
+    assert (one is None and wraps) or one == prompt[128 * k : 128 * (k + 1)]
+    for a in range(len(hashes) - 1):
+        assert table_run(prompt, 128 * a, 128 * (a + 2)) is None

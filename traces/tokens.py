@@ -401,7 +401,10 @@ def table_run(tokens: Sequence[int], start: int, end: int) -> TableRun | None:
     table = _table_array
     for i in range(_bucket_start[bucket], _bucket_start[bucket + 1]):
         at = _bucket_at[i]
+        last = at + n - 2  # the table position the last id must have
+        if table[at] != value or last >= TABLE_SIZE or table[last] != tokens[end - 1]:
+            continue  # (cheap first: a prompt of many streams, e.g. hash-id blocks, fails here)
         # (two array slices and one comparison: a memcmp; comparing memoryviews unpacks id by id)
-        if table[at] == value and at + n - 1 <= TABLE_SIZE and table[at : at + n - 1] == tokens[start + 1 : end]:
+        if table[at : at + n - 1] == tokens[start + 1 : end]:
             return TableRun(tokens[start], at, n)
     return None
