@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 import simpy
@@ -22,7 +23,7 @@ from kvflow.release import ReleaseRule
 from kvflow.workflow import WorkflowTracker
 from traces.tokens import TOKEN_TYPECODE
 
-__all__ = ["WorkflowDriver"]
+__all__ = ["SimRequest", "WorkflowDriver"]
 
 
 _NO_TOKENS = array(TOKEN_TYPECODE)
@@ -30,6 +31,16 @@ _NO_TOKENS = array(TOKEN_TYPECODE)
 
 def _nothing() -> None:
     """No engine loop yet (before ``start``)."""
+
+
+@dataclass(eq=False, slots=True)
+class SimRequest(Request):
+    """An engine request that knows its invocation and when it became ready, which its finish
+    needs: looking both up by id in dicts of every invocation (~30k at 1,024 workflows) cost more
+    than the two slots."""
+
+    invocation: Any = None
+    ready_s: float = 0.0
 
 
 class WorkflowDriver:
@@ -51,9 +62,7 @@ class WorkflowDriver:
         self.on_submit = on_submit
         self.tracker = WorkflowTracker(trace, hints)
         self.rule = rule or ReleaseRule(trace)
-        self.requests: dict[str, Request] = {}  # released and not finished
-        self.ready_s: dict[str, float] = {}  # ready and not finished
-        # a finished request's row (its counters and times): the request itself is dropped, so a
+        # a finished request's row (its counters and times); the request itself is not kept, so a
         # run keeps ~170 B per finished request instead of the request, its prompt and its ready time
         self.finished_rows: dict[str, RequestRow] = {}
         self.all_done = env.event()
@@ -79,20 +88,20 @@ class WorkflowDriver:
 
     # -- state changes -------------------------------------------------------------------------
     def _ready(self, inv: Any) -> None:
-        self.ready_s[inv.id] = self.env.now
+        now = self.env.now
         self.tracker.ready(inv)
-        release_at = self.rule.release_s(inv, self.env.now)
-        if release_at > self.env.now:
-            self.env.process(self._release_later(inv, release_at - self.env.now))
+        release_at = self.rule.release_s(inv, now)
+        if release_at > now:
+            self.env.process(self._release_later(inv, now, release_at - now))
         else:
-            self._release(inv)  # no tool/think time: no SimPy process needed
+            self._release(inv, now)  # no tool/think time: no SimPy process needed
 
-    def _release_later(self, inv: Any, wait_s: float) -> Generator[simpy.Event, Any, None]:
+    def _release_later(self, inv: Any, ready_s: float, wait_s: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(wait_s)
-        self._release(inv)
+        self._release(inv, ready_s)
 
-    def _release(self, inv: Any) -> None:
-        req = Request(
+    def _release(self, inv: Any, ready_s: float) -> None:
+        req = SimRequest(
             request_id=inv.id,
             client_id=inv.client_id,
             agent_id=inv.agent_id,
@@ -100,8 +109,9 @@ class WorkflowDriver:
             fixed_tokens=self.trace.fixed_tokens(inv),
             output_tokens=max(1, inv.output_tokens),  # a call returns at least one token (logs may say 0)
             app_id=inv.workflow,
+            invocation=inv,
+            ready_s=ready_s,
         )
-        self.requests[inv.id] = req
         if self.on_submit is not None:
             self.on_submit(inv)
         self._send_hints(inv.client_id)
@@ -113,14 +123,13 @@ class WorkflowDriver:
         finished = self.finished_rows
         return [finished[inv.id] for inv in self.trace.invocations]
 
-    def on_finished(self, requests: list[Request]) -> None:
-        """Called by the engine loop with the requests an iteration finished."""
+    def on_finished(self, requests: list[SimRequest]) -> None:
+        """Called by the engine loop with the requests an iteration finished (this driver's)."""
         clients = set()
         for req in requests:
-            inv = self.tracker.by_id[req.request_id]
+            inv = req.invocation
             req.tokens = _NO_TOKENS  # whoever still holds it (a router's view) needs no 100K-token prompt
-            self.finished_rows[inv.id] = request_row(inv, req, self.ready_s.pop(inv.id))
-            del self.requests[inv.id]
+            self.finished_rows[inv.id] = request_row(inv, req, req.ready_s)
             ready, client_done = self.tracker.finished(inv)
             for succ in ready:
                 self._ready(succ)
