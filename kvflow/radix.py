@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, cast
 
+from mypy_extensions import mypyc_attr
+
 from kvflow.tier_heap import KEY_END, CpuHeap, GpuHeap
 
 User = tuple[str, str]  # (client_id, agent_id)
@@ -25,6 +27,19 @@ User = tuple[str, str]  # (client_id, agent_id)
 # (str / bytes / int) in the cache-only replay (sim.replay); compared and hashed, never computed on
 Token = Hashable
 _COMPARE_CHUNK = 64
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class TokenRun:
+    """A compact stand-in for a run of 32-bit token ids that a node may hold instead of an
+    ``array("i")`` (``RadixTree.compact_run``; the simulator's ``traces.tokens.TableRun``). It must
+    read as the array of its ids does (``len``, indexing, slicing, iteration, ``==``), and give the
+    ids' bytes, which a paged tree keys children by."""
+
+    __slots__ = ()
+
+    def tobytes(self) -> bytes:
+        raise NotImplementedError
 
 
 def page_key(tokens: Sequence[Token], start: int, page: int) -> Hashable:
@@ -35,6 +50,8 @@ def page_key(tokens: Sequence[Token], start: int, page: int) -> Hashable:
     range), so a list prompt finds what an array prompt inserted."""
     chunk = tokens[start : start + page]
     if isinstance(chunk, array) and chunk.typecode == "i":
+        return chunk.tobytes()
+    if isinstance(chunk, TokenRun):  # (the same bytes as its ids' array)
         return chunk.tobytes()
     if not isinstance(chunk, (bytes, bytearray, str)):  # (an array would read those as raw bytes)
         try:

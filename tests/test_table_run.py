@@ -11,6 +11,7 @@ from array import array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvflow.radix import page_key
 from traces import tokens as tk
 from traces.schema import Segment
 from traces.tokens import RUN_MIN_TOKENS, TABLE_SIZE, TOKEN_TYPECODE, TableRun, table_run
@@ -47,6 +48,10 @@ def test_a_run_reads_as_its_ids(run: TableRun, a: int, b: int, step: int | None)
     assert isinstance(part, TableRun) == (step in (None, 1) and len(expected) >= RUN_MIN_TOKENS)
     if isinstance(part, TableRun):
         assert part[1:] == expected[1:] and part[: len(part) // 2] == expected[: len(expected) // 2]
+    assert run.tobytes() == ids.tobytes()
+    for page in (1, 64, 512):  # a paged tree keys a run's page as it keys the array's
+        start = (abs(a) % len(ids)) // page * page
+        assert page_key(run, start, page) == page_key(ids, start, page)
 
 
 @given(runs, st.integers(0, 50))

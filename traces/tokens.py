@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import kvflow  # noqa: F401  (its import checks a compiled build; this module is compiled with the core)
+from kvflow.radix import TokenRun
 
 if TYPE_CHECKING:
     from traces.schema import Segment
@@ -289,7 +290,7 @@ _bucket_start = array(TOKEN_TYPECODE)
 _bucket_at = array(TOKEN_TYPECODE)
 
 
-class TableRun:
+class TableRun(TokenRun):
     """``n`` token ids that are ``first`` and then a window of the shared table from ``offset``:
     what the simulator's radix tree keeps for a node whose tokens are one stream (a fixed prompt,
     a dynamic part) instead of a copy of them. A cached 1,024-token fixed prompt is then ~60 B, not
@@ -347,6 +348,9 @@ class TableRun:
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.ids())
+
+    def tobytes(self) -> bytes:
+        return self.ids().tobytes()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, TableRun):
