@@ -105,15 +105,15 @@ class RequestRow(Mapping[str, Any]):
 
     @property
     def queue_s(self) -> float:
-        return self.admit_s - self.arrival_s  # type: ignore[attr-defined, no-any-return]
+        return self.admit_s - self.arrival_s
 
     @property
     def ttft_s(self) -> float:
-        return self.first_token_s - self.arrival_s  # type: ignore[attr-defined, no-any-return]
+        return self.first_token_s - self.arrival_s
 
     @property
     def latency_s(self) -> float:
-        return self.finish_s - self.arrival_s  # type: ignore[attr-defined, no-any-return]
+        return self.finish_s - self.arrival_s
 
     def __getitem__(self, key: str) -> Any:
         if key not in _FIELD_SET:
