@@ -12,6 +12,9 @@ per point: requests, trace build time, simulation wall time, requests per wall s
 after building the trace and after the run, and the difference per request (what the simulation
 keeps per request beyond the trace). Targets (issue 17): >= 30,000 requests/s for kvflow at 1,024
 workflows; <= 2 KB per request beyond the trace; flat cost per request from 64 to 1,024.
+``--breakdown`` runs each point once more under tracemalloc and splits what the run keeps at its end
+into the simulated cache's content (tree, tags, heaps), the result rows and the rest (pure Python
+only: compiled code has no frames to file its allocations under).
 
 ``--mooncake N,...``: instead, a Mooncake-style trace of N requests (``traces.tiling``: the
 synthetic Mooncake file tiled with namespaced hash ids and shifted timestamps) through
