@@ -38,6 +38,10 @@ class TokenRun:
 
     __slots__ = ()
 
+    def ids(self) -> array:
+        """The ids as a new ``array("i")``."""
+        raise NotImplementedError
+
     def tobytes(self) -> bytes:
         raise NotImplementedError
 
@@ -67,6 +71,8 @@ def common_prefix_len(a: Sequence[Token], b: Sequence[Token], start: int = 0, en
     n = min(len(a), (len(b) if end is None else end) - start)
     if (a if n == len(a) else a[:n]) == b[start : start + n]:  # a node's whole run: no copy of it
         return n
+    if isinstance(a, TokenRun):  # a compact run that differs somewhere: search its ids' array
+        a = a.ids()
     if type(a) is not type(b):  # an array node against a list (a released request's prompt + output ids):
         a, b, start = list(a[:n]), list(b[start : start + n]), 0  # unequal types never compare equal
     i = 0

@@ -11,7 +11,7 @@ from array import array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvflow.radix import page_key
+from kvflow.radix import common_prefix_len, page_key
 from traces import tokens as tk
 from traces.schema import Segment
 from traces.tokens import RUN_MIN_TOKENS, TABLE_SIZE, TOKEN_TYPECODE, TableRun, table_run
@@ -63,6 +63,10 @@ def test_runs_of_different_ids_are_unequal(run: TableRun, cut: int) -> None:
     assert run != other and not (run == other)
     assert run != TableRun(run.first ^ 1, run.offset, run.n)
     assert run != ids[:-1] and run[:-1] != ids
+    # the tree's prefix comparison finds the first differing id as it does on the array itself
+    for start in (0, 1):
+        assert common_prefix_len(run, other, start) == common_prefix_len(ids, other, start)
+        assert common_prefix_len(run[start:], other) == common_prefix_len(ids[start:], other)
 
 
 @given(
