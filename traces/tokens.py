@@ -98,6 +98,18 @@ def _table_list() -> list[int]:
     return _table
 
 
+def _window_ids(first: int, offset: int, n: int) -> array:
+    """``first``, then the table's ``offset : offset + n - 1``, as a new array (``n`` >= 1, the window
+    inside the table): one slice with its first id replaced where the table allows."""
+    if offset >= 1:
+        out = _table_array[offset - 1 : offset - 1 + n]
+        out[0] = first
+        return out
+    out = array(TOKEN_TYPECODE, [first])
+    out += _table_array[: n - 1]
+    return out
+
+
 def _stream_start(parts: tuple[object, ...]) -> tuple[int, int]:
     """(first id, table offset of the second) of the stream named by ``parts``."""
     _fill_table()
@@ -234,10 +246,8 @@ class TokenSource:
             else:
                 first, start = self._block_start(seg.key)
             n = seg.n_tokens
-            if n > 0 and 1 <= start and start + n - 1 <= TABLE_SIZE:  # one slice, first id replaced
-                out = _table_array[start - 1 : start - 1 + n]
-                out[0] = first
-                return out
+            if n > 0 and start + n - 1 <= TABLE_SIZE:  # the window fits: no wrap-around
+                return _window_ids(first, start, n)
             if kind == "unique":
                 return stream_array(n, "unique", inv_id, index, seg.key, self.seed)  # wraps around
             return stream_array(n, kind, seg.key, self.seed)
@@ -311,15 +321,7 @@ class TableRun(TokenRun):
 
     def ids(self) -> array:
         """The ids as a new array."""
-        if self.n <= 0:
-            return array(TOKEN_TYPECODE)
-        if self.offset >= 1:
-            out = _table_array[self.offset - 1 : self.offset - 1 + self.n]
-            out[0] = self.first
-            return out
-        out = array(TOKEN_TYPECODE, [self.first])
-        out += _table_array[: self.n - 1]
-        return out
+        return _window_ids(self.first, self.offset, self.n) if self.n > 0 else array(TOKEN_TYPECODE)
 
     def _part(self, start: int, stop: int) -> TableRun | array:
         """Ids ``start:stop`` (0 <= start <= stop <= n): a run when long, else an array."""
@@ -329,7 +331,7 @@ class TableRun(TokenRun):
         if start == 0:
             if m >= RUN_MIN_TOKENS:
                 return TableRun(self.first, self.offset, m)
-            return _head(self.first, self.offset, m)
+            return _window_ids(self.first, self.offset, m)
         at = self.offset + start - 1  # table position of id ``start``
         if m >= RUN_MIN_TOKENS:
             return TableRun(_table_array[at], at + 1, m)
@@ -368,13 +370,6 @@ class TableRun(TokenRun):
 
     def __repr__(self) -> str:
         return f"TableRun(first={self.first}, offset={self.offset}, n={self.n})"
-
-
-def _head(first: int, offset: int, m: int) -> array:
-    """The first ``m`` ids of the run ``first``, window from ``offset``."""
-    out = array(TOKEN_TYPECODE, [first])
-    out += _table_array[offset : offset + m - 1]
-    return out
 
 
 def _index_table() -> None:
