@@ -151,13 +151,17 @@ def free_port() -> int:
 
 @contextmanager
 def ray_head(tmp: Path) -> Iterator[int]:
-    """A Ray head on 127.0.0.1 (2 CPUs, no dashboard) with a Ray client server; yields its port."""
+    """A Ray head on 127.0.0.1 (2 CPUs, no dashboard) with a Ray client server; yields its port.
+
+    Started the way docs/sweeps.md tells users to (``ray start --head``, daemonized), not with
+    ``--block``: under ``--block`` Ray 2.60's client proxy loses every per-client server it spawns
+    at once (it exits before writing a line; "Starting Ray client server failed"). The daemons keep
+    the session of the ``ray start`` process, so ending that session by id still stops them all."""
     port, client_port = free_port(), free_port()
     cmd = [
         str(Path(sys.executable).with_name("ray")),
         "start",
         "--head",
-        "--block",
         "--num-cpus=2",
         "--include-dashboard=false",
         f"--port={port}",
@@ -166,27 +170,43 @@ def ray_head(tmp: Path) -> Iterator[int]:
         f"--temp-dir={tmp}",
         "--disable-usage-stats",
     ]
-    log = (tmp / "head.log").open("w")
-    proc = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_for_port(client_port, proc, tmp / "head.log")
-        yield client_port
-    finally:
-        end_session(proc.pid, grace_s=5)
-        proc.wait()
-        log.close()
+    log_path = tmp / "head.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            try:
+                rc = proc.wait(timeout=START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                rc = None
+            if rc != 0:
+                raise RuntimeError(f"ray start --head did not start ({rc}): {log_path.read_text()[-2000:]}")
+            _wait_for_port(client_port, tmp)
+            yield client_port
+        finally:
+            end_session(proc.pid, grace_s=5)
+            proc.poll()
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
+START_TIMEOUT_S = 120
+
+
+def client_server_logs(tmp: Path) -> str:
+    """The tail of every Ray client server log of the head in ``tmp`` (for a failure's message)."""
+    parts = []
+    for path in sorted(tmp.glob("session_latest/logs/ray_client_server*")):
+        text = path.read_text(errors="replace")[-1500:]
+        parts.append(f"--- {path.name}\n{text}")
+    return "\n".join(parts) or f"(no ray_client_server logs under {tmp})"
+
+
+def _wait_for_port(port: int, tmp: Path, timeout_s: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited ({proc.returncode}): {log.read_text()[-2000:]}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.5)
-    raise RuntimeError(f"Ray client server not up on 127.0.0.1:{port} after {timeout_s} s")
+    raise RuntimeError(f"Ray client server not up on 127.0.0.1:{port} after {timeout_s} s\n{client_server_logs(tmp)}")
 
 
 # ----- run directories ----------------------------------------------------------------------------

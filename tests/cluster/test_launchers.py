@@ -18,8 +18,10 @@ from sweep_kit import (
     SLOW_JOBS,
     SWEEP,
     SWEEP_JOBS,
+    Result,
     check_no_half_written,
     check_same_as,
+    client_server_logs,
     complete_jobs,
     finish,
     launcher_args,
@@ -71,6 +73,12 @@ def _args(name: str, request: pytest.FixtureRequest, ray_tmp: Path) -> list[str]
     return launcher_args(name, ray_tmp / "local", port)
 
 
+def _why(res: Result, launcher: str, ray_tmp: Path) -> str:
+    """A failed sweep's output tail, plus the head's client server logs for a ray:// sweep."""
+    logs = f"\n{client_server_logs(ray_tmp / 'head')}" if launcher == "ray_client" else ""
+    return res.output[-3000:] + logs
+
+
 @pytest.mark.parametrize("launcher", ["ray", "ray_client", "submitit_local"])
 def test_same_files_as_basic_launcher_and_resume(
     launcher: str, reference: Path, ray_tmp: Path, tmp_path: Path, request: pytest.FixtureRequest
@@ -78,7 +86,7 @@ def test_same_files_as_basic_launcher_and_resume(
     args = _args(launcher, request, ray_tmp)
     out = tmp_path / "sweep"
     res = sweep([*args, *SWEEP], out, tmp_path)
-    assert res.returncode == 0, res.output[-3000:]
+    assert res.returncode == 0, _why(res, launcher, ray_tmp)
     check_same_as(out, reference, SWEEP_JOBS)
 
     # resume: job 2 was never finished, job 3 has a truncated summary (what a non-atomic writer
@@ -88,7 +96,7 @@ def test_same_files_as_basic_launcher_and_resume(
     broken.write_bytes(broken.read_bytes()[:100])
     kept = stamps(out, [0, 1])
     res = sweep([*args, *SWEEP], out, tmp_path)
-    assert res.returncode == 0, res.output[-3000:]
+    assert res.returncode == 0, _why(res, launcher, ray_tmp)
     assert stamps(out, [0, 1]) == kept, "a finished run was recomputed"
     check_same_as(out, reference, SWEEP_JOBS)
 
