@@ -32,7 +32,7 @@ _COMPARE_CHUNK = 64
 @mypyc_attr(allow_interpreted_subclasses=True)
 class TokenRun:
     """A compact stand-in for a run of 32-bit token ids that a node may hold instead of an
-    ``array("i")`` (``RadixTree.compact_run``; the simulator's ``traces.tokens.TableRun``). It must
+    ``array("i")`` (``RadixTree.compact_run``; the simulator's ``traces.table_run.TableRun``). It must
     read as the array of its ids does (``len``, indexing, slicing, iteration, ``==``), and give the
     ids' bytes, which a paged tree keys children by."""
 
@@ -273,7 +273,7 @@ class RadixTree:
         self.on_detach: Callable[[RadixNode, RadixNode], None] | None = None
         # Optional compact stand-in for a new node's tokens: ``compact_run(tokens, start, end)``
         # returns a sequence equal to ``tokens[start:end]`` that costs less to keep than a copy, or
-        # None (then the node keeps the slice). The simulator sets it (``traces.tokens.table_run``:
+        # None (then the node keeps the slice). The simulator sets it (``traces.table_run.table_run``:
         # its synthetic prompts are windows of one table); the core never does.
         self.compact_run: Callable[[Sequence[Token], int, int], Sequence[Token] | None] | None = None
 

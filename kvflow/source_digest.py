@@ -21,6 +21,7 @@ COMPILED_EXTRAS = (
     "sim/driver.py",
     "sim/engine_loop.py",
     "sim/pcie.py",
+    "traces/table_run.py",
     "traces/tokens.py",
 )
 

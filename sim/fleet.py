@@ -32,7 +32,7 @@ from sim.peer_copy import PEER_FIELDS, PeerCopy, PeerCopyConfig
 from sim.remote_tier import RemoteTier, RemoteTierConfig
 from sim.routers import Router, make_router
 from sim.runner import SimResult, hints_source, run_until_done
-from traces.tokens import table_run
+from traces.table_run import table_run
 
 __all__ = [
     "PEER_FIELDS",

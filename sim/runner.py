@@ -28,7 +28,7 @@ from sim.driver import WorkflowDriver
 from sim.engine_loop import EngineLoop
 from sim.metrics import counters
 from sim.pcie import PCIeLink
-from traces.tokens import table_run
+from traces.table_run import table_run
 
 __all__ = ["SimInputError", "SimResult", "build_trace", "gain_s_per_token", "load_conf", "simulate"]
 

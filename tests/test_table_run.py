@@ -1,4 +1,4 @@
-"""``traces.tokens.TableRun``: what the simulator's tree keeps for a cached stream (a first id and a
+"""``traces.table_run.TableRun``: what the simulator's tree keeps for a cached stream (a first id and a
 window of the shared table) instead of a copy. It must read exactly as the array of its ids does
 everywhere the tree looks (length, indexing, slicing, iteration, equality), ``table_run`` must
 find only runs that are really there, and a simulation must give the same numbers with it as
@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from kvflow.radix import common_prefix_len, page_key
 from traces import tokens as tk
 from traces.schema import Segment
-from traces.tokens import RUN_MIN_TOKENS, TABLE_SIZE, TOKEN_TYPECODE, TableRun, table_run
+from traces.table_run import RUN_MIN_TOKENS, TableRun, table_run
+from traces.tokens import TABLE_SIZE, TOKEN_TYPECODE, token_table
 
-tk._fill_table()
+TABLE = token_table()
 
 runs = st.builds(
     lambda first, offset, n: TableRun(first, offset, min(n, TABLE_SIZE - offset + 1)),
@@ -28,7 +29,7 @@ runs = st.builds(
 
 def _ids(run: TableRun) -> array:
     out = array(TOKEN_TYPECODE, [run.first])
-    out += tk._table_array[run.offset : run.offset + run.n - 1]
+    out += TABLE[run.offset : run.offset + run.n - 1]
     return out
 
 
