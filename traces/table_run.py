@@ -20,7 +20,7 @@ import kvflow  # noqa: F401  (its import checks a compiled build; this module is
 from kvflow.radix import TokenRun
 from traces.tokens import TABLE_SIZE, TOKEN_TYPECODE, token_table, window_ids
 
-_TABLE: Final = token_table()  # (filled here: only a simulation imports this module)
+_TABLE: Final = token_table()  # filled at import (~5 ms): sim.runner and sim.fleet import this module
 RUN_MIN_TOKENS = 64  # a shorter run is kept as an array (a page's key, a small tail after a split)
 # where each id is in the table, bucketed by its top bits (ids are uniform in [0, 2**31): ~1 per
 # bucket): bucket b's positions are _bucket_at[_bucket_start[b] : _bucket_start[b + 1]] (512 KB in

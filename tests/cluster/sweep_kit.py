@@ -149,14 +149,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+START_TIMEOUT_S = 120  # for ``ray start --head`` to return, then for its client server's port
+
+
 @contextmanager
 def ray_head(tmp: Path) -> Iterator[int]:
     """A Ray head on 127.0.0.1 (2 CPUs, no dashboard) with a Ray client server; yields its port.
 
-    Started the way docs/sweeps.md tells users to (``ray start --head``, daemonized), not with
-    ``--block``: under ``--block`` Ray 2.60's client proxy loses every per-client server it spawns
-    at once (it exits before writing a line; "Starting Ray client server failed"). The daemons keep
-    the session of the ``ray start`` process, so ending that session by id still stops them all."""
+    Started the way docs/sweeps.md tells users to (``ray start --head``, daemonized). Ray 2.60's
+    client proxy forks each per-client server from a process with live gRPC threads, and the child
+    can die of SIGSEGV before it execs (ray-project/ray#63202, open; empty
+    ``ray_client_server_<port>.err``, "Starting Ray client server failed"): timing-dependent, seen
+    here more often under ``--block`` and on a loaded host, not cured by dropping it. The daemons
+    keep the session of the ``ray start`` process, so ending that session by id stops them all."""
     port, client_port = free_port(), free_port()
     cmd = [
         str(Path(sys.executable).with_name("ray")),
@@ -185,9 +190,6 @@ def ray_head(tmp: Path) -> Iterator[int]:
         finally:
             end_session(proc.pid, grace_s=5)
             proc.poll()
-
-
-START_TIMEOUT_S = 120
 
 
 def client_server_logs(tmp: Path) -> str:
