@@ -160,7 +160,8 @@ def ray_head(tmp: Path) -> Iterator[int]:
     client proxy forks each per-client server from a process with live gRPC threads, and the child
     can die of SIGSEGV before it execs (ray-project/ray#63202, open; empty
     ``ray_client_server_<port>.err``, "Starting Ray client server failed"): timing-dependent, seen
-    here more often under ``--block`` and on a loaded host, not cured by dropping it. The daemons
+    here more often under ``--block`` and on a loaded host, not cured by dropping it (the test
+    reruns a sweep once on that signature: ``crashed_client_servers``). The daemons
     keep the session of the ``ray start`` process, so ending that session by id stops them all."""
     port, client_port = free_port(), free_port()
     cmd = [
@@ -199,6 +200,18 @@ def client_server_logs(tmp: Path) -> str:
         text = path.read_text(errors="replace")[-1500:]
         parts.append(f"--- {path.name}\n{text}")
     return "\n".join(parts) or f"(no ray_client_server logs under {tmp})"
+
+
+RAY_FORK_CRASH = "Starting Ray client server failed"
+
+
+def crashed_client_servers(tmp: Path) -> list[str]:
+    """Per-client Ray servers of the head in ``tmp`` that died before they ran (ray#63202).
+
+    A per-client server that started writes its startup lines to ``ray_client_server_<port>.err``
+    at once; one forked by the proxy that died of SIGSEGV before exec leaves that file empty."""
+    logs = tmp.glob("session_latest/logs/ray_client_server_[0-9]*.err")
+    return sorted(p.name for p in logs if p.stat().st_size == 0)
 
 
 def _wait_for_port(port: int, tmp: Path, timeout_s: float = START_TIMEOUT_S) -> None:

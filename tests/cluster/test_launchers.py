@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sweep_kit import (
+    RAY_FORK_CRASH,
     SLOW,
     SLOW_JOBS,
     SWEEP,
@@ -23,6 +25,7 @@ from sweep_kit import (
     check_same_as,
     client_server_logs,
     complete_jobs,
+    crashed_client_servers,
     finish,
     launcher_args,
     ray_head,
@@ -79,13 +82,34 @@ def _why(res: Result, launcher: str, ray_tmp: Path) -> str:
     return res.output[-3000:] + logs
 
 
+def _sweep(launcher: str, args: list[str], out: Path, cwd: Path, ray_tmp: Path) -> Result:
+    """``sweep``, run once more when a ray:// sweep hit Ray's fork crash (ray-project/ray#63202).
+
+    The head's proxy forks a server for each client; that child can die of SIGSEGV before exec
+    (open upstream, timing-dependent). The sweep then fails at connect, before any job ran, and
+    the per-client server's log is empty: with exactly that signature a user reruns the command,
+    and so does this test, once, with a warning. Any other failure, or a second crash, fails."""
+    before = set(crashed_client_servers(ray_tmp / "head")) if launcher == "ray_client" else set()
+    res = sweep([*args, *SWEEP], out, cwd)
+    if launcher != "ray_client" or res.returncode == 0 or RAY_FORK_CRASH not in res.output:
+        return res
+    crashed = sorted(set(crashed_client_servers(ray_tmp / "head")) - before)
+    if not crashed:
+        return res
+    warnings.warn(
+        f"ray#63202: the head's per-client server died before exec ({', '.join(crashed)} empty); rerun once",
+        stacklevel=2,
+    )
+    return sweep([*args, *SWEEP], out, cwd)
+
+
 @pytest.mark.parametrize("launcher", ["ray", "ray_client", "submitit_local"])
 def test_same_files_as_basic_launcher_and_resume(
     launcher: str, reference: Path, ray_tmp: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     args = _args(launcher, request, ray_tmp)
     out = tmp_path / "sweep"
-    res = sweep([*args, *SWEEP], out, tmp_path)
+    res = _sweep(launcher, args, out, tmp_path, ray_tmp)
     assert res.returncode == 0, _why(res, launcher, ray_tmp)
     check_same_as(out, reference, SWEEP_JOBS)
 
@@ -95,7 +119,7 @@ def test_same_files_as_basic_launcher_and_resume(
     broken = out / "3" / "summary.json"
     broken.write_bytes(broken.read_bytes()[:100])
     kept = stamps(out, [0, 1])
-    res = sweep([*args, *SWEEP], out, tmp_path)
+    res = _sweep(launcher, args, out, tmp_path, ray_tmp)
     assert res.returncode == 0, _why(res, launcher, ray_tmp)
     assert stamps(out, [0, 1]) == kept, "a finished run was recomputed"
     check_same_as(out, reference, SWEEP_JOBS)
